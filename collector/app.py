@@ -1,0 +1,103 @@
+"""One running collector agent: wires receivers, buffer, decision loop, exporters and admin.
+
+Shutdown order matters for "nothing accepted is lost": readiness goes false, receivers stop
+taking spans, the buffer is drained through the policies (or dropped if configured), exporters
+flush, and only then do connections close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from collector.admin import AdminServer
+from collector.buffer import make_buffer
+from collector.config import Config
+from collector.decide import DecisionLoop
+from collector.forward import Forwarder
+from collector.ingest import Ingest
+from collector.metrics import Metrics
+from collector.receive import GrpcReceiver, HttpReceiver
+from collector.stats import snapshot
+from policies import PolicyContext, build_engine
+from storage import build_exporters
+
+log = logging.getLogger(__name__)
+
+
+class Collector:
+    def __init__(self, config: Config, reuse_port: bool = False) -> None:
+        self.config = config
+        self._reuse_port = reuse_port
+        self.metrics = Metrics()
+        self.buffer = make_buffer(config, self.metrics.registry)
+        self.engine = build_engine(config.tail_sampling, PolicyContext(clock=time.monotonic, bucket=self.buffer.bucket_factory()))
+        self.exporters = build_exporters(config.exporters, self.metrics.registry)
+        self.forwarder = Forwarder(self.exporters)
+        self.ingest = Ingest(self.buffer, self.forwarder, self.metrics)
+        self.loop = DecisionLoop(self.buffer, self.engine, self.forwarder, self.metrics, float(config.buffer.tick))
+        otlp = config.receivers.otlp
+        self.grpc = GrpcReceiver(self.ingest, otlp.grpc.endpoint, otlp.grpc.max_recv_msg_size_mib) if otlp.grpc else None
+        self.http = HttpReceiver(self.ingest, otlp.http.endpoint, otlp.http.max_request_body_size_mib) if otlp.http else None
+        self.admin = AdminServer(config.admin.endpoint, self.metrics, self.readiness, self.stats)
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.stopped = False
+
+    async def start(self) -> None:
+        await self.buffer.start()
+        for exporter in self.exporters:
+            await exporter.start()
+        self._loop_task = asyncio.create_task(self.loop.run(), name="decision-loop")
+        await self.admin.start(self._reuse_port)
+        for receiver in (self.grpc, self.http):
+            if receiver is not None:
+                await receiver.start(self._reuse_port)
+        log.info(
+            "tailsampler listening: otlp/grpc %s, otlp/http %s, admin %s",
+            self.grpc.port if self.grpc else "off",
+            self.http.port if self.http else "off",
+            self.admin.port,
+        )
+
+    async def stop(self) -> None:
+        """Stop taking spans, decide what is pending, flush exporters, all within shutdown_timeout."""
+        self._stopping = True
+        deadline = time.monotonic() + float(self.config.service.shutdown_timeout)
+        for receiver in (self.grpc, self.http):
+            if receiver is not None:
+                await receiver.stop(grace=min(5.0, max(0.0, deadline - time.monotonic())))
+        self.loop.stop()
+        if self._loop_task is not None:
+            await self._loop_task
+        drop = self.config.tail_sampling.drop_pending_traces_on_shutdown
+        try:
+            handled = await asyncio.wait_for(self.loop.drain(drop), max(0.1, deadline - time.monotonic()))
+            log.info("shutdown: %s %d pending traces", "dropped" if drop else "decided", handled)
+        except asyncio.TimeoutError:
+            log.error("shutdown: timed out deciding pending traces")
+        for exporter in self.exporters:
+            await exporter.close(max(0.1, deadline - time.monotonic()))
+        await self.buffer.close()
+        await self.admin.stop()
+        self.stopped = True
+
+    async def readiness(self) -> tuple[bool, dict[str, object]]:
+        ready, detail = await self.buffer.check()
+        components: dict[str, object] = {"buffer": {"type": self.config.buffer.type, "ready": ready, "detail": detail}}
+        for exporter in self.exporters:
+            healthy, info = exporter.health()
+            # an exporter's trouble is reported, not made fatal: spans keep buffering while its
+            # queue and circuit breaker hold the line, and a drained agent would only move the load
+            components[f"exporter/{exporter.name}"] = {"healthy": healthy, **info}
+        if self._stopping:
+            components["shutdown"] = {"ready": False, "detail": "shutting down"}
+            ready = False
+        return ready, components
+
+    async def stats(self) -> dict[str, object]:
+        buffered = await self.buffer.stats()
+        self.metrics.buffer_traces.set(buffered.traces)
+        self.metrics.buffer_bytes.set(buffered.bytes)
+        return snapshot(self.metrics, buffered)

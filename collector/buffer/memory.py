@@ -1,0 +1,191 @@
+"""The embedded buffer: a timing wheel of slots in process memory.
+
+A trace sits in the slot of its decision deadline (one slot per tick); a root span moves it to an
+earlier slot. Traces, bytes and trace size are bounded; a bound that is hit either refuses the
+request (backpressure) or hands the oldest traces to the decider at once (decide_early).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+
+from collector.split import Fragment
+from policies import TailSamplingConfig
+
+from .base import AppendResult, BufferFull, BufferStats, Claimed, Settlement, TraceBuffer
+from .decision_cache import DecisionCache
+
+
+class _Trace:
+    __slots__ = ("fragments", "nbytes", "first_seen", "slot", "claimed", "early")
+
+    def __init__(self, first_seen: float) -> None:
+        self.fragments: list[bytes] = []
+        self.nbytes = 0
+        self.first_seen = first_seen
+        self.slot = -1
+        self.claimed = False
+        self.early = ""
+
+
+class MemoryTraceBuffer(TraceBuffer):
+    def __init__(
+        self,
+        ts: TailSamplingConfig,
+        *,
+        tick: float,
+        max_bytes: int,
+        overflow: str,
+    ) -> None:
+        self._wait = float(ts.decision_wait)
+        self._wait_after_root = float(ts.decision_wait_after_root_received)
+        self._max_traces = ts.num_traces
+        self._max_trace_bytes = ts.maximum_trace_size_bytes
+        self._max_bytes = max_bytes
+        self._backpressure = overflow == "backpressure"
+        self._tick = tick
+        self._traces: dict[bytes, _Trace] = {}
+        self._slots: dict[int, dict[bytes, None]] = {}
+        self._slot_heap: list[int] = []
+        self._early: deque[bytes] = deque()
+        self._early_bytes = 0
+        self._bytes = 0
+        self._cache = DecisionCache(
+            ts.decision_cache.sampled_cache_size,
+            ts.decision_cache.non_sampled_cache_size,
+            float(ts.decision_cache.ttl),
+        )
+
+    def _slot_of(self, deadline: float) -> int:
+        return math.ceil(deadline / self._tick)
+
+    def _place(self, trace_id: bytes, trace: _Trace, slot: int) -> None:
+        if trace.slot >= 0:
+            self._slots[trace.slot].pop(trace_id, None)
+        bucket = self._slots.get(slot)
+        if bucket is None:
+            bucket = self._slots[slot] = {}
+            heapq.heappush(self._slot_heap, slot)
+        bucket[trace_id] = None
+        trace.slot = slot
+
+    def _unslot(self, trace_id: bytes, trace: _Trace) -> None:
+        if trace.slot >= 0:
+            self._slots[trace.slot].pop(trace_id, None)
+            trace.slot = -1
+
+    def _decide_early(self, trace_id: bytes, trace: _Trace, reason: str) -> None:
+        self._unslot(trace_id, trace)
+        trace.early = reason
+        self._early.append(trace_id)
+        self._early_bytes += trace.nbytes
+
+    async def append(self, fragments: dict[bytes, Fragment], now: float) -> AppendResult:
+        result = AppendResult()
+        traces = self._traces
+        new_ids = [tid for tid in fragments if tid not in traces and self._cache.get(tid, now) is None]
+        incoming = sum(len(f.data) for f in fragments.values())
+        # traces already waiting for an early decision are on their way out: they do not count
+        over_traces = len(traces) - len(self._early) + len(new_ids) - self._max_traces
+        over_bytes = self._bytes - self._early_bytes + incoming - self._max_bytes
+        if over_traces > 0 or over_bytes > 0:
+            if self._backpressure or len(self._early) >= self._max_traces:
+                what = "num_traces" if over_traces > 0 else "max_bytes"
+                raise BufferFull(f"trace buffer full ({what} reached)", retry_after=max(1.0, self._wait_after_root or self._tick))
+            result.early = self._evict_oldest(over_traces, over_bytes)
+        for trace_id, fragment in fragments.items():
+            trace = traces.get(trace_id)
+            if trace is None:
+                cached = self._cache.get(trace_id, now)
+                if cached is not None:
+                    if cached.keep:
+                        result.late_kept[trace_id] = fragment.data
+                        result.late_kept_policy[trace_id] = cached.policy
+                    else:
+                        result.late_dropped_spans += fragment.span_count
+                    continue
+                trace = traces[trace_id] = _Trace(now)
+                self._place(trace_id, trace, self._slot_of(now + self._wait))
+            trace.fragments.append(fragment.data)
+            size = len(fragment.data)
+            trace.nbytes += size
+            self._bytes += size
+            if trace.claimed:
+                continue
+            if trace.early:
+                self._early_bytes += size
+                continue
+            if self._max_trace_bytes and trace.nbytes > self._max_trace_bytes:
+                self._decide_early(trace_id, trace, "size")
+                result.early += 1
+            elif fragment.has_root and self._wait_after_root > 0:
+                slot = self._slot_of(now + self._wait_after_root)
+                if slot < trace.slot:
+                    self._place(trace_id, trace, slot)
+        return result
+
+    def _evict_oldest(self, over_traces: int, over_bytes: int) -> int:
+        """Send the traces nearest their deadline to the decider now, until the request fits."""
+        moved = 0
+        while (over_traces > 0 or over_bytes > 0) and self._slot_heap:
+            slot = self._slot_heap[0]
+            bucket = self._slots.get(slot)
+            if not bucket:
+                heapq.heappop(self._slot_heap)
+                self._slots.pop(slot, None)
+                continue
+            trace_id = next(iter(bucket))
+            trace = self._traces[trace_id]
+            self._decide_early(trace_id, trace, "overflow")
+            over_traces -= 1
+            over_bytes -= trace.nbytes
+            moved += 1
+        return moved
+
+    def _hand_out(self, trace_id: bytes, reason: str) -> Claimed:
+        trace = self._traces[trace_id]
+        self._unslot(trace_id, trace)
+        if trace.early:
+            self._early_bytes -= trace.nbytes
+        trace.claimed = True
+        data = b"".join(trace.fragments)
+        trace.fragments.clear()
+        return Claimed(trace_id, data, reason)
+
+    async def claim_due(self, now: float, limit: int) -> list[Claimed]:
+        out: list[Claimed] = []
+        while self._early and len(out) < limit:
+            trace_id = self._early.popleft()
+            trace = self._traces.get(trace_id)
+            if trace is not None and not trace.claimed:
+                out.append(self._hand_out(trace_id, trace.early))
+        current = math.floor(now / self._tick)
+        heap = self._slot_heap
+        while heap and heap[0] <= current and len(out) < limit:
+            bucket = self._slots.get(heap[0])
+            if not bucket:
+                self._slots.pop(heapq.heappop(heap), None)
+                continue
+            out.append(self._hand_out(next(iter(bucket)), "deadline"))
+        return out
+
+    async def claim_all(self, limit: int) -> list[Claimed]:
+        pending = [tid for tid, trace in self._traces.items() if not trace.claimed][:limit]
+        return [self._hand_out(trace_id, "shutdown") for trace_id in pending]
+
+    async def settle(self, settlements: list[Settlement], now: float) -> dict[bytes, bytes]:
+        stragglers: dict[bytes, bytes] = {}
+        for settlement in settlements:
+            trace = self._traces.pop(settlement.trace_id, None)
+            if trace is None:
+                continue
+            self._bytes -= trace.nbytes
+            if trace.fragments:
+                stragglers[settlement.trace_id] = b"".join(trace.fragments)
+            self._cache.put(settlement.trace_id, settlement.keep, settlement.policy, now)
+        return stragglers
+
+    async def stats(self) -> BufferStats:
+        return BufferStats(len(self._traces), self._bytes)

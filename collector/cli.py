@@ -1,0 +1,110 @@
+"""The ``tailsampler`` command line: serve, validate, stats, traces, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import urllib.error
+import urllib.request
+
+from collector.config import ConfigError, load_config
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"tailsampler: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, config.service.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.workers > 1:
+        from collector.workers import run_workers
+
+        return run_workers(args.config, config, args.workers)
+    return asyncio.run(_run(config, reuse_port=args.reuse_port))
+
+
+async def _run(config, reuse_port: bool) -> int:
+    from collector.app import Collector
+
+    collector = Collector(config, reuse_port=reuse_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await collector.start()
+    await stop.wait()
+    logging.getLogger("collector").info("shutting down")
+    await collector.stop()
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    try:
+        load_config(args.config)
+    except ConfigError as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.config}: ok")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    url = f"http://{args.admin}/api/v1/stats"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            stats = json.load(response)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"tailsampler: cannot read {url}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    spans, traces, buffered = stats["spans"], stats["traces"], stats["buffer"]
+    print(f"spans received   {spans['received']}")
+    print(f"spans refused    {sum(spans['refused'].values())} {spans['refused'] or ''}")
+    print(f"late spans       kept {spans['late'].get('kept', 0)}, dropped {spans['late'].get('dropped', 0)}")
+    print(f"traces kept      {traces['kept']}")
+    print(f"traces dropped   {traces['dropped']}")
+    print(f"buffer           {buffered['traces']} traces, {buffered['bytes']} bytes")
+    print("by policy:")
+    for policy, counts in sorted(traces["by_policy"].items()):
+        print(f"  {policy:24} kept {counts['kept']:>10}  dropped {counts['dropped']:>10}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tailsampler", description="Tail-based sampling trace collector")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the collector")
+    serve.add_argument("--config", required=True, help="YAML config file")
+    serve.add_argument("--workers", type=int, default=1, help="agent processes sharing the ports (redis buffer only)")
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    serve.set_defaults(func=_serve)
+
+    validate = sub.add_parser("validate", help="check a config file and exit")
+    validate.add_argument("config", help="YAML config file")
+    validate.set_defaults(func=_validate)
+
+    stats = sub.add_parser("stats", help="sampling stats from a running collector's admin listener")
+    stats.add_argument("--admin", default="127.0.0.1:13133", help="admin endpoint host:port")
+    stats.add_argument("--json", action="store_true", help="print the raw JSON")
+    stats.set_defaults(func=_stats)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

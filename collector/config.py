@@ -1,0 +1,166 @@
+"""The collector's YAML config: shaped like an OpenTelemetry Collector config, decoded strictly.
+
+Every error names the file, the key path inside it and what was expected, so that
+``tailsampler validate`` and ``serve`` can refuse a bad file with a message an SRE can act on.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import msgspec
+import yaml
+
+from collector.durations import Duration
+from collector.errors import ConfigError
+from policies import TailSamplingConfig
+from storage import ExporterSpec
+
+T = TypeVar("T")
+
+
+class GrpcReceiverConfig(msgspec.Struct, forbid_unknown_fields=True):
+    endpoint: str = "0.0.0.0:4317"
+    max_recv_msg_size_mib: float = 4.0
+
+
+class HttpReceiverConfig(msgspec.Struct, forbid_unknown_fields=True):
+    endpoint: str = "0.0.0.0:4318"
+    max_request_body_size_mib: float = 20.0
+
+
+class OtlpReceiverConfig(msgspec.Struct, forbid_unknown_fields=True):
+    grpc: GrpcReceiverConfig | None = msgspec.field(default_factory=GrpcReceiverConfig)
+    http: HttpReceiverConfig | None = msgspec.field(default_factory=HttpReceiverConfig)
+
+
+class ReceiversConfig(msgspec.Struct, forbid_unknown_fields=True):
+    otlp: OtlpReceiverConfig = msgspec.field(default_factory=OtlpReceiverConfig)
+
+
+class BufferConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Where spans wait. ``overflow`` says what a full buffer does: ``decide_early`` decides the
+    oldest traces at once, ``backpressure`` refuses new traces with a retryable error.
+    ``tail_sampling.block_on_overflow: true`` selects ``backpressure`` too."""
+
+    type: Literal["memory", "redis"] = "memory"
+    tick: Duration = Duration(0.1)
+    max_bytes: int = 512 * 1024 * 1024
+    overflow: Literal["decide_early", "backpressure"] = "decide_early"
+    url: str = "redis://127.0.0.1:6379/0"
+    cluster: bool = False
+    shards: int = 16
+    lease: Duration = Duration(30.0)
+    key_prefix: str = "ts"
+
+
+class AdminConfig(msgspec.Struct, forbid_unknown_fields=True):
+    endpoint: str = "127.0.0.1:13133"
+
+
+class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True):
+    shutdown_timeout: Duration = Duration(30.0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def _default_exporters() -> list[Any]:
+    return [msgspec.convert({"type": "sqlite"}, ExporterSpec)]
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True):
+    receivers: ReceiversConfig = msgspec.field(default_factory=ReceiversConfig)
+    tail_sampling: TailSamplingConfig = msgspec.field(default_factory=TailSamplingConfig)
+    buffer: BufferConfig = msgspec.field(default_factory=BufferConfig)
+    exporters: list[ExporterSpec] = msgspec.field(default_factory=_default_exporters)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
+    service: ServiceConfig = msgspec.field(default_factory=ServiceConfig)
+
+    @property
+    def overflow(self) -> str:
+        return "backpressure" if self.tail_sampling.block_on_overflow else self.buffer.overflow
+
+
+def _dec_hook(type_: type, obj: Any) -> Any:
+    if type_ is Duration:
+        return Duration.parse(obj)
+    raise NotImplementedError(f"cannot decode {type_!r}")
+
+
+_PATH = re.compile(r" - at `\$(.*)`$")
+
+
+def decode(data: Any, type_: type[T], source: str, root: str = "") -> T:
+    """Convert plain YAML data into ``type_``; errors read ``source: root.path: problem``."""
+    try:
+        return msgspec.convert(data, type_, dec_hook=_dec_hook, strict=False)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        match = _PATH.search(text)
+        path = root
+        if match:
+            text = text[: match.start()]
+            path = (root + match.group(1)).lstrip(".")
+        raise ConfigError(f"{source}: {path or '(top level)'}: {text}") from None
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: (top level): expected a mapping of sections, got {type(data).__name__}")
+    config = decode(data, Config, source)
+    _check(config, source)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_config(text, str(path))
+
+
+def _check(config: Config, source: str) -> None:
+    """Rules that span several keys, beyond what the types say."""
+    ts = config.tail_sampling
+    problems: list[tuple[str, str]] = []
+    if ts.decision_wait <= 0:
+        problems.append(("tail_sampling.decision_wait", "must be greater than 0"))
+    if ts.num_traces <= 0:
+        problems.append(("tail_sampling.num_traces", "must be greater than 0"))
+    if ts.maximum_trace_size_bytes < 0:
+        problems.append(("tail_sampling.maximum_trace_size_bytes", "must be 0 (off) or positive"))
+    if config.buffer.tick <= 0:
+        problems.append(("buffer.tick", "must be greater than 0"))
+    if config.buffer.max_bytes <= 0:
+        problems.append(("buffer.max_bytes", "must be greater than 0"))
+    if not config.exporters:
+        problems.append(("exporters", "at least one exporter is required, or kept traces go nowhere"))
+    for key, endpoint in (
+        ("receivers.otlp.grpc.endpoint", config.receivers.otlp.grpc and config.receivers.otlp.grpc.endpoint),
+        ("receivers.otlp.http.endpoint", config.receivers.otlp.http and config.receivers.otlp.http.endpoint),
+        ("admin.endpoint", config.admin.endpoint),
+    ):
+        if endpoint and not _valid_endpoint(endpoint):
+            problems.append((key, f"expected host:port, got {endpoint!r}"))
+    if problems:
+        key, problem = problems[0]
+        raise ConfigError(f"{source}: {key}: {problem}")
+
+
+def _valid_endpoint(endpoint: str) -> bool:
+    host, sep, port = endpoint.rpartition(":")
+    return bool(sep) and port.isdigit() and 0 <= int(port) <= 65535
+
+
+def split_endpoint(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)

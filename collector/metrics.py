@@ -1,0 +1,63 @@
+"""The collector's Prometheus metrics, one registry per running collector.
+
+A registry per instance (rather than the process-global default) keeps several collectors in
+one process, as tests and ``--workers`` run them, from sharing or clashing counters.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.spans_received = Counter(
+            "tailsampler_spans_received", "Spans accepted into the buffer or forwarded late",
+            ["transport"], registry=r,
+        )
+        self.spans_refused = Counter(
+            "tailsampler_spans_refused",
+            "Spans refused: invalid IDs (partial success), undecodable bodies, buffer full or unavailable",
+            ["reason"], registry=r,
+        )
+        self.requests = Counter(
+            "tailsampler_requests", "Export requests by transport and outcome",
+            ["transport", "outcome"], registry=r,
+        )
+        self.traces_decided = Counter(
+            "tailsampler_traces_decided", "Traces decided, by decision and deciding policy",
+            ["decision", "policy"], registry=r,
+        )
+        self.spans_decided = Counter(
+            "tailsampler_spans_decided", "Spans of decided traces, by decision",
+            ["decision"], registry=r,
+        )
+        self.policy_votes = Counter(
+            "tailsampler_policy_votes", "Each policy's vote on each decided trace",
+            ["policy", "vote"], registry=r,
+        )
+        self.late_spans = Counter(
+            "tailsampler_late_spans", "Spans that arrived after their trace was decided",
+            ["decision"], registry=r,
+        )
+        self.early_decisions = Counter(
+            "tailsampler_early_decisions",
+            "Traces decided before their deadline: overflow, maximum_trace_size_bytes, shutdown",
+            ["reason"], registry=r,
+        )
+        self.overflow_refusals = Counter(
+            "tailsampler_overflow_refusals", "Requests refused because the buffer was full",
+            registry=r,
+        )
+        self.decision_errors = Counter(
+            "tailsampler_decision_errors", "Traces whose evaluation failed and were kept to lose nothing",
+            registry=r,
+        )
+        self.buffer_traces = Gauge("tailsampler_buffer_traces", "Traces in the buffer", registry=r)
+        self.buffer_bytes = Gauge("tailsampler_buffer_bytes", "Bytes of spans in the buffer", registry=r)
+        self.decision_seconds = Histogram(
+            "tailsampler_decision_seconds", "Time to evaluate the policies on one trace",
+            buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5), registry=r,
+        )

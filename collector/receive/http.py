@@ -1,0 +1,100 @@
+"""OTLP/HTTP ``POST /v1/traces`` on aiohttp: protobuf or JSON, optionally gzip, answered in kind.
+
+Every error body is a ``google.rpc.Status`` in the request's own encoding, as the OTLP
+specification asks; only 503 (buffer full or unavailable) invites a retry, with Retry-After.
+"""
+
+from __future__ import annotations
+
+import math
+
+from aiohttp import web
+from google.protobuf.message import DecodeError, Message
+from google.rpc import status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from collector.buffer import BufferFull, BufferUnavailable
+from collector.ingest import Ingest
+from collector.otlp_json import JsonDecodeError, request_from_json, to_json
+
+_PROTOBUF = "application/x-protobuf"
+_JSON = "application/json"
+
+# google.rpc.Code values
+_INVALID_ARGUMENT = 3
+_RESOURCE_EXHAUSTED = 8
+_UNAVAILABLE = 14
+
+
+def _encode(message: Message, content_type: str) -> bytes:
+    return to_json(message) if content_type == _JSON else message.SerializeToString()
+
+
+class HttpReceiver:
+    def __init__(self, ingest: Ingest, endpoint: str, max_request_body_size_mib: float) -> None:
+        self._ingest = ingest
+        self._host, _, port = endpoint.rpartition(":")
+        self._port = int(port)
+        self._max = int(max_request_body_size_mib * 1024 * 1024)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self, reuse_port: bool = False) -> None:
+        app = web.Application(client_max_size=self._max)
+        app.router.add_post("/v1/traces", self._export)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host.strip("[]") or "0.0.0.0", self._port, reuse_port=reuse_port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self, grace: float) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @staticmethod
+    def _error(status: int, code: int, message: str, content_type: str, headers: dict[str, str] | None = None) -> web.Response:
+        body = _encode(status_pb2.Status(code=code, message=message), content_type)
+        return web.Response(status=status, body=body, content_type=content_type, headers=headers)
+
+    async def _export(self, request: web.Request) -> web.Response:
+        content_type = request.content_type
+        if content_type not in (_PROTOBUF, _JSON):
+            return self._error(
+                415, _INVALID_ARGUMENT,
+                f"unsupported content type {content_type!r}: send {_PROTOBUF} or {_JSON}", _PROTOBUF,
+            )
+        encoding = request.headers.get("Content-Encoding", "identity").lower()
+        if encoding not in ("identity", "gzip", "deflate"):
+            return self._error(415, _INVALID_ARGUMENT, f"unsupported content encoding {encoding!r}", content_type)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._error(
+                413, _RESOURCE_EXHAUSTED, f"request body exceeds {self._max} bytes after decompression", content_type
+            )
+        except Exception as exc:  # a corrupt gzip stream surfaces as a payload error
+            return self._error(400, _INVALID_ARGUMENT, f"cannot read request body: {exc}", content_type)
+        try:
+            if content_type == _JSON:
+                otlp = request_from_json(body)
+            else:
+                otlp = ExportTraceServiceRequest.FromString(body)
+        except (DecodeError, JsonDecodeError) as exc:
+            return self._error(400, _INVALID_ARGUMENT, f"request is not an ExportTraceServiceRequest: {exc}", content_type)
+        try:
+            accepted = await self._ingest.accept(otlp, "http")
+        except BufferFull as exc:
+            return self._error(
+                503, _UNAVAILABLE, exc.reason, content_type, {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+            )
+        except BufferUnavailable as exc:
+            return self._error(503, _UNAVAILABLE, f"trace buffer unavailable: {exc}", content_type, {"Retry-After": "1"})
+        response = ExportTraceServiceResponse()
+        if accepted.rejected_spans:
+            response.partial_success.rejected_spans = accepted.rejected_spans
+            response.partial_success.error_message = accepted.error_message
+        return web.Response(status=200, body=_encode(response, content_type), content_type=content_type)

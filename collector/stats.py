@@ -1,0 +1,51 @@
+"""Sampling stats for ``/api/v1/stats`` and ``tailsampler stats``, read off the metrics registry."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from prometheus_client import Counter
+
+from collector.buffer import BufferStats
+from collector.metrics import Metrics
+
+
+def _samples(counter: Counter) -> list[tuple[dict[str, str], float]]:
+    return [
+        (sample.labels, sample.value)
+        for family in counter.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    ]
+
+
+def _by(counter: Counter, label: str) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for labels, value in _samples(counter):
+        out[labels[label]] += int(value)
+    return dict(out)
+
+
+def snapshot(metrics: Metrics, buffer: BufferStats) -> dict[str, object]:
+    by_policy: dict[str, dict[str, int]] = defaultdict(lambda: {"kept": 0, "dropped": 0})
+    for labels, value in _samples(metrics.traces_decided):
+        by_policy[labels["policy"] or "(none)"][labels["decision"]] += int(value)
+    votes: dict[str, dict[str, int]] = defaultdict(dict)
+    for labels, value in _samples(metrics.policy_votes):
+        votes[labels["policy"]][labels["vote"]] = int(value)
+    decided = _by(metrics.traces_decided, "decision")
+    return {
+        "spans": {
+            "received": sum(_by(metrics.spans_received, "transport").values()),
+            "refused": _by(metrics.spans_refused, "reason"),
+            "late": _by(metrics.late_spans, "decision"),
+        },
+        "traces": {
+            "kept": decided.get("kept", 0),
+            "dropped": decided.get("dropped", 0),
+            "by_policy": dict(by_policy),
+            "early": _by(metrics.early_decisions, "reason"),
+        },
+        "policies": dict(votes),
+        "buffer": {"traces": buffer.traces, "bytes": buffer.bytes},
+    }
