@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 
+from collector import trace_api
 from collector.admin import AdminServer
 from collector.buffer import make_buffer
 from collector.config import Config
@@ -21,7 +22,7 @@ from collector.metrics import Metrics
 from collector.receive import GrpcReceiver, HttpReceiver
 from collector.stats import snapshot
 from policies import PolicyContext, build_engine
-from storage import build_exporters
+from storage import SqliteSpec, build_exporters
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,16 @@ class Collector:
         self.buffer = make_buffer(config, self.metrics.registry)
         self.engine = build_engine(config.tail_sampling, PolicyContext(clock=time.monotonic, bucket=self.buffer.bucket_factory()))
         self.exporters = build_exporters(config.exporters, self.metrics.registry)
-        self.forwarder = Forwarder(self.exporters)
+        self.forwarder = Forwarder(self.exporters, config.tail_sampling.recording)
         self.ingest = Ingest(self.buffer, self.forwarder, self.metrics)
         self.loop = DecisionLoop(self.buffer, self.engine, self.forwarder, self.metrics, float(config.buffer.tick))
         otlp = config.receivers.otlp
         self.grpc = GrpcReceiver(self.ingest, otlp.grpc.endpoint, otlp.grpc.max_recv_msg_size_mib) if otlp.grpc else None
         self.http = HttpReceiver(self.ingest, otlp.http.endpoint, otlp.http.max_request_body_size_mib) if otlp.http else None
-        self.admin = AdminServer(config.admin.endpoint, self.metrics, self.readiness, self.stats)
+        stores = [spec.path for spec in config.exporters if isinstance(spec, SqliteSpec)]
+        self.admin = AdminServer(
+            config.admin.endpoint, self.metrics, self.readiness, self.stats, trace_api.routes(stores[0]) if stores else []
+        )
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self.stopped = False

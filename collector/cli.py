@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import signal
@@ -98,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--admin", default="127.0.0.1:13133", help="admin endpoint host:port")
     stats.add_argument("--json", action="store_true", help="print the raw JSON")
     stats.set_defaults(func=_stats)
+
+    for name, module, summary in (
+        ("traces", "collector.traces_cmd", "list and show kept traces in the SQLite store"),
+        ("evaluate", "collector.evaluate", "run the configured policies over traces saved in OTLP files"),
+    ):
+        command = sub.add_parser(name, help=summary)
+        handler = importlib.import_module(module)
+        handler.configure(command)
+        command.set_defaults(func=handler.run)
     return parser
 
 

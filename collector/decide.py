@@ -15,7 +15,6 @@ from collector.buffer import Claimed, Settlement, TraceBuffer
 from collector.forward import Forwarder
 from collector.metrics import Metrics
 from policies import Engine, TraceView, Verdict
-from storage import KeptTrace
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +73,7 @@ class DecisionLoop:
     async def decide(self, batch: list[Claimed]) -> None:
         metrics = self._metrics
         settlements: list[Settlement] = []
-        kept: dict[bytes, str | None] = {}
+        kept: dict[bytes, Verdict] = {}
         for claimed in batch:
             verdict, span_count = self._verdict(claimed)
             decision = "kept" if verdict.keep else "dropped"
@@ -86,13 +85,13 @@ class DecisionLoop:
             if claimed.reason != "deadline":
                 metrics.early_decisions.labels(claimed.reason).inc()
             if verdict.keep:
-                kept[claimed.trace_id] = verdict.policy
-                await self._forwarder.forward(KeptTrace(claimed.trace_id, claimed.data, verdict.policy))
+                kept[claimed.trace_id] = verdict
+                await self._forwarder.forward(claimed.trace_id, claimed.data, verdict)
             settlements.append(Settlement(claimed.trace_id, verdict.keep, verdict.policy))
         stragglers = await self._buffer.settle(settlements, time.time())
         for trace_id, data in stragglers.items():
             if trace_id in kept:
-                await self._forwarder.forward_late(trace_id, data, kept[trace_id])
+                await self._forwarder.forward(trace_id, data, kept[trace_id], late=True)
 
     async def drain(self, drop: bool) -> int:
         """Decide (or, with ``drop``, discard) everything still buffered; returns traces handled."""

@@ -1,17 +1,21 @@
-"""Hands kept traces to every configured exporter: fresh decisions and late spans alike."""
+"""Hands kept traces to every configured exporter: fresh decisions and late spans alike.
+
+Recording (``tail_sampling.recording``) happens here, once, so a late span of a kept trace
+carries the same sampling facts as the spans that were decided with it.
+"""
 
 from __future__ import annotations
 
+from policies import RecordingConfig, Verdict, record
 from storage import Exporter, KeptTrace
 
 
 class Forwarder:
-    def __init__(self, exporters: list[Exporter]) -> None:
+    def __init__(self, exporters: list[Exporter], recording: RecordingConfig) -> None:
         self.exporters = exporters
+        self._recording = recording
 
-    async def forward(self, trace: KeptTrace) -> None:
+    async def forward(self, trace_id: bytes, data: bytes, verdict: Verdict, late: bool = False) -> None:
+        kept = KeptTrace(trace_id, record(data, verdict, self._recording), verdict.policy, late)
         for exporter in self.exporters:
-            await exporter.submit(trace)
-
-    async def forward_late(self, trace_id: bytes, data: bytes, policy: str | None) -> None:
-        await self.forward(KeptTrace(trace_id, data, policy, late=True))
+            await exporter.submit(kept)

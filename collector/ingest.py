@@ -16,6 +16,7 @@ from collector.buffer import BufferFull, BufferUnavailable, TraceBuffer
 from collector.forward import Forwarder
 from collector.metrics import Metrics
 from collector.split import split_request
+from policies import Verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +52,8 @@ class Ingest:
                 metrics.late_spans.labels("dropped").inc(result.late_dropped_spans)
             for trace_id, data in result.late_kept.items():
                 metrics.late_spans.labels("kept").inc(split.fragments[trace_id].span_count)
-                await self._forwarder.forward_late(trace_id, data, result.late_kept_policy.get(trace_id))
+                verdict = Verdict(True, result.late_kept_policy.get(trace_id))
+                await self._forwarder.forward(trace_id, data, verdict, late=True)
             metrics.spans_received.labels(transport).inc(split.span_count)
         metrics.requests.labels(transport, "partial" if split.rejected_spans else "ok").inc()
         return Accepted(split.rejected_spans, split.error_message)

@@ -42,6 +42,9 @@ class MemoryTraceBuffer(TraceBuffer):
         self._wait = float(ts.decision_wait)
         self._wait_after_root = float(ts.decision_wait_after_root_received)
         self._max_traces = ts.num_traces
+        # traces handed to an early decision still hold memory until the decider takes them; a
+        # decider that falls this far behind turns decide_early into backpressure
+        self._max_early = max(ts.num_traces, 1024)
         self._max_trace_bytes = ts.maximum_trace_size_bytes
         self._max_bytes = max_bytes
         self._backpressure = overflow == "backpressure"
@@ -91,7 +94,7 @@ class MemoryTraceBuffer(TraceBuffer):
         over_traces = len(traces) - len(self._early) + len(new_ids) - self._max_traces
         over_bytes = self._bytes - self._early_bytes + incoming - self._max_bytes
         if over_traces > 0 or over_bytes > 0:
-            if self._backpressure or len(self._early) >= self._max_traces:
+            if self._backpressure or len(self._early) >= self._max_early:
                 what = "num_traces" if over_traces > 0 else "max_bytes"
                 raise BufferFull(f"trace buffer full ({what} reached)", retry_after=max(1.0, self._wait_after_root or self._tick))
             result.early = self._evict_oldest(over_traces, over_bytes)

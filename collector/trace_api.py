@@ -1,0 +1,48 @@
+"""The admin listener's query API over the embedded SQLite store of kept traces."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+from aiohttp import web
+from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+
+from collector.otlp_json import to_json
+from storage import TraceStoreError, get_trace, list_traces
+
+
+def routes(db_path: str) -> list[web.RouteDef]:
+    async def list_page(request: web.Request) -> web.Response:
+        query = request.query
+        try:
+            limit = int(query.get("limit", "50"))
+            since = float(query["since"]) if "since" in query else None
+        except ValueError:
+            raise web.HTTPBadRequest(text="limit must be an integer and since Unix seconds") from None
+        try:
+            rows = await asyncio.to_thread(
+                list_traces,
+                db_path,
+                limit=limit,
+                errors_only=query.get("errors", "false").lower() in ("1", "true", "yes"),
+                service=query.get("service"),
+                policy=query.get("policy"),
+                since=since,
+            )
+        except TraceStoreError as exc:
+            raise web.HTTPServiceUnavailable(text=str(exc)) from None
+        return web.json_response({"traces": rows})
+
+    async def trace_page(request: web.Request) -> web.Response:
+        try:
+            row = await asyncio.to_thread(get_trace, db_path, request.match_info["trace_id"])
+        except TraceStoreError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
+        if row is None:
+            raise web.HTTPNotFound(text="no kept trace with that ID")
+        spans = row.pop("spans")
+        body = msgspec.json.encode({"trace": row, "otlp": msgspec.Raw(to_json(TracesData.FromString(spans)))})
+        return web.Response(body=body, content_type="application/json")
+
+    return [web.get("/api/v1/traces", list_page), web.get("/api/v1/traces/{trace_id}", trace_page)]
