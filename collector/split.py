@@ -2,8 +2,9 @@
 
 A fragment is a complete ``TracesData.resource_spans`` entry (tag, length, ``ResourceSpans``)
 holding only one trace's spans with their resource and scope, so that ``b"".join`` of a trace's
-fragments is already a valid ``TracesData`` / ``ExportTraceServiceRequest`` body. Spans are
-copied as serialized bytes; the resource and scope are serialized once per request.
+fragments is already a valid ``TracesData`` / ``ExportTraceServiceRequest`` body. Each span is
+serialized once by upb; resources and scopes once per request; the nesting around them is
+written as raw protobuf framing rather than by building new messages.
 """
 
 from __future__ import annotations
@@ -28,8 +29,23 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
+_SMALL_VARINTS = [varint(n) for n in range(16384)]  # every length a span usually has: 1 or 2 bytes
+
+
+def _length(n: int) -> bytes:
+    return _SMALL_VARINTS[n] if n < 16384 else varint(n)
+
+
 def _field(tag: bytes, payload: bytes) -> bytes:
-    return tag + varint(len(payload)) + payload
+    return tag + _length(len(payload)) + payload
+
+
+def _framing(message: object, present: bool, schema_url: str) -> tuple[bytes, bytes]:
+    """The bytes before and after the spans of a ResourceSpans / ScopeSpans: its header message
+    (field 1) and schema URL (field 3)."""
+    head = _field(_TAG_1, message.SerializeToString()) if present else b""  # type: ignore[attr-defined]
+    tail = _field(_TAG_3, schema_url.encode()) if schema_url else b""
+    return head, tail
 
 
 @dataclass(slots=True)
@@ -51,86 +67,41 @@ class SplitResult:
 
 def split_request(request: ExportTraceServiceRequest) -> SplitResult:
     """Group the request's spans by trace ID; spans with invalid IDs are refused and counted."""
-    # trace_id -> list of (resource_spans index, scope_spans index, span bytes)
-    grouped: dict[bytes, list[tuple[int, int, bytes]]] = {}
+    entries: dict[bytes, list[bytes]] = {}  # trace ID -> its ResourceSpans entries, framed
+    counts: dict[bytes, int] = {}
     roots: set[bytes] = set()
     rejected = 0
-    accepted = 0
-    for ri, rs in enumerate(request.resource_spans):
-        for si, ss in enumerate(rs.scope_spans):
+    for rs in request.resource_spans:
+        scoped: dict[bytes, list[bytes]] = {}  # trace ID -> its ScopeSpans entries in this resource
+        for ss in rs.scope_spans:
+            parts: dict[bytes, list[bytes]] = {}  # trace ID -> framed spans in this scope
             for span in ss.spans:
                 trace_id = span.trace_id
                 span_id = span.span_id
-                if (
-                    len(trace_id) != 16
-                    or trace_id == _ZERO_TRACE
-                    or len(span_id) != 8
-                    or span_id == _ZERO_SPAN
-                ):
+                if len(trace_id) != 16 or len(span_id) != 8 or trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
                     rejected += 1
                     continue
-                accepted += 1
                 if not span.parent_span_id:
                     roots.add(trace_id)
-                entries = grouped.get(trace_id)
-                if entries is None:
-                    grouped[trace_id] = [(ri, si, span.SerializeToString())]
-                else:
-                    entries.append((ri, si, span.SerializeToString()))
-    wrap = _Wrapping(request)
+                data = span.SerializeToString()
+                framed = parts.get(trace_id)
+                if framed is None:
+                    framed = parts[trace_id] = []
+                framed += (_TAG_2, _length(len(data)), data)
+            if parts:
+                head, tail = _framing(ss.scope, ss.HasField("scope"), ss.schema_url)
+                for trace_id, framed in parts.items():
+                    counts[trace_id] = counts.get(trace_id, 0) + len(framed) // 3
+                    scoped.setdefault(trace_id, []).append(_field(_TAG_2, b"".join((head, *framed, tail))))
+        if scoped:
+            head, tail = _framing(rs.resource, rs.HasField("resource"), rs.schema_url)
+            for trace_id, scopes in scoped.items():
+                entries.setdefault(trace_id, []).append(_field(_TAG_1, b"".join((head, *scopes, tail))))
     fragments = {
-        trace_id: Fragment(wrap.encode(entries), len(entries), trace_id in roots)
-        for trace_id, entries in grouped.items()
+        trace_id: Fragment(b"".join(framed), counts[trace_id], trace_id in roots)
+        for trace_id, framed in entries.items()
     }
     message = ""
     if rejected:
-        message = (
-            f"{rejected} span(s) rejected: trace_id must be 16 bytes and span_id 8 bytes, not all zero"
-        )
-    return SplitResult(fragments, accepted, rejected, message)
-
-
-class _Wrapping:
-    """The resource and scope envelopes of one request, each serialized at most once."""
-
-    def __init__(self, request: ExportTraceServiceRequest) -> None:
-        self._request = request
-        self._resources: dict[int, tuple[bytes, bytes]] = {}
-        self._scopes: dict[tuple[int, int], tuple[bytes, bytes]] = {}
-
-    def _resource(self, ri: int) -> tuple[bytes, bytes]:
-        found = self._resources.get(ri)
-        if found is None:
-            rs = self._request.resource_spans[ri]
-            head = _field(_TAG_1, rs.resource.SerializeToString()) if rs.HasField("resource") else b""
-            tail = _field(_TAG_3, rs.schema_url.encode()) if rs.schema_url else b""
-            found = self._resources[ri] = (head, tail)
-        return found
-
-    def _scope(self, ri: int, si: int) -> tuple[bytes, bytes]:
-        found = self._scopes.get((ri, si))
-        if found is None:
-            ss = self._request.resource_spans[ri].scope_spans[si]
-            head = _field(_TAG_1, ss.scope.SerializeToString()) if ss.HasField("scope") else b""
-            tail = _field(_TAG_3, ss.schema_url.encode()) if ss.schema_url else b""
-            found = self._scopes[(ri, si)] = (head, tail)
-        return found
-
-    def encode(self, entries: list[tuple[int, int, bytes]]) -> bytes:
-        """Nest one trace's serialized spans (in request order) in their scopes and resources."""
-        out: list[bytes] = []
-        scopes: list[bytes] = []
-        spans: list[bytes] = []
-        ri_prev = si_prev = -1
-        for ri, si, span_bytes in entries + [(-1, -1, b"")]:
-            if (ri, si) != (ri_prev, si_prev) and spans:
-                head, tail = self._scope(ri_prev, si_prev)
-                scopes.append(_field(_TAG_2, head + b"".join(spans) + tail))
-                spans.clear()
-            if ri != ri_prev and scopes:
-                head, tail = self._resource(ri_prev)
-                out.append(_field(_TAG_1, head + b"".join(scopes) + tail))
-                scopes.clear()
-            ri_prev, si_prev = ri, si
-            spans.append(_field(_TAG_2, span_bytes))
-        return b"".join(out)
+        message = f"{rejected} span(s) rejected: trace_id must be 16 bytes and span_id 8 bytes, not all zero"
+    return SplitResult(fragments, sum(counts.values()), rejected, message)

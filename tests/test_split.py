@@ -1,0 +1,84 @@
+"""Splitting a request into per-trace fragments keeps every span, resource and scope intact."""
+
+from __future__ import annotations
+
+import os
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+
+from collector.split import split_request
+
+
+def mixed_request(traces: list[bytes]) -> ExportTraceServiceRequest:
+    """Two resources × two scopes, spans of several traces interleaved, as an SDK batch is."""
+    req = ExportTraceServiceRequest()
+    for r in range(2):
+        rs = req.resource_spans.add(schema_url=f"https://schemas/{r}")
+        rs.resource.attributes.add(key="service.name").value.string_value = f"svc-{r}"
+        for s in range(2):
+            ss = rs.scope_spans.add(schema_url="https://scope")
+            ss.scope.name = f"scope-{s}"
+            for i in range(6):
+                span = ss.spans.add(trace_id=traces[i % len(traces)], span_id=os.urandom(8), name=f"{r}.{s}.{i}")
+                if i >= len(traces):
+                    span.parent_span_id = os.urandom(8)
+    return req
+
+
+def test_each_trace_gets_its_spans_with_their_own_resource_and_scope() -> None:
+    traces = [os.urandom(16) for _ in range(3)]
+    req = mixed_request(traces)
+    result = split_request(req)
+    assert set(result.fragments) == set(traces)
+    assert result.span_count == 24 and result.rejected_spans == 0 and result.error_message == ""
+    for trace_id, fragment in result.fragments.items():
+        data = TracesData.FromString(fragment.data)
+        assert fragment.span_count == 8 and fragment.has_root
+        for r, rs in enumerate(data.resource_spans):
+            assert rs.schema_url == f"https://schemas/{r}"
+            assert rs.resource == req.resource_spans[r].resource
+            for s, ss in enumerate(rs.scope_spans):
+                original = req.resource_spans[r].scope_spans[s]
+                assert ss.scope == original.scope and ss.schema_url == original.schema_url
+                assert list(ss.spans) == [span for span in original.spans if span.trace_id == trace_id]
+
+
+def test_fragments_of_one_trace_concatenate_into_a_valid_request() -> None:
+    trace_id = os.urandom(16)
+    first = split_request(mixed_request([trace_id])).fragments[trace_id]
+    second = split_request(mixed_request([trace_id])).fragments[trace_id]
+    joined = ExportTraceServiceRequest.FromString(first.data + second.data)
+    assert sum(len(ss.spans) for rs in joined.resource_spans for ss in rs.scope_spans) == 48
+
+
+def test_invalid_ids_are_refused_and_counted_and_the_rest_kept() -> None:
+    good = os.urandom(16)
+    req = mixed_request([good])
+    spans = req.resource_spans[0].scope_spans[0].spans
+    spans[0].trace_id = bytes(16)
+    spans[1].span_id = bytes(8)
+    spans[2].trace_id = b"short"
+    spans[3].span_id = b""
+    result = split_request(req)
+    assert result.rejected_spans == 4
+    assert result.fragments[good].span_count == 20
+    assert "4 span(s) rejected" in result.error_message
+
+
+def test_a_trace_without_a_parentless_span_has_no_root() -> None:
+    trace_id = os.urandom(16)
+    req = ExportTraceServiceRequest()
+    req.resource_spans.add().scope_spans.add().spans.add(trace_id=trace_id, span_id=os.urandom(8), parent_span_id=os.urandom(8))
+    fragment = split_request(req).fragments[trace_id]
+    assert not fragment.has_root
+    assert TracesData.FromString(fragment.data).resource_spans[0].HasField("resource") is False
+
+
+def test_large_spans_get_multi_byte_lengths() -> None:
+    trace_id = os.urandom(16)
+    req = ExportTraceServiceRequest()
+    span = req.resource_spans.add().scope_spans.add().spans.add(trace_id=trace_id, span_id=os.urandom(8))
+    span.attributes.add(key="payload").value.string_value = "x" * 100_000
+    data = TracesData.FromString(split_request(req).fragments[trace_id].data)
+    assert data.resource_spans[0].scope_spans[0].spans[0] == span
