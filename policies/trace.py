@@ -1,0 +1,98 @@
+"""The read-only view of one buffered trace that every policy evaluates.
+
+A trace arrives as the concatenated fragments written by the receivers, which is a valid
+``TracesData`` body; the view parses it once and offers the facts policies ask for most
+(duration, root span, span count) without each policy walking the spans again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Iterator
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, TracesData
+
+
+@dataclass(frozen=True, slots=True)
+class SpanRef:
+    """One span with the resource and scope it was sent under."""
+
+    span: Span
+    resource: Resource
+    scope: InstrumentationScope
+
+
+def any_value(value: AnyValue) -> Any:
+    """Convert an OTLP ``AnyValue`` into the matching Python value (None when unset)."""
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [any_value(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: any_value(kv.value) for kv in value.kvlist_value.values}
+    return getattr(value, kind)
+
+
+def attribute(attributes: "list[KeyValue] | Any", key: str) -> Any:
+    """The value of ``key`` in a repeated ``KeyValue`` field, or None when absent."""
+    for kv in attributes:
+        if kv.key == key:
+            return any_value(kv.value)
+    return None
+
+
+class TraceView:
+    """All spans received for one trace, parsed once, with derived facts computed on demand."""
+
+    __slots__ = ("trace_id", "data", "spans", "__dict__")
+
+    def __init__(self, trace_id: bytes, data: bytes) -> None:
+        self.trace_id = trace_id
+        self.data = data
+        parsed = TracesData.FromString(data)
+        self.spans: list[SpanRef] = [
+            SpanRef(span, rs.resource, ss.scope)
+            for rs in parsed.resource_spans
+            for ss in rs.scope_spans
+            for span in ss.spans
+        ]
+
+    @property
+    def span_count(self) -> int:
+        return len(self.spans)
+
+    @property
+    def byte_size(self) -> int:
+        return len(self.data)
+
+    @cached_property
+    def start_time_unix_nano(self) -> int:
+        return min((ref.span.start_time_unix_nano for ref in self.spans), default=0)
+
+    @cached_property
+    def end_time_unix_nano(self) -> int:
+        return max((ref.span.end_time_unix_nano for ref in self.spans), default=0)
+
+    @property
+    def duration_ns(self) -> int:
+        """Earliest span start to latest span end over the whole trace."""
+        return max(0, self.end_time_unix_nano - self.start_time_unix_nano)
+
+    @cached_property
+    def root(self) -> SpanRef | None:
+        """The span without a parent, if it has arrived."""
+        return next((ref for ref in self.spans if not ref.span.parent_span_id), None)
+
+    def iter_attribute(self, key: str) -> Iterator[Any]:
+        """Every value ``key`` takes on a span or on a span's resource, span attributes first."""
+        for ref in self.spans:
+            value = attribute(ref.span.attributes, key)
+            if value is not None:
+                yield value
+            value = attribute(ref.resource.attributes, key)
+            if value is not None:
+                yield value
