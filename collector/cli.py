@@ -48,12 +48,40 @@ async def _run(config, reuse_port: bool) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    if args.otel_collector_config:
+        return _validate_otel(args)
+    if not args.config:
+        print("tailsampler validate: give a CONFIG file or --otel-collector-config FILE", file=sys.stderr)
+        return 2
     try:
         load_config(args.config)
     except ConfigError as exc:
         print(f"invalid: {exc}", file=sys.stderr)
         return 1
     print(f"{args.config}: ok")
+    return 0
+
+
+def _validate_otel(args: argparse.Namespace) -> int:
+    from collector.otelconfig import convert_otel_collector_config, validate_otel_collector_config
+
+    path = args.otel_collector_config
+    problems = validate_otel_collector_config(path)
+    for problem in problems:
+        print(f"invalid: {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    if args.write:
+        try:
+            converted = convert_otel_collector_config(path, args.processor)
+        except ConfigError as exc:
+            print(f"tailsampler: {exc}", file=sys.stderr)
+            return 1
+        with open(args.write, "w") as out:
+            out.write(converted)
+        print(f"{path}: ok; wrote {args.write}")
+        return 0
+    print(f"{path}: ok")
     return 0
 
 
@@ -92,7 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     validate = sub.add_parser("validate", help="check a config file and exit")
-    validate.add_argument("config", help="YAML config file")
+    validate.add_argument("config", nargs="?", help="YAML config file")
+    validate.add_argument(
+        "--otel-collector-config", metavar="FILE", help="check the tail_sampling processors of an OpenTelemetry Collector config"
+    )
+    validate.add_argument("--write", metavar="OUT", help="with --otel-collector-config: write it as a tailsampler config")
+    validate.add_argument("--processor", help="with --write: which tail_sampling processor, when there are several")
     validate.set_defaults(func=_validate)
 
     stats = sub.add_parser("stats", help="sampling stats from a running collector's admin listener")

@@ -7,6 +7,7 @@ Every error names the file, the key path inside it and what was expected, so tha
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -15,7 +16,7 @@ import yaml
 
 from collector.durations import Duration
 from collector.errors import ConfigError
-from policies import TailSamplingConfig
+from policies import PolicyContext, TailSamplingConfig, build_engine
 from storage import ExporterSpec
 
 T = TypeVar("T")
@@ -54,6 +55,7 @@ class BufferConfig(msgspec.Struct, forbid_unknown_fields=True):
     shards: int = 16
     lease: Duration = Duration(30.0)
     key_prefix: str = "ts"
+    timeout: Duration = Duration(2.0)
 
 
 class AdminConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -154,6 +156,10 @@ def _check(config: Config, source: str) -> None:
     if problems:
         key, problem = problems[0]
         raise ConfigError(f"{source}: {key}: {problem}")
+    try:
+        build_engine(ts, PolicyContext(clock=time.monotonic))  # semantic checks of every policy
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def _valid_endpoint(endpoint: str) -> bool:

@@ -237,3 +237,36 @@ async def test_admin_api_lists_and_shows_kept_traces_and_stats_cli_reads_it(
     assert "traces kept      1" in result.stdout
     assert "errors" in result.stdout
     client.shutdown()
+
+
+def test_validate_checks_and_converts_an_opentelemetry_collector_config(tmp_path: Path) -> None:
+    otelcol = tmp_path / "otelcol.yaml"
+    otelcol.write_text(
+        "receivers: {otlp: {protocols: {grpc: {}}}}\n"
+        "processors:\n"
+        "  batch: {}\n"
+        "  tail_sampling/edge:\n"
+        "    decision_wait: 5s\n"
+        "    policies:\n"
+        "      - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}\n"
+    )
+    out = tmp_path / "tailsampler.yaml"
+    result = _cli("validate", "--otel-collector-config", str(otelcol), "--write", str(out))
+    assert result.returncode == 0, result.stderr
+    assert _cli("validate", str(out)).returncode == 0
+
+    otelcol.write_text(otelcol.read_text().replace("status_codes: [ERROR]", "status_codes: [BROKEN]"))
+    result = _cli("validate", "--otel-collector-config", str(otelcol))
+    assert result.returncode == 1
+    assert "processors.tail_sampling/edge.policies[0]" in result.stderr
+
+
+def test_validate_refuses_policies_that_decode_but_make_no_sense(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "tail_sampling:\n  policies:\n"
+        "    - {name: band, type: latency, latency: {threshold_ms: 500, upper_threshold_ms: 100}}\n"
+    )
+    result = _cli("validate", str(bad))
+    assert result.returncode == 1
+    assert f"{bad}: tail_sampling.policies[0].latency.upper_threshold_ms" in result.stderr
