@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 
 from collector.config import ConfigError, load_config
+from storage import ExporterSetupError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -40,7 +41,12 @@ async def _run(config, reuse_port: bool) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await collector.start()
+    try:
+        await collector.start()
+    except (ExporterSetupError, OSError) as exc:
+        print(f"tailsampler: cannot start: {exc}", file=sys.stderr)
+        await collector.stop()
+        return 2
     await stop.wait()
     logging.getLogger("collector").info("shutting down")
     await collector.stop()

@@ -17,7 +17,7 @@ import yaml
 from collector.durations import Duration
 from collector.errors import ConfigError
 from policies import PolicyContext, TailSamplingConfig, build_engine
-from storage import ExporterSpec
+from storage import ExporterSpec, exporter_names
 
 T = TypeVar("T")
 
@@ -146,6 +146,11 @@ def _check(config: Config, source: str) -> None:
         problems.append(("buffer.max_bytes", "must be greater than 0"))
     if not config.exporters:
         problems.append(("exporters", "at least one exporter is required, or kept traces go nowhere"))
+    try:
+        exporter_names(config.exporters)
+    except ValueError as exc:
+        key, _, problem = str(exc).partition(": ")
+        problems.append((key, problem))
     for key, endpoint in (
         ("receivers.otlp.grpc.endpoint", config.receivers.otlp.grpc and config.receivers.otlp.grpc.endpoint),
         ("receivers.otlp.http.endpoint", config.receivers.otlp.http and config.receivers.otlp.http.endpoint),

@@ -86,7 +86,7 @@ class DecisionLoop:
                 metrics.early_decisions.labels(claimed.reason).inc()
             if verdict.keep:
                 kept[claimed.trace_id] = verdict
-                await self._forwarder.forward(claimed.trace_id, claimed.data, verdict)
+                await self._forwarder.forward(claimed.trace_id, claimed.data, verdict, span_count)
             settlements.append(Settlement(claimed.trace_id, verdict.keep, verdict.policy))
         stragglers = await self._buffer.settle(settlements, time.time())
         for trace_id, data in stragglers.items():

@@ -15,7 +15,10 @@ class Forwarder:
         self.exporters = exporters
         self._recording = recording
 
-    async def forward(self, trace_id: bytes, data: bytes, verdict: Verdict, late: bool = False) -> None:
-        kept = KeptTrace(trace_id, record(data, verdict, self._recording), verdict.policy, late)
+    async def forward(
+        self, trace_id: bytes, data: bytes, verdict: Verdict, span_count: int = 0, late: bool = False
+    ) -> None:
+        """``span_count`` 0 means unknown (the exporters count for themselves)."""
+        kept = KeptTrace(trace_id, record(data, verdict, self._recording), verdict.policy, late, span_count)
         for exporter in self.exporters:
             await exporter.submit(kept)

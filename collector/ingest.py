@@ -51,9 +51,10 @@ class Ingest:
             if result.late_dropped_spans:
                 metrics.late_spans.labels("dropped").inc(result.late_dropped_spans)
             for trace_id, data in result.late_kept.items():
-                metrics.late_spans.labels("kept").inc(split.fragments[trace_id].span_count)
+                span_count = split.fragments[trace_id].span_count
+                metrics.late_spans.labels("kept").inc(span_count)
                 verdict = Verdict(True, result.late_kept_policy.get(trace_id))
-                await self._forwarder.forward(trace_id, data, verdict, late=True)
+                await self._forwarder.forward(trace_id, data, verdict, span_count, late=True)
             metrics.spans_received.labels(transport).inc(split.span_count)
         metrics.requests.labels(transport, "partial" if split.rejected_spans else "ok").inc()
         return Accepted(split.rejected_spans, split.error_message)

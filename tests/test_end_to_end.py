@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 import pytest
 from opentelemetry.trace import Status, StatusCode
 
@@ -270,3 +272,25 @@ def test_validate_refuses_policies_that_decode_but_make_no_sense(tmp_path: Path)
     result = _cli("validate", str(bad))
     assert result.returncode == 1
     assert f"{bad}: tail_sampling.policies[0].latency.upper_threshold_ms" in result.stderr
+
+
+def test_serve_reports_an_exporter_it_cannot_set_up_and_exits(tmp_path: Path) -> None:
+    config = collector_config([{"type": "otlp", "endpoint": "127.0.0.1:1", "ca_file": str(tmp_path / "missing.pem")}])
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = _cli("serve", "--config", str(path))
+    assert result.returncode == 2
+    assert "missing.pem" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_reports_a_port_in_use_and_exits(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        config = collector_config([{"type": "sqlite", "path": str(tmp_path / "k.db")}])
+        config["admin"]["endpoint"] = f"127.0.0.1:{busy.getsockname()[1]}"
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(config))
+        result = _cli("serve", "--config", str(path))
+    assert result.returncode == 2
+    assert "cannot start" in result.stderr and "Traceback" not in result.stderr

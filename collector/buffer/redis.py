@@ -1,0 +1,457 @@
+"""The shared buffer: traces wait in Redis or Redis Cluster, so agents are stateless and interchangeable.
+
+Any agent may receive any span and any agent may decide any trace. A stable hash of the trace ID
+picks one of ``shards``; every key of a shard carries the shard's hash tag, so each Lua script
+(append, claim, settle) touches one cluster slot and runs atomically. Scripts are loaded once and
+called by SHA, pipelined per request; after a server restart or SCRIPT FLUSH (NOSCRIPT) they are
+loaded again and only the refused calls run again.
+
+Key layout, per shard ``{n}`` (``ts`` is ``key_prefix``)::
+
+    ts:{n}:s:<trace_id_hex>   STRING  the trace's fragments, appended as they arrive
+    ts:{n}:due                ZSET    trace -> decision deadline (1 = too big, 2 = overflow: decide now)
+    ts:{n}:claims             ZSET    trace -> lease deadline of the agent deciding it
+    ts:{n}:meta               HASH    tb: bytes stored, eb: bytes of traces marked for early decision
+    ts:{n}:d:<trace_id_hex>   STRING  "1"/"0" (kept/dropped) + policy, TTL decision_cache.ttl
+
+A claimed trace is leased: the agent renews its leases every lease/3 while deciding and exporting;
+an agent that dies stops renewing and another agent reclaims the trace when the lease runs out.
+Every key has a TTL, so nothing outlives a fleet that is gone for good.
+
+Commands that time out raise ``BufferUnavailable``; a command that reaches Redis after the agent gave
+up on it is refused by the script itself (a fence computed from Redis's clock), so a client's retry
+never doubles spans that a paused Redis would otherwise have taken late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import random
+import time
+import zlib
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import AsyncIterator, Sequence
+
+from prometheus_client import CollectorRegistry, Counter
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+    NoScriptError,
+    OutOfMemoryError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TimeoutError as RedisTimeoutError,
+)
+
+from collector.config import BufferConfig
+from collector.split import Fragment
+from policies import TailSamplingConfig
+from policies.base import BucketFactory
+
+from .base import AppendResult, BufferFull, BufferStats, BufferUnavailable, Claimed, Settlement, TraceBuffer
+from .redis_budget import SharedBudgets
+
+log = logging.getLogger(__name__)
+
+# Traces of a fleet that is gone for good are kept at least this long, so agents restarted
+# within it still decide them.
+_MIN_HOLD = 600.0
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError, asyncio.TimeoutError)
+
+
+def _read(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text()
+
+
+class _Scripts:
+    """The buffer's Lua scripts (each prefixed with the shared functions) and their SHA1s."""
+
+    NAMES = ("append", "check", "claim", "settle", "renew")
+
+    def __init__(self) -> None:
+        common = _read("redis_common.lua")
+        self.source = {name: common + _read(f"redis_{name}.lua") for name in self.NAMES}
+        self.sha = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self.source.items()}
+
+
+_SCRIPTS = _Scripts()
+
+
+def shard_of(trace_id: bytes, shards: int) -> int:
+    """CRC-32 of the trace ID: the same shard in every agent, process and version."""
+    return zlib.crc32(trace_id) % shards
+
+
+def connect(url: str, cluster: bool, timeout: float) -> Redis | RedisCluster:
+    """An asyncio client (hiredis parser when installed) that fails fast instead of retrying:
+    the buffer's callers decide what a failure means (push back, try next tick)."""
+    options = dict(
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+    if cluster:
+        return RedisCluster.from_url(url, **options)
+    return Redis.from_url(url, **options)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shard:
+    index: int
+    prefix: str
+    keys: tuple[str, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    script: str
+    shard: _Shard
+    args: Sequence[object]
+
+
+class RedisTraceBuffer(TraceBuffer):
+    def __init__(
+        self,
+        config: BufferConfig,
+        ts: TailSamplingConfig,
+        *,
+        overflow: str,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        if config.shards <= 0:
+            raise ValueError(f"buffer.shards must be greater than 0, got {config.shards}")
+        if config.lease <= 0:
+            raise ValueError(f"buffer.lease must be greater than 0, got {config.lease}")
+        self._timeout = float(config.timeout)
+        self._lease = float(config.lease)
+        self._wait = float(ts.decision_wait)
+        self._wait_after_root = float(ts.decision_wait_after_root_received)
+        self._max_trace_bytes = ts.maximum_trace_size_bytes
+        self._max_traces = math.ceil(ts.num_traces / config.shards)
+        self._max_bytes = math.ceil(config.max_bytes / config.shards)
+        self._backpressure = overflow == "backpressure"
+        self._retry_after = max(1.0, self._wait_after_root or float(config.tick))
+        self._hold_ms = int(max(_MIN_HOLD, 2 * (self._wait + self._lease)) * 1000)
+        cache = ts.decision_cache
+        ttl_ms = int(float(cache.ttl) * 1000)
+        self._kept_ttl_ms = ttl_ms if cache.sampled_cache_size > 0 else 0
+        self._dropped_ttl_ms = ttl_ms if cache.non_sampled_cache_size > 0 else 0
+        self._shards = [
+            _Shard(n, f"{config.key_prefix}:{{{n}}}:", tuple(f"{config.key_prefix}:{{{n}}}:{k}" for k in ("due", "claims", "meta")))
+            for n in range(config.shards)
+        ]
+        self._early_seen = [0] * config.shards
+        self._client = connect(config.url, config.cluster, self._timeout)
+        self._cluster = config.cluster
+        self._clock_offset_ms: float | None = None
+        self._now_offset = 0.0
+        self._held: dict[bytes, tuple[int, int]] = {}
+        self._renewer: asyncio.Task[None] | None = None
+        self.budgets = SharedBudgets(self._client, config.key_prefix, interval=float(config.tick))
+        registry = registry if registry is not None else CollectorRegistry()
+        self._reclaimed = Counter(
+            "tailsampler_redis_reclaimed_traces", "Traces taken over after their agent's lease ran out",
+            registry=registry,
+        )
+        self._unavailable = Counter(
+            "tailsampler_redis_unavailable", "Redis operations that failed because Redis was unreachable",
+            ["operation"], registry=registry,
+        )
+        self._script_loads = Counter(
+            "tailsampler_redis_script_loads", "Times the buffer's scripts were (re)loaded into Redis",
+            registry=registry,
+        )
+
+    def shard(self, trace_id: bytes) -> int:
+        return shard_of(trace_id, len(self._shards))
+
+    def bucket_factory(self) -> BucketFactory:
+        return self.budgets.bucket
+
+    async def start(self) -> None:
+        try:
+            await self._sync_clock()
+            await self._load_scripts()
+        except _UNREACHABLE as exc:
+            log.warning("redis buffer: %s unreachable at start (%s); retrying on use", _where(self._client), exc)
+        self._renewer = asyncio.create_task(self._renew_forever(), name="redis-lease-renewal")
+        await self.budgets.start()
+
+    async def close(self) -> None:
+        """Hand this agent's unsettled claims back at once, so other agents need not wait out the lease."""
+        await self.budgets.close()
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+            self._renewer = None
+        if self._held:
+            try:
+                await self._renew(0.0)
+            except (BufferUnavailable, RedisError) as exc:
+                log.warning("redis buffer: could not release %d claims (%s); they expire with their lease", len(self._held), exc)
+        await self._client.aclose()
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    async def _sync_clock(self) -> None:
+        """Learn Redis's clock relative to ours: the fence of each script is in Redis time."""
+        before = time.time()
+        seconds, micros = await self._client.time()
+        after = time.time()
+        self._clock_offset_ms = seconds * 1000 + micros / 1000 - (before + after) * 500
+
+    async def _load_scripts(self) -> None:
+        for source in _SCRIPTS.source.values():
+            await self._client.script_load(source)
+        self._script_loads.inc()
+
+    def _fence(self) -> int:
+        """Past this Redis time a command is stale: the agent will have stopped waiting for it."""
+        assert self._clock_offset_ms is not None
+        return int(time.time() * 1000 + self._clock_offset_ms + self._timeout * 500)
+
+    @asynccontextmanager
+    async def _reaching(self, operation: str) -> AsyncIterator[None]:
+        try:
+            if self._clock_offset_ms is None:
+                await self._sync_clock()
+            yield
+        except _UNREACHABLE as exc:
+            self._fail(operation, exc)
+        except ResponseError as exc:
+            if isinstance(exc, OutOfMemoryError) or str(exc).startswith(("STALE", "CLUSTERDOWN", "TRYAGAIN", "LOADING", "MASTERDOWN")):
+                self._fail(operation, exc)
+            raise
+
+    def _fail(self, operation: str, exc: Exception) -> None:
+        self._unavailable.labels(operation).inc()
+        raise BufferUnavailable(f"redis {_where(self._client)} unavailable during {operation}: {exc}") from exc
+
+    async def _run(self, calls: list[_Call]) -> list[object]:
+        """Run script calls in one pipeline; calls refused with NOSCRIPT run again after a reload."""
+        results = await self._pipeline(calls)
+        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if missing:
+            await self._load_scripts()
+            for i, result in zip(missing, await self._pipeline([calls[i] for i in missing])):
+                results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    async def _pipeline(self, calls: list[_Call]) -> list[object]:
+        pipe = self._client.pipeline(transaction=False)
+        for call in calls:
+            # execute_command: redis-py's cluster pipeline refuses its evalsha() helper, although
+            # a script whose keys share one slot pipelines like any single-slot command
+            pipe.execute_command("EVALSHA", _SCRIPTS.sha[call.script], 3, *call.shard.keys, *call.args)
+        return list(await pipe.execute(raise_on_error=False))
+
+    def _by_shard(self, trace_ids) -> dict[int, list[bytes]]:
+        groups: dict[int, list[bytes]] = {}
+        shards = len(self._shards)
+        for trace_id in trace_ids:
+            groups.setdefault(zlib.crc32(trace_id) % shards, []).append(trace_id)
+        return groups
+
+    # -- the TraceBuffer interface ------------------------------------------------------------
+
+    async def append(self, fragments: dict[bytes, Fragment], now: float) -> AppendResult:
+        groups = self._by_shard(fragments)
+        result = AppendResult()
+        async with self._reaching("append"):
+            await self._admit(groups, fragments)
+            fence = self._fence()
+            calls = []
+            for index, trace_ids in groups.items():
+                shard = self._shards[index]
+                args: list[object] = [
+                    fence, shard.prefix, now, self._wait, self._wait_after_root, self._max_traces,
+                    self._max_bytes, self._max_trace_bytes, 0 if self._backpressure else 1, self._hold_ms,
+                ]
+                for trace_id in trace_ids:
+                    fragment = fragments[trace_id]
+                    args += (trace_id.hex(), b"1" if fragment.has_root else b"0", fragment.data)
+                calls.append(_Call("append", shard, args))
+            replies = await self._run(calls)
+        for call, reply, trace_ids in zip(calls, replies, groups.values()):
+            result.early += reply[0]
+            self._early_seen[call.shard.index] = reply[1]
+            for trace_id, status in zip(trace_ids, reply[2:]):
+                if status == 0:
+                    continue
+                fragment = fragments[trace_id]
+                if status[:1] == b"1":
+                    result.late_kept[trace_id] = fragment.data
+                    result.late_kept_policy[trace_id] = status[1:].decode() or None
+                else:
+                    result.late_dropped_spans += fragment.span_count
+        return result
+
+    async def _admit(self, groups: dict[int, list[bytes]], fragments: dict[bytes, Fragment]) -> None:
+        """Refuse a request that does not fit before any shard takes part of it.
+
+        With decide_early a request only needs the check when a shard it touches was last seen
+        with as many traces waiting for an early decision as it may hold.
+        """
+        if not self._backpressure:
+            groups = {
+                index: ids for index, ids in groups.items()
+                if self._early_seen[index] + len(ids) >= self._max_traces
+            }
+            if not groups:
+                return
+        calls = [
+            _Call("check", self._shards[index], [
+                self._shards[index].prefix, self._max_traces, self._max_bytes,
+                sum(len(fragments[t].data) for t in ids), *(t.hex() for t in ids),
+            ])
+            for index, ids in groups.items()
+        ]
+        for call, (over_traces, over_bytes, early) in zip(calls, await self._run(calls)):
+            self._early_seen[call.shard.index] = early
+            if over_traces > 0 or over_bytes > 0:
+                if self._backpressure or early >= self._max_traces:
+                    what = "num_traces" if over_traces > 0 else "max_bytes"
+                    raise BufferFull(
+                        f"trace buffer full ({what} reached in shard {call.shard.index})",
+                        retry_after=self._retry_after,
+                    )
+
+    async def claim_due(self, now: float, limit: int) -> list[Claimed]:
+        """Claim from every shard, starting at a random one so agents spread over the shards;
+        shards not asked yet, and shards that filled their quota, share what the others left."""
+        self._now_offset = now - time.monotonic()
+        claimed: list[Claimed] = []
+        count = len(self._shards)
+        start = random.randrange(count)
+        candidates = [self._shards[(start + i) % count] for i in range(count)]
+        async with self._reaching("claim"):
+            while candidates and len(claimed) < limit:
+                room = limit - len(claimed)
+                quotas = [room // len(candidates) + (1 if i < room % len(candidates) else 0) for i in range(len(candidates))]
+                asked = [(shard, quota) for shard, quota in zip(candidates, quotas) if quota > 0]
+                unasked = candidates[len(asked):]
+                fence = self._fence()
+                calls = [
+                    _Call("claim", shard, [fence, shard.prefix, now, now + self._lease, quota, self._hold_ms])
+                    for shard, quota in asked
+                ]
+                replies = await self._run(calls)
+                candidates = unasked
+                for (shard, quota), reply in zip(asked, replies):
+                    self._take(shard.index, reply, claimed)
+                    if len(reply) // 3 == quota:
+                        candidates.append(shard)
+        return claimed
+
+    def _take(self, index: int, reply: list[bytes], into: list[Claimed]) -> None:
+        for i in range(0, len(reply), 3):
+            trace_id = bytes.fromhex(reply[i].decode())
+            reason = reply[i + 1].decode()
+            data = reply[i + 2]
+            if reason == "lease":
+                self._reclaimed.inc()
+                reason = "deadline"
+            elif reason != "deadline":
+                self._early_seen[index] = max(0, self._early_seen[index] - 1)
+            self._held[trace_id] = (index, len(data))
+            into.append(Claimed(trace_id, data, reason))
+
+    async def settle(self, settlements: list[Settlement], now: float) -> dict[bytes, bytes]:
+        """Traces are no longer renewed from here on, even if Redis cannot be reached: their
+        leases run out and they are decided again (a duplicate at worst, never a trace stuck
+        under a lease that this agent renews forever)."""
+        groups: dict[int, list[tuple[Settlement, int]]] = {}
+        for settlement in settlements:
+            held = self._held.pop(settlement.trace_id, None)
+            if held is not None:
+                groups.setdefault(held[0], []).append((settlement, held[1]))
+        if not groups:
+            return {}
+        async with self._reaching("settle"):
+            fence = self._fence()
+            calls = []
+            for index, group in groups.items():
+                shard = self._shards[index]
+                args: list[object] = [fence, shard.prefix, self._kept_ttl_ms, self._dropped_ttl_ms]
+                for s, offset in group:
+                    args += (s.trace_id.hex(), offset, ("1" if s.keep else "0") + (s.policy or ""))
+                calls.append(_Call("settle", shard, args))
+            replies = await self._run(calls)
+        return {
+            s.trace_id: data
+            for group, reply in zip(groups.values(), replies)
+            for (s, _), data in zip(group, reply)
+            if data
+        }
+
+    async def claim_all(self, limit: int) -> list[Claimed]:
+        """Nothing: other agents, or this one after a restart, decide pending traces at their
+        deadline with every span in hand. Deciding them now would cut traces short for the whole
+        fleet. This agent's own unsettled claims are handed back by ``close``."""
+        return []
+
+    async def stats(self) -> BufferStats:
+        async with self._reaching("stats"):
+            pipe = self._client.pipeline(transaction=False)
+            for shard in self._shards:
+                due, claims, meta = shard.keys
+                pipe.zcard(due)
+                pipe.zcard(claims)
+                pipe.hget(meta, "tb")
+            replies = await pipe.execute()
+        traces = sum(replies[i] + replies[i + 1] for i in range(0, len(replies), 3))
+        nbytes = sum(int(replies[i + 2] or 0) for i in range(0, len(replies), 3))
+        return BufferStats(traces, nbytes)
+
+    async def check(self) -> tuple[bool, str]:
+        try:
+            async with self._reaching("check"):
+                if self._cluster:
+                    await self._client.ping(target_nodes=RedisCluster.PRIMARIES)
+                else:
+                    await self._client.ping()
+        except (BufferUnavailable, RedisError) as exc:
+            return False, str(exc)
+        return True, f"redis {_where(self._client)} ok"
+
+    # -- leases -------------------------------------------------------------------------------
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease / 3)
+            if not self._held:
+                continue
+            try:
+                await self._renew(time.monotonic() + self._now_offset + self._lease)
+            except (BufferUnavailable, RedisError) as exc:
+                log.warning("redis buffer: lease renewal failed (%s); retrying", exc)
+
+    async def _renew(self, deadline: float) -> None:
+        groups: dict[int, list[str]] = {}
+        for trace_id, (index, _) in self._held.items():
+            groups.setdefault(index, []).append(trace_id.hex())
+        calls = [
+            _Call("renew", self._shards[index], [self._shards[index].prefix, deadline, self._hold_ms, *ids])
+            for index, ids in groups.items()
+        ]
+        async with self._reaching("renew"):
+            await self._run(calls)
+
+
+def _where(client: Redis | RedisCluster) -> str:
+    if isinstance(client, RedisCluster):
+        node = client.get_default_node()
+        return f"cluster via {node.host}:{node.port}" if node else "cluster"
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"

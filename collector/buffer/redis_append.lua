@@ -1,0 +1,64 @@
+-- Buffer one request's fragments for one shard.
+-- ARGV: fence_ms, prefix, now, wait, wait_after_root, max_traces, max_bytes, max_trace_bytes,
+--       evict (1: decide the oldest early when full), hold_ttl_ms,
+--       then (trace_id_hex, has_root "1"/"0", data) triples.
+-- Returns {traces marked early now, traces marked early in the shard, then per trace: 0 when
+-- buffered, or the cached decision ("1"/"0" followed by the policy name)}.
+local stale = refuse_if_stale(ARGV[1])
+if stale then return stale end
+local prefix, now, wait, after_root = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local max_trace_bytes, hold_ttl = tonumber(ARGV[8]), tonumber(ARGV[10])
+local FIRST = 11
+local marked = 0
+
+if ARGV[9] == '1' then
+  local incoming = 0
+  for i = FIRST + 2, #ARGV, 3 do incoming = incoming + #ARGV[i] end
+  local over_traces, over_bytes = pressure(prefix, FIRST, 3, tonumber(ARGV[6]), tonumber(ARGV[7]), incoming)
+  while over_traces > 0 or over_bytes > 0 do
+    local oldest = redis.call('ZRANGE', due, '(' .. EARLY, '+inf', 'BYSCORE', 'LIMIT', 0, 1)[1]
+    if not oldest then break end
+    over_bytes = over_bytes - mark_early(prefix, oldest, OVERFLOW)
+    over_traces = over_traces - 1
+    marked = marked + 1
+  end
+end
+
+local out = {0, 0}
+for i = FIRST, #ARGV, 3 do
+  local tid, root, data = ARGV[i], ARGV[i + 1] == '1' and after_root > 0, ARGV[i + 2]
+  local decided = redis.call('GET', decision_key(prefix, tid))
+  if decided then
+    out[#out + 1] = decided
+  else
+    local skey = span_key(prefix, tid)
+    local size = redis.call('APPEND', skey, data)
+    redis.call('PEXPIRE', skey, hold_ttl)
+    redis.call('HINCRBY', meta, 'tb', #data)
+    local deadline = redis.call('ZSCORE', due, tid)
+    if deadline then
+      deadline = tonumber(deadline)
+      if deadline <= EARLY then
+        redis.call('HINCRBY', meta, 'eb', #data)
+      elseif max_trace_bytes > 0 and size > max_trace_bytes then
+        mark_early(prefix, tid, SIZE)
+        marked = marked + 1
+      elseif root and now + after_root < deadline then
+        redis.call('ZADD', due, now + after_root, tid)
+      end
+    elseif not redis.call('ZSCORE', claims, tid) then
+      deadline = now + wait
+      if root and now + after_root < deadline then deadline = now + after_root end
+      redis.call('ZADD', due, deadline, tid)
+      if max_trace_bytes > 0 and size > max_trace_bytes then
+        mark_early(prefix, tid, SIZE)
+        marked = marked + 1
+      end
+    end
+    out[#out + 1] = 0
+  end
+end
+keep_alive(hold_ttl)
+out[1] = marked
+out[2] = redis.call('ZCOUNT', due, '-inf', EARLY)
+return out

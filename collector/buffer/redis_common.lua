@@ -1,0 +1,49 @@
+-- Shared by every buffer script (prepended when the scripts are loaded).
+-- One shard's keys: KEYS[1] due (ZSET trace -> decision deadline), KEYS[2] claims (ZSET trace ->
+-- lease deadline), KEYS[3] meta (HASH: tb = bytes stored, eb = bytes of traces marked early);
+-- span and decision keys are built from the shard's key prefix, so they share its hash tag.
+-- A deadline at or below EARLY marks a trace for an early decision: 1 = too big, 2 = overflow.
+local SIZE, OVERFLOW, EARLY = 1, 2, 2
+local due, claims, meta = KEYS[1], KEYS[2], KEYS[3]
+
+-- A command that reaches Redis after the agent gave up on it (the server was paused, the
+-- network stalled) must not run: the agent has already told its client to retry.
+local function refuse_if_stale(fence_ms)
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(fence_ms) then
+    return redis.error_reply('STALE the agent gave up waiting for this command')
+  end
+end
+
+local function span_key(prefix, tid) return prefix .. 's:' .. tid end
+local function decision_key(prefix, tid) return prefix .. 'd:' .. tid end
+
+local function mark_early(prefix, tid, kind)
+  redis.call('ZADD', due, kind, tid)
+  local size = redis.call('STRLEN', span_key(prefix, tid))
+  redis.call('HINCRBY', meta, 'eb', size)
+  return size
+end
+
+-- How far this request would take the shard past its bounds, counting what is not already on
+-- its way out (traces marked early); traces already decided or buffered are not new.
+local function pressure(prefix, first, stride, max_traces, max_bytes, incoming)
+  local new = 0
+  for i = first, #ARGV, stride do
+    local tid = ARGV[i]
+    if not redis.call('ZSCORE', due, tid) and not redis.call('ZSCORE', claims, tid)
+        and redis.call('EXISTS', decision_key(prefix, tid)) == 0 then
+      new = new + 1
+    end
+  end
+  local early = redis.call('ZCOUNT', due, '-inf', EARLY)
+  local traces = redis.call('ZCARD', due) - early + redis.call('ZCARD', claims)
+  local bytes = tonumber(redis.call('HGET', meta, 'tb') or 0) - tonumber(redis.call('HGET', meta, 'eb') or 0)
+  return traces + new - max_traces, bytes + incoming - max_bytes, early
+end
+
+local function keep_alive(ttl_ms)
+  redis.call('PEXPIRE', due, ttl_ms)
+  redis.call('PEXPIRE', claims, ttl_ms)
+  redis.call('PEXPIRE', meta, ttl_ms)
+end

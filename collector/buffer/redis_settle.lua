@@ -1,0 +1,21 @@
+-- Record decisions for traces this agent claimed, free their spans and return what was
+-- appended after the claim (everything past the offset the agent received).
+-- ARGV: fence_ms, prefix, kept_ttl_ms, dropped_ttl_ms (0: do not cache),
+--       then (trace_id_hex, claimed_length, decision) triples; decision is "1"/"0" + policy.
+local stale = refuse_if_stale(ARGV[1])
+if stale then return stale end
+local prefix, kept_ttl, dropped_ttl = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local out = {}
+for i = 5, #ARGV, 3 do
+  local tid, offset, decision = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  local skey = span_key(prefix, tid)
+  out[#out + 1] = redis.call('GETRANGE', skey, offset, -1)
+  redis.call('HINCRBY', meta, 'tb', -redis.call('STRLEN', skey))
+  redis.call('DEL', skey)
+  redis.call('ZREM', claims, tid)
+  local ttl = string.sub(decision, 1, 1) == '1' and kept_ttl or dropped_ttl
+  if ttl > 0 then
+    redis.call('SET', decision_key(prefix, tid), decision, 'PX', ttl)
+  end
+end
+return out

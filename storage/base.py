@@ -1,0 +1,44 @@
+"""The exporter interface: where kept traces go once the policy engine keeps them."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+
+class ExporterSetupError(Exception):
+    """An exporter cannot start: unreadable certificate, unusable file or database path, ..."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeptTrace:
+    """A kept trace as the collector received it: ``data`` is a valid ``TracesData`` body.
+
+    ``late`` marks spans that arrived after their trace was kept and are forwarded on their own.
+    ``span_count`` (0 = unknown) saves the exporter a parse when the caller already knows it.
+    """
+
+    trace_id: bytes
+    data: bytes
+    policy: str | None
+    late: bool = False
+    span_count: int = 0
+
+
+class Exporter(abc.ABC):
+    name: str
+
+    async def start(self) -> None:
+        """Open connections, files or databases."""
+
+    @abc.abstractmethod
+    async def submit(self, trace: KeptTrace) -> None:
+        """Queue a kept trace for delivery; waits while the bounded queue is full."""
+
+    @abc.abstractmethod
+    async def close(self, timeout: float) -> None:
+        """Deliver what is queued (within ``timeout`` seconds), then release resources."""
+
+    @abc.abstractmethod
+    def health(self) -> tuple[bool, dict[str, object]]:
+        """(healthy, details such as circuit state and queue depth) for /health/ready."""
