@@ -6,7 +6,6 @@ Use the fixtures ``otlp_grpc_sink`` and ``otlp_http_sink`` (this module is a pyt
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 import subprocess
 import time
@@ -26,16 +25,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from tests.waiting import eventually as wait_for
+
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
-
-
-async def wait_for(predicate: Callable[[], object], timeout: float = 5.0, message: str = "") -> None:
-    """Poll ``predicate`` until it is true; fail the test with ``message`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {message or predicate}")
-        await asyncio.sleep(0.01)
 
 
 @dataclass(frozen=True)

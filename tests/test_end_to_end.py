@@ -17,7 +17,8 @@ import pytest
 from opentelemetry.trace import Status, StatusCode
 
 from storage import list_traces
-from tests.collectors import REPO, StartCollector, collector_config, eventually, wait_until
+from tests.collectors import REPO, StartCollector, collector_config
+from tests.waiting import eventually, wait_until
 from tests.sdk import SdkClient, remote_parent
 
 POLICIES = [
@@ -53,7 +54,8 @@ async def test_kept_traces_arrive_whole_and_unchanged_and_dropped_ones_never(
     client = SdkClient(transport, endpoint)
     errors = [make_trace(client, error=True) for _ in range(3)]
     slow = [make_trace(client, slow=True) for _ in range(3)]
-    normal = [make_trace(client) for _ in range(10)]
+    for _ in range(10):
+        make_trace(client)
     await asyncio.to_thread(client.flush)
 
     async def all_decided() -> bool:
