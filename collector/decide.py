@@ -74,7 +74,10 @@ class DecisionLoop:
         metrics = self._metrics
         settlements: list[Settlement] = []
         kept: dict[bytes, Verdict] = {}
+        now = time.time()
         for claimed in batch:
+            if claimed.due:
+                metrics.decision_lag.observe(max(0.0, now - claimed.due))
             verdict, span_count = self._verdict(claimed)
             decision = "kept" if verdict.keep else "dropped"
             policy = verdict.policy or ""

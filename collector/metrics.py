@@ -61,3 +61,8 @@ class Metrics:
             "tailsampler_decision_seconds", "Time to evaluate the policies on one trace",
             buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5), registry=r,
         )
+        self.decision_lag = Histogram(
+            "tailsampler_decision_lag_seconds",
+            "How long after its deadline a trace was decided (the decision loop keeping up, or not)",
+            buckets=(0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30), registry=r,
+        )

@@ -62,6 +62,7 @@ async def test_trace_waits_for_its_deadline_then_is_claimed_once_with_all_fragme
     assert await buffer.claim_due(T0 + 9.5, 100) == []
     claimed = await buffer.claim_due(T0 + 10.2, 100)
     assert [c.trace_id for c in claimed] == [tid]
+    assert T0 + 10 <= claimed[0].due <= T0 + 10.2  # the deadline it was claimed for
     assert claimed[0].data == first[tid].data + second[tid].data
     assert len(spans_of(claimed[0].data)) == 5
     assert await buffer.claim_due(T0 + 20, 100) == []

@@ -50,11 +50,16 @@ class AppendResult:
 
 @dataclass(slots=True)
 class Claimed:
-    """A due trace handed to one decider; ``reason`` is "deadline", "overflow", "size" or "shutdown"."""
+    """A due trace handed to one decider; ``reason`` is "deadline", "overflow", "size" or "shutdown".
+
+    ``due`` is the wall-clock deadline the trace was claimed for (0 when unknown), so the
+    decider can measure how late decisions are.
+    """
 
     trace_id: bytes
     data: bytes
     reason: str = "deadline"
+    due: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

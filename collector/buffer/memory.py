@@ -171,7 +171,9 @@ class MemoryTraceBuffer(TraceBuffer):
             if not bucket:
                 self._slots.pop(heapq.heappop(heap), None)
                 continue
-            out.append(self._hand_out(next(iter(bucket)), "deadline"))
+            claimed = self._hand_out(next(iter(bucket)), "deadline")
+            claimed.due = heap[0] * self._tick
+            out.append(claimed)
         return out
 
     async def claim_all(self, limit: int) -> list[Claimed]:
