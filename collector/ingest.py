@@ -31,9 +31,10 @@ class Ingest:
         self._forwarder = forwarder
         self._metrics = metrics
 
-    async def accept(self, request: ExportTraceServiceRequest, transport: str) -> Accepted:
+    async def accept(self, request: ExportTraceServiceRequest, transport: str, body: bytes | None = None) -> Accepted:
+        """``body`` is the protobuf ``request`` was parsed from, when there is one (see split)."""
         metrics = self._metrics
-        split = split_request(request)
+        split = split_request(request, body)
         if split.rejected_spans:
             metrics.spans_refused.labels("invalid_id").inc(split.rejected_spans)
         if split.fragments:

@@ -10,6 +10,7 @@ written as raw protobuf framing rather than by building new messages.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -65,33 +66,29 @@ class SplitResult:
     error_message: str
 
 
-def split_request(request: ExportTraceServiceRequest) -> SplitResult:
-    """Group the request's spans by trace ID; spans with invalid IDs are refused and counted."""
+def split_request(request: ExportTraceServiceRequest, body: bytes | None = None) -> SplitResult:
+    """Group the request's spans by trace ID; spans with invalid IDs are refused and counted.
+
+    ``body``, the bytes ``request`` was parsed from, lets each span be sliced out of the wire
+    as it is instead of serialized again; without it (OTLP/JSON) upb serializes each span.
+    """
+    layout = _wire_layout(body, request) if body is not None else None
     entries: dict[bytes, list[bytes]] = {}  # trace ID -> its ResourceSpans entries, framed
     counts: dict[bytes, int] = {}
     roots: set[bytes] = set()
     rejected = 0
-    for rs in request.resource_spans:
+    for ri, rs in enumerate(request.resource_spans):
         scoped: dict[bytes, list[bytes]] = {}  # trace ID -> its ScopeSpans entries in this resource
-        for ss in rs.scope_spans:
+        for si, ss in enumerate(rs.scope_spans):
             parts: dict[bytes, list[bytes]] = {}  # trace ID -> framed spans in this scope
-            for span in ss.spans:
-                trace_id = span.trace_id
-                span_id = span.span_id
-                if len(trace_id) != 16 or len(span_id) != 8 or trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
-                    rejected += 1
-                    continue
-                if not span.parent_span_id:
-                    roots.add(trace_id)
-                data = span.SerializeToString()
-                framed = parts.get(trace_id)
-                if framed is None:
-                    framed = parts[trace_id] = []
-                framed += (_TAG_2, _length(len(data)), data)
+            if layout is None:
+                rejected += _group_parsed(ss.spans, parts, roots)
+            else:
+                rejected += _group_wire(body, layout[ri][si], ss.spans, parts, roots)  # type: ignore[arg-type]
             if parts:
                 head, tail = _framing(ss.scope, ss.HasField("scope"), ss.schema_url)
                 for trace_id, framed in parts.items():
-                    counts[trace_id] = counts.get(trace_id, 0) + len(framed) // 3
+                    counts[trace_id] = counts.get(trace_id, 0) + len(framed)
                     scoped.setdefault(trace_id, []).append(_field(_TAG_2, b"".join((head, *framed, tail))))
         if scoped:
             head, tail = _framing(rs.resource, rs.HasField("resource"), rs.schema_url)
@@ -105,3 +102,147 @@ def split_request(request: ExportTraceServiceRequest) -> SplitResult:
     if rejected:
         message = f"{rejected} span(s) rejected: trace_id must be 16 bytes and span_id 8 bytes, not all zero"
     return SplitResult(fragments, sum(counts.values()), rejected, message)
+
+
+def _valid(trace_id: bytes, span_id: bytes) -> bool:
+    return len(trace_id) == 16 and len(span_id) == 8 and trace_id != _ZERO_TRACE and span_id != _ZERO_SPAN
+
+
+def _group_parsed(spans: Any, parts: dict[bytes, list[bytes]], roots: set[bytes]) -> int:
+    """Group one scope's spans by serializing each (the path for bodies that were not protobuf)."""
+    rejected = 0
+    for span in spans:
+        trace_id = span.trace_id
+        if not _valid(trace_id, span.span_id):
+            rejected += 1
+            continue
+        if not span.parent_span_id:
+            roots.add(trace_id)
+        data = span.SerializeToString()
+        framed = _TAG_2 + _length(len(data)) + data
+        group = parts.get(trace_id)
+        if group is None:
+            parts[trace_id] = [framed]
+        else:
+            group.append(framed)
+    return rejected
+
+
+def _group_wire(
+    body: bytes, positions: list[tuple[int, int, int]], spans: Any, parts: dict[bytes, list[bytes]], roots: set[bytes]
+) -> int:
+    """Group one scope's spans by slicing each span field (tag, length, span) out of the body.
+
+    Encoders write a span's fields in field order, so the trace ID, span ID and parent span ID
+    sit at fixed places near its start; a span laid out otherwise is read from upb's parse.
+    """
+    rejected = 0
+    for index, (field_start, start, end) in enumerate(positions):
+        if (
+            end - start >= 28
+            and body[start] == 0x0A
+            and body[start + 1] == 16
+            and body[start + 18] == 0x12
+            and body[start + 19] == 8
+        ):
+            trace_id = body[start + 2 : start + 18]
+            span_id = body[start + 20 : start + 28]
+            at = start + 28
+            if at < end and body[at] == 0x1A:  # trace_state comes before parent_span_id
+                length, at = _read_varint(body, at + 1)
+                at += length
+            has_parent = at + 1 < end and body[at] == 0x22 and body[at + 1] != 0
+            if not has_parent:  # rare (one root per trace): confirm with the full parse
+                has_parent = bool(spans[index].parent_span_id)
+            if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+                rejected += 1
+                continue
+        else:
+            span = spans[index]
+            trace_id, span_id, has_parent = span.trace_id, span.span_id, bool(span.parent_span_id)
+            if not _valid(trace_id, span_id):
+                rejected += 1
+                continue
+        if not has_parent:
+            roots.add(trace_id)
+        group = parts.get(trace_id)
+        if group is None:
+            parts[trace_id] = [body[field_start:end]]
+        else:
+            group.append(body[field_start:end])
+    return rejected
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: bytes, start: int, end: int, number: int) -> list[tuple[int, int, int]] | None:
+    """(field start, value start, value end) of every length-delimited field ``number`` in
+    ``buf[start:end]``, skipping the others; None if the bytes do not walk cleanly."""
+    out: list[tuple[int, int, int]] = []
+    wanted = (number << 3) | 2
+    pos = start
+    while pos < end:
+        field_start = pos
+        key = buf[pos]
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _read_varint(buf, pos)
+        wire = key & 7
+        if wire == 2:
+            length = buf[pos]
+            if length < 0x80:
+                pos += 1
+            elif buf[pos + 1] < 0x80:  # two-byte lengths: most spans
+                length = (length & 0x7F) | (buf[pos + 1] << 7)
+                pos += 2
+            else:
+                length, pos = _read_varint(buf, pos)
+            if key == wanted:
+                out.append((field_start, pos, pos + length))
+            pos += length
+        elif wire == 0:
+            _, pos = _read_varint(buf, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            return None
+    return out if pos == end else None
+
+
+Layout = list[list[list[tuple[int, int, int]]]]
+
+
+def _wire_layout(body: bytes, request: ExportTraceServiceRequest) -> Layout | None:
+    """Where each span field sits in ``body``, per resource and scope, matched against upb's
+    parse; None (serialize instead) when the two do not line up."""
+    try:
+        resources = _fields(body, 0, len(body), 1)
+        if resources is None or len(resources) != len(request.resource_spans):
+            return None
+        layout: Layout = []
+        for (_, rs_start, rs_end), rs in zip(resources, request.resource_spans):
+            scopes = _fields(body, rs_start, rs_end, 2)
+            if scopes is None or len(scopes) != len(rs.scope_spans):
+                return None
+            per_scope = []
+            for (_, ss_start, ss_end), ss in zip(scopes, rs.scope_spans):
+                spans = _fields(body, ss_start, ss_end, 2)
+                if spans is None or len(spans) != len(ss.spans):
+                    return None
+                per_scope.append(spans)
+            layout.append(per_scope)
+        return layout
+    except IndexError:
+        return None

@@ -82,3 +82,29 @@ def test_large_spans_get_multi_byte_lengths() -> None:
     span.attributes.add(key="payload").value.string_value = "x" * 100_000
     data = TracesData.FromString(split_request(req).fragments[trace_id].data)
     assert data.resource_spans[0].scope_spans[0].spans[0] == span
+
+
+def test_slicing_the_wire_and_serializing_again_give_the_same_fragments() -> None:
+    traces = [os.urandom(16) for _ in range(3)]
+    req = mixed_request(traces)
+    spans = req.resource_spans[1].scope_spans[0].spans
+    spans[0].trace_state = "ot=th:8"  # trace_state sits between span_id and parent_span_id
+    spans[1].trace_id = bytes(16)
+    body = req.SerializeToString()
+    from_wire = split_request(ExportTraceServiceRequest.FromString(body), body)
+    parsed = split_request(ExportTraceServiceRequest.FromString(body))
+    assert from_wire == parsed
+    assert from_wire.rejected_spans == 1
+
+
+def test_spans_whose_fields_are_out_of_order_are_read_from_the_parse() -> None:
+    """Protobuf allows any field order; a span not led by trace_id/span_id takes the slow path."""
+    trace_id, span_id, parent = os.urandom(16), os.urandom(8), os.urandom(8)
+    span = b"\x2a\x01x" + b"\x22\x08" + parent + b"\x12\x08" + span_id + b"\x0a\x10" + trace_id  # name first
+    scope = b"\x12" + bytes([len(span)]) + span
+    resource = b"\x12" + bytes([len(scope)]) + scope
+    body = b"\x0a" + bytes([len(resource)]) + resource
+    result = split_request(ExportTraceServiceRequest.FromString(body), body)
+    fragment = result.fragments[trace_id]
+    assert fragment.span_count == 1 and not fragment.has_root
+    assert TracesData.FromString(fragment.data).resource_spans[0].scope_spans[0].spans[0].span_id == span_id

@@ -75,7 +75,7 @@ class GrpcReceiver:
         except DecodeError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not an ExportTraceServiceRequest: {exc}")
         try:
-            accepted = await self._ingest.accept(request, "grpc")
+            accepted = await self._ingest.accept(request, "grpc", body)
         except BufferFull as exc:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, exc.reason, trailing_metadata=_retry_trailer(exc.reason, exc.retry_after)

@@ -78,15 +78,17 @@ class HttpReceiver:
             )
         except Exception as exc:  # a corrupt gzip stream surfaces as a payload error
             return self._error(400, _INVALID_ARGUMENT, f"cannot read request body: {exc}", content_type)
+        wire: bytes | None = None
         try:
             if content_type == _JSON:
                 otlp = request_from_json(body)
             else:
                 otlp = ExportTraceServiceRequest.FromString(body)
+                wire = body
         except (DecodeError, JsonDecodeError) as exc:
             return self._error(400, _INVALID_ARGUMENT, f"request is not an ExportTraceServiceRequest: {exc}", content_type)
         try:
-            accepted = await self._ingest.accept(otlp, "http")
+            accepted = await self._ingest.accept(otlp, "http", wire)
         except BufferFull as exc:
             return self._error(
                 503, _UNAVAILABLE, exc.reason, content_type, {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
