@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 
 from collector.buffer import Claimed, Settlement, TraceBuffer
 from collector.forward import Forwarder
@@ -50,8 +51,8 @@ class DecisionLoop:
                         continue
             except Exception:
                 log.exception("decision round failed; retrying next tick")
-            try:
-                await asyncio.wait_for(self._stopping.wait(), self._tick)
+            try:  # wake on the next tick boundary, where the next slot of deadlines falls due
+                await asyncio.wait_for(self._stopping.wait(), self._tick - time.time() % self._tick)
             except asyncio.TimeoutError:
                 pass
 
@@ -71,26 +72,20 @@ class DecisionLoop:
         return verdict, view.span_count
 
     async def decide(self, batch: list[Claimed]) -> None:
-        metrics = self._metrics
         settlements: list[Settlement] = []
         kept: dict[bytes, Verdict] = {}
+        tally = _Tally()
         now = time.time()
         for claimed in batch:
             if claimed.due:
-                metrics.decision_lag.observe(max(0.0, now - claimed.due))
+                self._metrics.decision_lag.observe(max(0.0, now - claimed.due))
             verdict, span_count = self._verdict(claimed)
-            decision = "kept" if verdict.keep else "dropped"
-            policy = verdict.policy or ""
-            metrics.traces_decided.labels(decision, policy).inc()
-            metrics.spans_decided.labels(decision).inc(span_count)
-            for name, vote in verdict.votes.items():
-                metrics.policy_votes.labels(name, vote.value).inc()
-            if claimed.reason != "deadline":
-                metrics.early_decisions.labels(claimed.reason).inc()
+            tally.add(claimed, verdict, span_count)
             if verdict.keep:
                 kept[claimed.trace_id] = verdict
                 await self._forwarder.forward(claimed.trace_id, claimed.data, verdict, span_count)
             settlements.append(Settlement(claimed.trace_id, verdict.keep, verdict.policy))
+        tally.publish(self._metrics)
         stragglers = await self._buffer.settle(settlements, time.time())
         for trace_id, data in stragglers.items():
             if trace_id in kept:
@@ -106,3 +101,32 @@ class DecisionLoop:
             else:
                 await self.decide(batch)
         return handled
+
+
+class _Tally:
+    """A batch's counts, added to the Prometheus counters once per batch rather than per trace."""
+
+    def __init__(self) -> None:
+        self.traces: Counter[tuple[str, str]] = Counter()
+        self.spans: Counter[str] = Counter()
+        self.votes: Counter[tuple[str, str]] = Counter()
+        self.early: Counter[str] = Counter()
+
+    def add(self, claimed: Claimed, verdict: Verdict, span_count: int) -> None:
+        decision = "kept" if verdict.keep else "dropped"
+        self.traces[decision, verdict.policy or ""] += 1
+        self.spans[decision] += span_count
+        for name, vote in verdict.votes.items():
+            self.votes[name, vote.value] += 1
+        if claimed.reason != "deadline":
+            self.early[claimed.reason] += 1
+
+    def publish(self, metrics: Metrics) -> None:
+        for (decision, policy), count in self.traces.items():
+            metrics.traces_decided.labels(decision, policy).inc(count)
+        for decision, count in self.spans.items():
+            metrics.spans_decided.labels(decision).inc(count)
+        for (name, vote), count in self.votes.items():
+            metrics.policy_votes.labels(name, vote).inc(count)
+        for reason, count in self.early.items():
+            metrics.early_decisions.labels(reason).inc(count)

@@ -28,8 +28,8 @@ class StatusCode:
     codes: frozenset[int]
 
     def evaluate(self, trace: TraceView) -> Decision:
-        for ref in trace.spans:
-            if ref.span.status.code in self.codes:
+        for span in trace.iter_spans():
+            if span.status.code in self.codes:
                 return Decision.SAMPLED
         return Decision.NOT_SAMPLED
 

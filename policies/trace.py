@@ -46,36 +46,63 @@ def attribute(attributes: "list[KeyValue] | Any", key: str) -> Any:
 
 
 class TraceView:
-    """All spans received for one trace, parsed once, with derived facts computed on demand."""
+    """All spans received for one trace, parsed once, with derived facts computed on demand.
 
-    __slots__ = ("trace_id", "data", "spans", "__dict__")
+    Most traces are decided by a policy that needs one fact (an error status, the duration), so
+    per-span wrappers (``spans``) are only built for the policies that ask for them.
+    """
+
+    __slots__ = ("trace_id", "data", "parsed", "__dict__")
 
     def __init__(self, trace_id: bytes, data: bytes) -> None:
         self.trace_id = trace_id
         self.data = data
-        parsed = TracesData.FromString(data)
-        self.spans: list[SpanRef] = [
+        self.parsed = TracesData.FromString(data)
+
+    @cached_property
+    def spans(self) -> list[SpanRef]:
+        return [
             SpanRef(span, rs.resource, ss.scope)
-            for rs in parsed.resource_spans
+            for rs in self.parsed.resource_spans
             for ss in rs.scope_spans
             for span in ss.spans
         ]
 
-    @property
+    def iter_spans(self) -> Iterator[Span]:
+        """The bare spans, for policies that need neither resource nor scope."""
+        for rs in self.parsed.resource_spans:
+            for ss in rs.scope_spans:
+                yield from ss.spans
+
+    @cached_property
     def span_count(self) -> int:
-        return len(self.spans)
+        return sum(len(ss.spans) for rs in self.parsed.resource_spans for ss in rs.scope_spans)
 
     @property
     def byte_size(self) -> int:
         return len(self.data)
 
     @cached_property
-    def start_time_unix_nano(self) -> int:
-        return min((ref.span.start_time_unix_nano for ref in self.spans), default=0)
+    def _bounds(self) -> tuple[int, int]:
+        """(earliest start, latest end) in one pass over the spans."""
+        start = end = None
+        for rs in self.parsed.resource_spans:
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    s, e = span.start_time_unix_nano, span.end_time_unix_nano
+                    if start is None or s < start:
+                        start = s
+                    if end is None or e > end:
+                        end = e
+        return start or 0, end or 0
 
-    @cached_property
+    @property
+    def start_time_unix_nano(self) -> int:
+        return self._bounds[0]
+
+    @property
     def end_time_unix_nano(self) -> int:
-        return max((ref.span.end_time_unix_nano for ref in self.spans), default=0)
+        return self._bounds[1]
 
     @property
     def duration_ns(self) -> int:

@@ -21,8 +21,8 @@ class TraceFlags:
     name: str
 
     def evaluate(self, trace: TraceView) -> Decision:
-        for ref in trace.spans:
-            if ref.span.flags & _SAMPLED:
+        for span in trace.iter_spans():
+            if span.flags & _SAMPLED:
                 return Decision.SAMPLED
         return Decision.NOT_SAMPLED
 

@@ -39,8 +39,8 @@ class TraceState:
     values: frozenset[str]
 
     def evaluate(self, trace: TraceView) -> Decision:
-        for ref in trace.spans:
-            value = tracestate_get(ref.span.trace_state, self.key)
+        for span in trace.iter_spans():
+            value = tracestate_get(span.trace_state, self.key)
             if value is not None and value in self.values:
                 return Decision.SAMPLED
         return Decision.NOT_SAMPLED

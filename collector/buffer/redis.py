@@ -41,15 +41,7 @@ from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import (
-    ConnectionError as RedisConnectionError,
-    NoScriptError,
-    OutOfMemoryError,
-    RedisClusterException,
-    RedisError,
-    ResponseError,
-    TimeoutError as RedisTimeoutError,
-)
+from redis.exceptions import NoScriptError, OutOfMemoryError, RedisError, ResponseError
 
 from collector.config import BufferConfig
 from collector.split import Fragment
@@ -57,14 +49,13 @@ from policies import TailSamplingConfig
 from policies.base import BucketFactory
 
 from .base import AppendResult, BufferFull, BufferStats, BufferUnavailable, Claimed, Settlement, TraceBuffer
-from .redis_budget import SharedBudgets
+from .redis_budget import UNREACHABLE, Periodic, SharedBudgets
 
 log = logging.getLogger(__name__)
 
 # Traces of a fleet that is gone for good are kept at least this long, so agents restarted
 # within it still decide them.
 _MIN_HOLD = 600.0
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
 def _read(name: str) -> str:
@@ -154,7 +145,7 @@ class RedisTraceBuffer(TraceBuffer):
         self._clock_offset_ms: float | None = None
         self._now_offset = 0.0
         self._held: dict[bytes, tuple[int, int]] = {}
-        self._renewer: asyncio.Task[None] | None = None
+        self._renewer = Periodic("redis-lease-renewal", self._lease / 3, self._renew_held)
         self.budgets = SharedBudgets(self._client, config.key_prefix, interval=float(config.tick))
         registry = registry if registry is not None else CollectorRegistry()
         self._reclaimed = Counter(
@@ -180,18 +171,15 @@ class RedisTraceBuffer(TraceBuffer):
         try:
             await self._sync_clock()
             await self._load_scripts()
-        except _UNREACHABLE as exc:
+        except UNREACHABLE as exc:
             log.warning("redis buffer: %s unreachable at start (%s); retrying on use", _where(self._client), exc)
-        self._renewer = asyncio.create_task(self._renew_forever(), name="redis-lease-renewal")
+        await self._renewer.start()
         await self.budgets.start()
 
     async def close(self) -> None:
         """Hand this agent's unsettled claims back at once, so other agents need not wait out the lease."""
         await self.budgets.close()
-        if self._renewer is not None:
-            self._renewer.cancel()
-            await asyncio.gather(self._renewer, return_exceptions=True)
-            self._renewer = None
+        await self._renewer.stop()
         if self._held:
             try:
                 await self._renew(0.0)
@@ -224,7 +212,7 @@ class RedisTraceBuffer(TraceBuffer):
             if self._clock_offset_ms is None:
                 await self._sync_clock()
             yield
-        except _UNREACHABLE as exc:
+        except UNREACHABLE as exc:
             self._fail(operation, exc)
         except ResponseError as exc:
             if isinstance(exc, OutOfMemoryError) or str(exc).startswith(("STALE", "CLUSTERDOWN", "TRYAGAIN", "LOADING", "MASTERDOWN")):
@@ -350,22 +338,22 @@ class RedisTraceBuffer(TraceBuffer):
                 candidates = unasked
                 for (shard, quota), reply in zip(asked, replies):
                     self._take(shard.index, reply, claimed)
-                    if len(reply) // 3 == quota:
+                    if len(reply) // 4 == quota:
                         candidates.append(shard)
         return claimed
 
     def _take(self, index: int, reply: list[bytes], into: list[Claimed]) -> None:
-        for i in range(0, len(reply), 3):
+        for i in range(0, len(reply), 4):
             trace_id = bytes.fromhex(reply[i].decode())
             reason = reply[i + 1].decode()
-            data = reply[i + 2]
+            data = reply[i + 3]
             if reason == "lease":
                 self._reclaimed.inc()
                 reason = "deadline"
             elif reason != "deadline":
                 self._early_seen[index] = max(0, self._early_seen[index] - 1)
             self._held[trace_id] = (index, len(data))
-            into.append(Claimed(trace_id, data, reason))
+            into.append(Claimed(trace_id, data, reason, float(reply[i + 2])))
 
     async def settle(self, settlements: list[Settlement], now: float) -> dict[bytes, bytes]:
         """Traces are no longer renewed from here on, even if Redis cannot be reached: their
@@ -427,15 +415,13 @@ class RedisTraceBuffer(TraceBuffer):
 
     # -- leases -------------------------------------------------------------------------------
 
-    async def _renew_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._lease / 3)
-            if not self._held:
-                continue
-            try:
-                await self._renew(time.monotonic() + self._now_offset + self._lease)
-            except (BufferUnavailable, RedisError) as exc:
-                log.warning("redis buffer: lease renewal failed (%s); retrying", exc)
+    async def _renew_held(self) -> None:
+        if not self._held:
+            return
+        try:
+            await self._renew(time.monotonic() + self._now_offset + self._lease)
+        except (BufferUnavailable, RedisError) as exc:
+            log.warning("redis buffer: lease renewal failed (%s); retrying", exc)
 
     async def _renew(self, deadline: float) -> None:
         groups: dict[int, list[str]] = {}

@@ -18,30 +18,76 @@ import logging
 import time
 import uuid
 from importlib import resources
+from typing import Awaitable, Callable
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
+
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 _SCRIPT = resources.files(__package__).joinpath("redis_budget.lua").read_text()
 
 
-class SharedTokenBucket:
-    """One policy's budget as seen by this agent: its share until the next exchange with Redis."""
+class Periodic:
+    """Runs ``step`` now and then every ``interval`` seconds until stopped. Stopping waits for the
+    step in flight rather than cancelling it, so no Redis call is abandoned half-way."""
 
-    __slots__ = ("key", "rate", "capacity", "allowance", "spent")
+    def __init__(self, name: str, interval: float, step: Callable[[], Awaitable[None]]) -> None:
+        self._name = name
+        self._interval = interval
+        self._step = step
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._stopping.clear()
+            self._task = asyncio.create_task(self._run(), name=self._name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._stopping.set()
+            await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._step()
+            except Exception:
+                log.exception("%s: step failed; trying again in %.1fs", self._name, self._interval)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
+            except asyncio.TimeoutError:
+                pass
+
+
+class SharedTokenBucket:
+    """One policy's budget as seen by this agent: its share until the next exchange with Redis.
+
+    A trace that costs more than the share (a big trace, a small burst capacity split among
+    many agents) may still take from the shared level once per exchange: what it overdraws is
+    charged like any spending, so the level goes negative and later shares pay it back, and
+    the long-run rate holds.
+    """
+
+    __slots__ = ("key", "rate", "capacity", "allowance", "level", "spent")
 
     def __init__(self, key: str, rate: float, capacity: float) -> None:
         self.key = key
         self.rate = rate
         self.capacity = capacity
         self.allowance = 0.0
+        self.level = 0.0
         self.spent = 0.0
 
     def take(self, amount: float) -> bool:
-        if amount <= self.allowance:
+        if amount <= self.allowance or (not self.spent and amount <= self.level):
             self.allowance -= amount
+            self.level -= amount
             self.spent += amount
             return True
         return False
@@ -61,7 +107,8 @@ class SharedBudgets:
         self._agents_key = f"{key_prefix}:{{budget}}:agents"
         self._buckets: dict[str, SharedTokenBucket] = {}
         self._live = 1
-        self._task: asyncio.Task[None] | None = None
+        self._last_step = time.monotonic()
+        self._exchange = Periodic("shared-budgets", interval, self._step)
         self._script = client.register_script(_SCRIPT)
 
     @property
@@ -76,26 +123,19 @@ class SharedBudgets:
         return found
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="shared-budgets")
+        await self._exchange.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._exchange.stop()
 
-    async def _run(self) -> None:
-        last = time.monotonic()
-        while True:
-            now = time.monotonic()
-            try:
-                await self.sync()
-            except (RedisError, OSError) as exc:
-                log.debug("shared budgets: Redis unreachable (%s); spending a local share", exc)
-                self._refill_locally(now - last)
-            last = now
-            await asyncio.sleep(self._interval)
+    async def _step(self) -> None:
+        now = time.monotonic()
+        try:
+            await self.sync()
+        except UNREACHABLE as exc:
+            log.debug("shared budgets: Redis unreachable (%s); spending a local share", exc)
+            self._refill_locally(now - self._last_step)
+        self._last_step = now
 
     async def sync(self) -> None:
         """Charge what was spent since the last exchange and take a fresh share of each bucket."""
@@ -119,9 +159,11 @@ class SharedBudgets:
         self._live = max(1, int(reply[0]))
         for b, level in zip(buckets, reply[1:]):
             # what was spent while the reply was on its way came out of the previous share
+            b.level = float(level) - b.spent
             b.allowance = max(0.0, float(level)) / self._live - b.spent
 
     def _refill_locally(self, elapsed: float) -> None:
         for b in self._buckets.values():
             b.spent = 0.0
             b.allowance = min(b.capacity / self._live, b.allowance + elapsed * b.rate / self._live)
+            b.level = b.allowance
