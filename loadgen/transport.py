@@ -16,22 +16,14 @@ from typing import Protocol
 import aiohttp
 import grpc
 import msgspec
-from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+from storage.otlp_grpc import EXPORT_METHOD, RETRYABLE_GRPC, retry_delay
+from storage.otlp_http import RETRYABLE_HTTP
+
 PROTOCOLS = ("grpc", "http/protobuf", "http/json")
-_RETRYABLE_GRPC = {
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.OUT_OF_RANGE,
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DATA_LOSS,
-}
-_RETRYABLE_HTTP = {429, 502, 503, 504}
 _MAX_MESSAGE = 64 * 1024 * 1024
 
 
@@ -119,26 +111,14 @@ class GrpcTransport(_Retrying):
             response = await self._calls[target](body, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             message = f"gRPC {exc.code().name}: {exc.details()}"
-            if exc.code() in _RETRYABLE_GRPC:
-                raise _Retryable(message, _grpc_retry_after(exc)) from None
+            if exc.code() in RETRYABLE_GRPC:
+                raise _Retryable(message, retry_delay(exc.trailing_metadata())) from None
             raise _Fatal(message) from None
         return response.partial_success.rejected_spans
 
     async def close(self) -> None:
         for channel in self._channels:
             await channel.close()
-
-
-def _grpc_retry_after(exc: grpc.aio.AioRpcError) -> float | None:
-    for key, value in exc.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                    info = error_details_pb2.RetryInfo()
-                    detail.Unpack(info)
-                    return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
-    return None
 
 
 class HttpTransport(_Retrying):
@@ -163,7 +143,7 @@ class HttpTransport(_Retrying):
                 if resp.status == 200:
                     return self._rejected(content)
                 message = f"HTTP {resp.status}: {content[:200]!r}"
-                if resp.status in _RETRYABLE_HTTP:
+                if resp.status in RETRYABLE_HTTP:
                     after = resp.headers.get("Retry-After", "")
                     raise _Retryable(message, float(after) if after.isdigit() else None)
                 raise _Fatal(message)

@@ -15,7 +15,7 @@ from .tls import read_pem
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 # The OTLP specification's retryable codes; RESOURCE_EXHAUSTED only when the server sent RetryInfo.
-_RETRYABLE = frozenset(
+RETRYABLE_GRPC = frozenset(
     {
         grpc.StatusCode.CANCELLED,
         grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -80,7 +80,7 @@ class OtlpGrpcSink:
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             hint = retry_delay(exc.trailing_metadata())
-            retryable = code in _RETRYABLE or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and hint is not None)
+            retryable = code in RETRYABLE_GRPC or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and hint is not None)
             raise SendFailed(
                 f"{code.name}: {exc.details()}", retryable=retryable, reason=code.name.lower(), retry_after=hint
             ) from None

@@ -18,7 +18,7 @@ from .delivery import Delivered, SendFailed
 from .specs import OtlpHttpSpec
 from .tls import read_pem
 
-_RETRYABLE = frozenset({429, 502, 503, 504})
+RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
 _PROTOBUF = "application/x-protobuf"
 
 
@@ -96,9 +96,9 @@ class OtlpHttpSink:
             return Delivered(partial.rejected_spans, partial.error_message)
         raise SendFailed(
             f"HTTP {status}: {_error_message(payload, content_type)}",
-            retryable=status in _RETRYABLE,
+            retryable=status in RETRYABLE_HTTP,
             reason=f"http_{status}",
-            retry_after=retry_after if status in _RETRYABLE else None,
+            retry_after=retry_after if status in RETRYABLE_HTTP else None,
         )
 
     async def close(self) -> None:
