@@ -61,20 +61,19 @@ class DecisionLoop:
 
     def _verdict(self, claimed: Claimed) -> tuple[Verdict, int]:
         view = TraceView(claimed.trace_id, claimed.data)
-        started = time.perf_counter()
         try:
             verdict = self._engine.decide(view)
         except Exception:
             log.exception("policy evaluation failed for trace %s; keeping it", claimed.trace_id.hex())
             self._metrics.decision_errors.inc()
             verdict = Verdict(True, _ERROR_POLICY)
-        self._metrics.decision_seconds.observe(time.perf_counter() - started)
         return verdict, view.span_count
 
     async def decide(self, batch: list[Claimed]) -> None:
         settlements: list[Settlement] = []
         kept: dict[bytes, Verdict] = {}
         tally = _Tally()
+        started = time.perf_counter()
         now = time.time()
         for claimed in batch:
             if claimed.due:
@@ -86,6 +85,7 @@ class DecisionLoop:
                 await self._forwarder.forward(claimed.trace_id, claimed.data, verdict, span_count)
             settlements.append(Settlement(claimed.trace_id, verdict.keep, verdict.policy))
         tally.publish(self._metrics)
+        self._metrics.decision_round_seconds.observe(time.perf_counter() - started)
         stragglers = await self._buffer.settle(settlements, time.time())
         for trace_id, data in stragglers.items():
             if trace_id in kept:

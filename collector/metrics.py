@@ -57,9 +57,10 @@ class Metrics:
         )
         self.buffer_traces = Gauge("tailsampler_buffer_traces", "Traces in the buffer", registry=r)
         self.buffer_bytes = Gauge("tailsampler_buffer_bytes", "Bytes of spans in the buffer", registry=r)
-        self.decision_seconds = Histogram(
-            "tailsampler_decision_seconds", "Time to evaluate the policies on one trace",
-            buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5), registry=r,
+        self.decision_round_seconds = Histogram(
+            "tailsampler_decision_round_seconds",
+            "Time to evaluate the policies on one round of due traces and hand the kept ones over",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r,
         )
         self.decision_lag = Histogram(
             "tailsampler_decision_lag_seconds",

@@ -33,7 +33,7 @@ class Latency:
     upper_threshold_ms: int
 
     def evaluate(self, trace: TraceView) -> Decision:
-        if not trace.spans:
+        if not trace.span_count:
             return Decision.NOT_SAMPLED
         duration_ms = trace.duration_ns // 1_000_000
         if self.upper_threshold_ms == 0:
