@@ -73,12 +73,12 @@ def split_request(request: ExportTraceServiceRequest, body: bytes | None = None)
     as it is instead of serialized again; without it (OTLP/JSON) upb serializes each span.
     """
     layout = _wire_layout(body, request) if body is not None else None
-    entries: dict[bytes, list[bytes]] = {}  # trace ID -> its ResourceSpans entries, framed
+    pieces: dict[bytes, list[bytes]] = {}  # trace ID -> the bytes of its fragment, to join once
     counts: dict[bytes, int] = {}
     roots: set[bytes] = set()
     rejected = 0
     for ri, rs in enumerate(request.resource_spans):
-        scoped: dict[bytes, list[bytes]] = {}  # trace ID -> its ScopeSpans entries in this resource
+        scoped: dict[bytes, tuple[list[bytes], list[int]]] = {}  # trace ID -> ScopeSpans pieces, length
         for si, ss in enumerate(rs.scope_spans):
             parts: dict[bytes, list[bytes]] = {}  # trace ID -> framed spans in this scope
             if layout is None:
@@ -87,16 +87,33 @@ def split_request(request: ExportTraceServiceRequest, body: bytes | None = None)
                 rejected += _group_wire(body, layout[ri][si], ss.spans, parts, roots)  # type: ignore[arg-type]
             if parts:
                 head, tail = _framing(ss.scope, ss.HasField("scope"), ss.schema_url)
+                fixed = len(head) + len(tail)
                 for trace_id, framed in parts.items():
                     counts[trace_id] = counts.get(trace_id, 0) + len(framed)
-                    scoped.setdefault(trace_id, []).append(_field(_TAG_2, b"".join((head, *framed, tail))))
+                    size = fixed + sum(map(len, framed))
+                    prefix = _TAG_2 + _length(size)
+                    entry = scoped.get(trace_id)
+                    if entry is None:
+                        entry = scoped[trace_id] = ([], [0])
+                    entry[0].append(prefix)
+                    entry[0].append(head)
+                    entry[0].extend(framed)
+                    entry[0].append(tail)
+                    entry[1][0] += len(prefix) + size
         if scoped:
             head, tail = _framing(rs.resource, rs.HasField("resource"), rs.schema_url)
-            for trace_id, scopes in scoped.items():
-                entries.setdefault(trace_id, []).append(_field(_TAG_1, b"".join((head, *scopes, tail))))
+            fixed = len(head) + len(tail)
+            for trace_id, (scope_pieces, (size,)) in scoped.items():
+                out = pieces.get(trace_id)
+                if out is None:
+                    out = pieces[trace_id] = []
+                out.append(_TAG_1 + _length(fixed + size))
+                out.append(head)
+                out.extend(scope_pieces)
+                out.append(tail)
     fragments = {
         trace_id: Fragment(b"".join(framed), counts[trace_id], trace_id in roots)
-        for trace_id, framed in entries.items()
+        for trace_id, framed in pieces.items()
     }
     message = ""
     if rejected:
