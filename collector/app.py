@@ -13,7 +13,7 @@ import time
 
 from collector import trace_api
 from collector.admin import AdminServer
-from collector.buffer import make_buffer
+from collector.buffer import BufferStats, BufferUnavailable, make_buffer
 from collector.config import Config
 from collector.decide import DecisionLoop
 from collector.forward import Forwarder
@@ -48,6 +48,7 @@ class Collector:
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self.stopped = False
+        self._buffered = BufferStats(0, 0)
 
     async def start(self) -> None:
         await self.buffer.start()
@@ -83,6 +84,7 @@ class Collector:
             log.error("shutdown: timed out deciding pending traces")
         for exporter in self.exporters:
             await exporter.close(max(0.1, deadline - time.monotonic()))
+        await self.loop.settled()
         await self.buffer.close()
         await self.admin.stop()
         self.stopped = True
@@ -101,7 +103,11 @@ class Collector:
         return ready, components
 
     async def stats(self) -> dict[str, object]:
-        buffered = await self.buffer.stats()
-        self.metrics.buffer_traces.set(buffered.traces)
-        self.metrics.buffer_bytes.set(buffered.bytes)
-        return snapshot(self.metrics, buffered)
+        """Sampling stats; while the buffer's store is away, the last buffer figures stand."""
+        try:
+            self._buffered = await self.buffer.stats()
+        except BufferUnavailable as exc:
+            log.warning("buffer stats unavailable: %s", exc)
+        self.metrics.buffer_traces.set(self._buffered.traces)
+        self.metrics.buffer_bytes.set(self._buffered.bytes)
+        return snapshot(self.metrics, self._buffered)

@@ -144,6 +144,13 @@ def _check(config: Config, source: str) -> None:
         problems.append(("buffer.tick", "must be greater than 0"))
     if config.buffer.max_bytes <= 0:
         problems.append(("buffer.max_bytes", "must be greater than 0"))
+    if config.buffer.type == "redis":
+        for key in ("shards", "lease", "timeout"):
+            if getattr(config.buffer, key) <= 0:
+                problems.append((f"buffer.{key}", "must be greater than 0"))
+        scheme = config.buffer.url.partition("://")[0]
+        if scheme not in ("redis", "rediss", "unix"):
+            problems.append(("buffer.url", f"expected a redis://, rediss:// or unix:// URL, got {config.buffer.url!r}"))
     if not config.exporters:
         problems.append(("exporters", "at least one exporter is required, or kept traces go nowhere"))
     try:

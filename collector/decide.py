@@ -39,6 +39,7 @@ class DecisionLoop:
         self._tick = tick
         self._batch = batch
         self._stopping = asyncio.Event()
+        self._settling: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         """Decide due traces until ``stop``; a failing round is logged and retried next tick."""
@@ -70,8 +71,9 @@ class DecisionLoop:
         return verdict, view.span_count
 
     async def decide(self, batch: list[Claimed]) -> None:
-        settlements: list[Settlement] = []
-        kept: dict[bytes, Verdict] = {}
+        """Decide a batch: dropped traces settle now, kept ones once every exporter has them."""
+        dropped: list[Settlement] = []
+        deliveries: list[tuple[Settlement, Verdict, list[asyncio.Future[bool]]]] = []
         tally = _Tally()
         started = time.perf_counter()
         now = time.time()
@@ -80,16 +82,38 @@ class DecisionLoop:
                 self._metrics.decision_lag.observe(max(0.0, now - claimed.due))
             verdict, span_count = self._verdict(claimed)
             tally.add(claimed, verdict, span_count)
+            settlement = Settlement(claimed.trace_id, verdict.keep, verdict.policy)
             if verdict.keep:
-                kept[claimed.trace_id] = verdict
-                await self._forwarder.forward(claimed.trace_id, claimed.data, verdict, span_count)
-            settlements.append(Settlement(claimed.trace_id, verdict.keep, verdict.policy))
+                done = await self._forwarder.forward(claimed.trace_id, claimed.data, verdict, span_count)
+                deliveries.append((settlement, verdict, done))
+            else:
+                dropped.append(settlement)
         tally.publish(self._metrics)
         self._metrics.decision_round_seconds.observe(time.perf_counter() - started)
-        stragglers = await self._buffer.settle(settlements, time.time())
-        for trace_id, data in stragglers.items():
-            if trace_id in kept:
-                await self._forwarder.forward(trace_id, data, kept[trace_id], late=True)
+        if dropped:
+            await self._buffer.settle(dropped, time.time())
+        if deliveries:
+            task = asyncio.create_task(self._settle_delivered(deliveries))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+
+    async def _settle_delivered(self, deliveries: list[tuple[Settlement, Verdict, list[asyncio.Future[bool]]]]) -> None:
+        """Settle kept traces once delivered and forward what arrived meanwhile; a trace whose
+        delivery shutdown cut short stays claimed, for another agent to decide after its lease."""
+        try:
+            await asyncio.gather(*(future for _, _, done in deliveries for future in done))
+            finished = [(s, v) for s, v, done in deliveries if all(f.result() for f in done)]
+            stragglers = await self._buffer.settle([s for s, _ in finished], time.time())
+            verdicts = {s.trace_id: v for s, v in finished}
+            for trace_id, data in stragglers.items():
+                await self._forwarder.forward(trace_id, data, verdicts[trace_id], late=True)
+        except Exception:
+            log.exception("settling %d delivered traces failed; they will be decided again", len(deliveries))
+
+    async def settled(self) -> None:
+        """Wait until every kept trace handed to the exporters has been settled."""
+        while self._settling:
+            await asyncio.gather(*self._settling)
 
     async def drain(self, drop: bool) -> int:
         """Decide (or, with ``drop``, discard) everything still buffered; returns traces handled."""

@@ -6,6 +6,8 @@ carries the same sampling facts as the spans that were decided with it.
 
 from __future__ import annotations
 
+import asyncio
+
 from policies import RecordingConfig, Verdict, record
 from storage import Exporter, KeptTrace
 
@@ -17,8 +19,14 @@ class Forwarder:
 
     async def forward(
         self, trace_id: bytes, data: bytes, verdict: Verdict, span_count: int = 0, late: bool = False
-    ) -> None:
-        """``span_count`` 0 means unknown (the exporters count for themselves)."""
-        kept = KeptTrace(trace_id, record(data, verdict, self._recording), verdict.policy, late, span_count)
+    ) -> list[asyncio.Future[bool]]:
+        """Queue the trace on every exporter; the futures resolve when each is finished with it
+        (True) or was cut short by shutdown (False). ``span_count`` 0 means unknown."""
+        data = record(data, verdict, self._recording)
+        loop = asyncio.get_running_loop()
+        done: list[asyncio.Future[bool]] = []
         for exporter in self.exporters:
-            await exporter.submit(kept)
+            future: asyncio.Future[bool] = loop.create_future()
+            done.append(future)
+            await exporter.submit(KeptTrace(trace_id, data, verdict.policy, late, span_count, future))
+        return done

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 from dataclasses import dataclass
 
 
@@ -16,6 +17,9 @@ class KeptTrace:
 
     ``late`` marks spans that arrived after their trace was kept and are forwarded on their own.
     ``span_count`` (0 = unknown) saves the exporter a parse when the caller already knows it.
+    ``done``, when given, resolves True once the exporter is finished with the trace (delivered,
+    or given up for good) and False if shutdown cut it short, so the buffer settles a kept trace
+    only after its delivery: an agent that dies first leaves it to be decided again.
     """
 
     trace_id: bytes
@@ -23,6 +27,7 @@ class KeptTrace:
     policy: str | None
     late: bool = False
     span_count: int = 0
+    done: "asyncio.Future[bool] | None" = None
 
 
 class Exporter(abc.ABC):

@@ -317,6 +317,8 @@ class QueuedExporter(Exporter):
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
+        while not self._queue.empty():
+            _resolve(self._queue.get_nowait(), False)
         if lost:
             self._failed.labels(self.name, "shutdown").inc(lost)
         await self.sink.close()
@@ -334,12 +336,15 @@ class QueuedExporter(Exporter):
                     break
                 batch.append(trace)
                 size += len(trace.data)
+            finished = False
             try:
                 await self._deliver(batch)
+                finished = True
             finally:
                 self._unresolved -= len(batch)
-                for _ in batch:
+                for trace in batch:
                     self._queue.task_done()
+                    _resolve(trace, finished)
 
     async def _deliver(self, batch: list[KeptTrace]) -> None:
         """Send until delivered, refused, or out of retry time or budget."""
@@ -397,3 +402,8 @@ class QueuedExporter(Exporter):
     def _give_up(self, batch: list[KeptTrace], reason: str, exc: SendFailed) -> None:
         self._failed.labels(self.name, reason).inc(len(batch))
         log.warning("exporter %s: %d kept trace(s) not delivered (%s): %s", self.name, len(batch), reason, exc)
+
+
+def _resolve(trace: KeptTrace, finished: bool) -> None:
+    if trace.done is not None and not trace.done.done():
+        trace.done.set_result(finished)

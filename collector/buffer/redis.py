@@ -25,7 +25,6 @@ never doubles spans that a paused Redis would otherwise have taken late.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import math
@@ -35,13 +34,22 @@ import zlib
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, OutOfMemoryError, RedisError, ResponseError
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    NoScriptError,
+    OutOfMemoryError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from collector.config import BufferConfig
 from collector.split import Fragment
@@ -56,6 +64,8 @@ log = logging.getLogger(__name__)
 # Traces of a fleet that is gone for good are kept at least this long, so agents restarted
 # within it still decide them.
 _MIN_HOLD = 600.0
+# answers that mean "not now" rather than "wrong": the client retries later
+_TRANSIENT = (OutOfMemoryError, ClusterDownError, TryAgainError, MasterDownError, BusyLoadingError)
 
 
 def _read(name: str) -> str:
@@ -161,9 +171,6 @@ class RedisTraceBuffer(TraceBuffer):
             registry=registry,
         )
 
-    def shard(self, trace_id: bytes) -> int:
-        return shard_of(trace_id, len(self._shards))
-
     def bucket_factory(self) -> BucketFactory:
         return self.budgets.bucket
 
@@ -212,15 +219,17 @@ class RedisTraceBuffer(TraceBuffer):
             if self._clock_offset_ms is None:
                 await self._sync_clock()
             yield
-        except UNREACHABLE as exc:
+        except (*UNREACHABLE, *_TRANSIENT) as exc:
             self._fail(operation, exc)
         except ResponseError as exc:
-            if isinstance(exc, OutOfMemoryError) or str(exc).startswith(("STALE", "CLUSTERDOWN", "TRYAGAIN", "LOADING", "MASTERDOWN")):
+            if str(exc).startswith("STALE"):
                 self._fail(operation, exc)
             raise
 
     def _fail(self, operation: str, exc: Exception) -> None:
         self._unavailable.labels(operation).inc()
+        # Redis may come back as another server (restart, failover) with another clock
+        self._clock_offset_ms = None
         raise BufferUnavailable(f"redis {_where(self._client)} unavailable during {operation}: {exc}") from exc
 
     async def _run(self, calls: list[_Call]) -> list[object]:
@@ -244,11 +253,11 @@ class RedisTraceBuffer(TraceBuffer):
             pipe.execute_command("EVALSHA", _SCRIPTS.sha[call.script], 3, *call.shard.keys, *call.args)
         return list(await pipe.execute(raise_on_error=False))
 
-    def _by_shard(self, trace_ids) -> dict[int, list[bytes]]:
+    def _by_shard(self, trace_ids: Iterable[bytes]) -> dict[int, list[bytes]]:
         groups: dict[int, list[bytes]] = {}
         shards = len(self._shards)
         for trace_id in trace_ids:
-            groups.setdefault(zlib.crc32(trace_id) % shards, []).append(trace_id)
+            groups.setdefault(shard_of(trace_id, shards), []).append(trace_id)
         return groups
 
     # -- the TraceBuffer interface ------------------------------------------------------------
