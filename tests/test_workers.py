@@ -1,0 +1,76 @@
+"""``tailsampler serve --workers N``: several agent processes on one host sharing the ports."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from storage import TraceStoreError, list_traces
+from tests.collectors import REPO, collector_config
+from tests.sdk import SdkClient
+from tests.test_end_to_end import POLICIES, make_trace
+from tests.waiting import wait_until
+
+
+def processes_with(*words: str) -> list[int]:
+    """PIDs whose command line holds every one of ``words``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if all(word.encode() in argv for word in words):
+                found.append(int(entry.name))
+    return found
+
+
+def test_workers_need_the_shared_buffer(tmp_path: Path) -> None:
+    path = tmp_path / "memory.yaml"
+    path.write_text(yaml.safe_dump(collector_config([{"type": "sqlite", "path": str(tmp_path / "k.db")}], ports=True)))
+    result = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "serve", "--config", str(path), "--workers", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "needs the shared redis buffer" in result.stderr
+
+
+def test_workers_share_the_ports_and_stop_together(
+    clean_redis_url: str, agent_process: Any, tmp_path: Path
+) -> None:
+    db = tmp_path / "kept.db"
+    agent = agent_process(
+        collector_config(
+            [{"type": "sqlite", "path": str(db)}],
+            tail_sampling={"decision_wait": "500ms", "policies": POLICIES},
+            buffer={"type": "redis", "url": clean_redis_url, "key_prefix": "workers"},
+            ports=True,
+        )
+    ).start("--workers", "2")
+    workers = lambda: processes_with(str(agent.config_path), "--reuse-port")  # noqa: E731
+    wait_until(lambda: len(workers()) == 2, timeout=20, message="two worker processes")
+
+    client = SdkClient("grpc", agent.grpc_endpoint)
+    errors = [make_trace(client, error=True) for _ in range(10)]
+    for _ in range(10):
+        make_trace(client)
+    client.flush()
+    client.shutdown()
+
+    def stored() -> set[str]:
+        try:
+            return {row["trace_id"] for row in list_traces(str(db), limit=100)}
+        except TraceStoreError:  # not created yet
+            return set()
+
+    wait_until(lambda: stored() == set(errors), timeout=20, message="the error traces stored")
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(timeout=30) == 0, agent.log()
+    wait_until(lambda: not workers(), timeout=10, message="every worker gone")
