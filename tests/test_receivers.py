@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from typing import Any
 
 import aiohttp
@@ -207,3 +208,18 @@ async def test_full_buffer_with_decide_early_decides_the_oldest_and_counts_it(
 
     await eventually(three_decided_early, timeout=10)
     assert (await collector.stats())["buffer"]["traces"] == 2
+
+
+@pytest.mark.parametrize("body", [gzip.compress(b"x" * 100)[:-10], b"not gzip at all"])
+async def test_http_corrupt_or_truncated_gzip_is_400_not_an_empty_request(collector: Any, body: bytes) -> None:
+    response = await http_export(collector.http.port, body, "application/x-protobuf", **{"Content-Encoding": "gzip"})
+    assert response.status == 400
+    ok = await http_export(collector.http.port, request(new_trace_id()).SerializeToString(), "application/x-protobuf")
+    assert ok.status == 200
+
+
+async def test_http_accepts_deflate(collector: Any) -> None:
+    body = zlib.compress(request(new_trace_id(), 2).SerializeToString())
+    response = await http_export(collector.http.port, body, "application/x-protobuf", **{"Content-Encoding": "deflate"})
+    assert response.status == 200
+    assert await received(collector) == 2

@@ -7,6 +7,7 @@ specification asks; only 503 (buffer full or unavailable) invites a retry, with 
 from __future__ import annotations
 
 import math
+import zlib
 
 from aiohttp import web
 from google.protobuf.message import DecodeError, Message
@@ -29,6 +30,24 @@ _RESOURCE_EXHAUSTED = 8
 _UNAVAILABLE = 14
 
 
+class _TooLarge(Exception):
+    pass
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """Decompress a gzip or deflate (zlib) body, refusing one that inflates past ``limit`` bytes
+    or that ends before its stream does."""
+    if encoding == "identity":
+        return body
+    inflater = zlib.decompressobj(31 if encoding == "gzip" else 15)
+    out = inflater.decompress(body, limit + 1)
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise _TooLarge()
+    if not inflater.eof:
+        raise zlib.error("the compressed stream is truncated")
+    return out
+
+
 def _encode(message: Message, content_type: str) -> bytes:
     return to_json(message) if content_type == _JSON else message.SerializeToString()
 
@@ -45,7 +64,8 @@ class HttpReceiver:
     async def start(self, reuse_port: bool = False) -> None:
         app = web.Application(client_max_size=self._max)
         app.router.add_post("/v1/traces", self._export)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # bodies are inflated here, not by aiohttp, which takes a truncated gzip stream as empty
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host.strip("[]") or "0.0.0.0", self._port, reuse_port=reuse_port)
         await site.start()
@@ -71,13 +91,13 @@ class HttpReceiver:
         if encoding not in ("identity", "gzip", "deflate"):
             return self._error(415, _INVALID_ARGUMENT, f"unsupported content encoding {encoding!r}", content_type)
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
+            body = _inflate(await request.read(), encoding, self._max)
+        except (web.HTTPRequestEntityTooLarge, _TooLarge):
             return self._error(
                 413, _RESOURCE_EXHAUSTED, f"request body exceeds {self._max} bytes after decompression", content_type
             )
-        except Exception as exc:  # a corrupt gzip stream surfaces as a payload error
-            return self._error(400, _INVALID_ARGUMENT, f"cannot read request body: {exc}", content_type)
+        except zlib.error as exc:
+            return self._error(400, _INVALID_ARGUMENT, f"cannot decompress {encoding} body: {exc}", content_type)
         wire: bytes | None = None
         try:
             if content_type == _JSON:
