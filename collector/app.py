@@ -26,6 +26,8 @@ from storage import SqliteSpec, build_exporters
 
 log = logging.getLogger(__name__)
 
+_READINESS_TIMEOUT = 1.0
+
 
 class Collector:
     def __init__(self, config: Config, reuse_port: bool = False) -> None:
@@ -90,7 +92,10 @@ class Collector:
         self.stopped = True
 
     async def readiness(self) -> tuple[bool, dict[str, object]]:
-        ready, detail = await self.buffer.check()
+        try:  # probes have short timeouts of their own: answer "not ready" rather than hang
+            ready, detail = await asyncio.wait_for(self.buffer.check(), _READINESS_TIMEOUT)
+        except asyncio.TimeoutError:
+            ready, detail = False, f"no answer from the buffer's store within {_READINESS_TIMEOUT}s"
         components: dict[str, object] = {"buffer": {"type": self.config.buffer.type, "ready": ready, "detail": detail}}
         for exporter in self.exporters:
             healthy, info = exporter.health()

@@ -96,7 +96,7 @@ class AgentProcess:
 
     def admin_get(self, path: str) -> tuple[int, Any]:
         try:
-            with urllib.request.urlopen(f"http://{self.admin_endpoint}{path}", timeout=2) as response:
+            with urllib.request.urlopen(f"http://{self.admin_endpoint}{path}", timeout=5) as response:
                 return response.status, json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")

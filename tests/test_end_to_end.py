@@ -123,7 +123,7 @@ async def test_root_span_decides_the_trace_within_about_a_second_not_thirty(
     await asyncio.to_thread(client.flush)
     sent_at = time.monotonic()
     await otlp_grpc_sink.wait_for(lambda: trace_id in otlp_grpc_sink.spans_by_trace(), timeout=10)
-    assert time.monotonic() - sent_at < 3.0
+    assert time.monotonic() - sent_at < 5.0  # decision_wait is 30s
     assert len(otlp_grpc_sink.spans_by_trace()[trace_id]) == 4
     client.shutdown()
 

@@ -95,7 +95,7 @@ async def test_circuit_opens_holds_sends_back_then_recovers(otlp_grpc_sink: Grpc
         assert exporter.health()[0] is False
         assert metric(registry, "tailsampler_exporter_circuit_state", exporter="otlp") == 2
         await otlp_grpc_sink.wait_for(lambda: otlp_grpc_sink.requests, timeout=5, message="delivered after recovery")
-        assert exporter.health()[1]["circuit"] == "closed"
+        await wait_for(lambda: exporter.health()[1]["circuit"] == "closed", message="circuit closed by the probe")
         assert exporter.health()[0] is True
     # attempt 3 is the half-open probe (it fails and reopens), attempt 4 the probe that closes
     stamps = otlp_grpc_sink.attempt_times
