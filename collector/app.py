@@ -11,6 +11,8 @@ import asyncio
 import logging
 import time
 
+import msgspec
+
 from collector import trace_api
 from collector.admin import AdminServer
 from collector.buffer import BufferStats, BufferUnavailable, make_buffer
@@ -19,14 +21,16 @@ from collector.decide import DecisionLoop
 from collector.forward import Forwarder
 from collector.ingest import Ingest
 from collector.metrics import Metrics
+from collector.periodic import Periodic
 from collector.receive import GrpcReceiver, HttpReceiver
-from collector.stats import snapshot
+from collector.stats import merge, snapshot
 from policies import PolicyContext, build_engine
 from storage import SqliteSpec, build_exporters
 
 log = logging.getLogger(__name__)
 
 _READINESS_TIMEOUT = 1.0
+_STATS_INTERVAL = 2.0  # how often an agent publishes its counters for fleet-wide stats
 
 
 class Collector:
@@ -51,12 +55,15 @@ class Collector:
         self._stopping = False
         self.stopped = False
         self._buffered = BufferStats(0, 0)
+        self._stats_publisher = Periodic("fleet-stats", _STATS_INTERVAL, self._publish_stats)
 
     async def start(self) -> None:
         await self.buffer.start()
         for exporter in self.exporters:
             await exporter.start()
         self._loop_task = asyncio.create_task(self.loop.run(), name="decision-loop")
+        if self.buffer.shared:
+            await self._stats_publisher.start()
         await self.admin.start(self._reuse_port)
         for receiver in (self.grpc, self.http):
             if receiver is not None:
@@ -76,6 +83,7 @@ class Collector:
             if receiver is not None:
                 await receiver.stop(grace=min(5.0, max(0.0, deadline - time.monotonic())))
         self.loop.stop()
+        await self._stats_publisher.stop()
         if self._loop_task is not None:
             await self._loop_task
         drop = self.config.tail_sampling.drop_pending_traces_on_shutdown
@@ -108,11 +116,33 @@ class Collector:
         return ready, components
 
     async def stats(self) -> dict[str, object]:
-        """Sampling stats; while the buffer's store is away, the last buffer figures stand."""
+        """This agent's sampling stats and, with a shared buffer, the fleet's (every live agent's
+        counters added up; each agent publishes its own every few seconds). While the buffer's
+        store is away, the last buffer figures stand and the fleet is left out."""
         try:
             self._buffered = await self.buffer.stats()
         except BufferUnavailable as exc:
             log.warning("buffer stats unavailable: %s", exc)
         self.metrics.buffer_traces.set(self._buffered.traces)
         self.metrics.buffer_bytes.set(self._buffered.bytes)
-        return snapshot(self.metrics, self._buffered)
+        own = snapshot(self.metrics, self._buffered)
+        try:
+            await self._share_stats()
+            published = await self.buffer.fleet_stats()
+        except BufferUnavailable:
+            return own
+        if published is not None:
+            fleet = merge([msgspec.json.decode(p) for p in published])
+            own["fleet"] = {**fleet, "buffer": own["buffer"], "agents": len(published)}
+        return own
+
+    async def _publish_stats(self) -> None:
+        try:
+            await self._share_stats()
+        except BufferUnavailable as exc:
+            log.debug("fleet stats not published: %s", exc)
+
+    async def _share_stats(self) -> None:
+        counters = snapshot(self.metrics, BufferStats(0, 0))
+        del counters["buffer"]  # the buffer is shared: its figures are already fleet-wide
+        await self.buffer.share_stats(msgspec.json.encode(counters))

@@ -102,6 +102,9 @@ def _stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
+    if "fleet" in stats:
+        print(f"fleet of {stats['fleet']['agents']} agent(s) sharing one buffer (this agent: --json)")
+        stats = stats["fleet"]
     spans, traces, buffered = stats["spans"], stats["traces"], stats["buffer"]
     print(f"spans received   {spans['received']}")
     print(f"spans refused    {sum(spans['refused'].values())} {spans['refused'] or ''}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 from prometheus_client import Counter
 
@@ -49,3 +50,15 @@ def snapshot(metrics: Metrics, buffer: BufferStats) -> dict[str, object]:
         "policies": dict(votes),
         "buffer": {"traces": buffer.traces, "bytes": buffer.bytes},
     }
+
+
+def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add up several agents' counters, key by key (nested dicts of numbers)."""
+    total: dict[str, Any] = {}
+    for snap in snapshots:
+        for key, value in snap.items():
+            if isinstance(value, dict):
+                total[key] = merge([total.get(key, {}), value])
+            else:
+                total[key] = total.get(key, 0) + value
+    return total

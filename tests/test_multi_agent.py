@@ -12,6 +12,8 @@ import asyncio
 import logging
 import signal
 import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 import urllib.request
@@ -157,6 +159,18 @@ async def test_spans_spread_over_three_agents_are_decided_once_and_delivered_who
     stats = [agent.stats() for agent in fleet.agents]
     assert sum(s["traces"]["kept"] + s["traces"]["dropped"] for s in stats) == len(traces), "a trace decided twice"
     assert stats[0]["buffer"] == {"traces": 0, "bytes": 0}, "the buffer is shared: every agent sees it empty"
+
+    def fleet_counts_every_trace() -> bool:
+        view = fleet.agents[1].stats().get("fleet", {})
+        return view.get("agents") == 3 and view["traces"]["kept"] + view["traces"]["dropped"] == len(traces)
+
+    await eventually(fleet_counts_every_trace, timeout=15, message="fleet-wide stats add up every agent")
+    printed = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "stats", "--admin", fleet.agents[2].admin_endpoint],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert "fleet of 3 agent(s)" in printed.stdout
+    assert f"traces kept      {sum(s['traces']['kept'] for s in stats)}" in printed.stdout
 
 
 async def test_traces_claimed_by_a_killed_agent_are_decided_by_the_others(

@@ -78,6 +78,8 @@ class BufferStats:
 class TraceBuffer(abc.ABC):
     """Holds fragments per trace until their deadline, then hands each trace to one decider."""
 
+    shared = False  # True when several agents use this buffer at once
+
     async def start(self) -> None:
         """Connect and prepare; called once before any other method."""
 
@@ -113,4 +115,11 @@ class TraceBuffer(abc.ABC):
 
     def bucket_factory(self) -> BucketFactory | None:
         """Token buckets for rate-limiting policies; None means each agent keeps its own."""
+        return None
+
+    async def share_stats(self, snapshot: bytes) -> None:
+        """Publish this agent's counters where the fleet can read them (shared buffers only)."""
+
+    async def fleet_stats(self) -> list[bytes] | None:
+        """Every live agent's last published counters; None when the buffer is not shared."""
         return None

@@ -57,7 +57,9 @@ from policies import TailSamplingConfig
 from policies.base import BucketFactory
 
 from .base import AppendResult, BufferFull, BufferStats, BufferUnavailable, Claimed, Settlement, TraceBuffer
-from .redis_budget import UNREACHABLE, Periodic, SharedBudgets
+from collector.periodic import Periodic
+
+from .redis_budget import UNREACHABLE, SharedBudgets
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ _TRANSIENT = (OutOfMemoryError, ClusterDownError, TryAgainError, MasterDownError
 def _read(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text()
 
+_FLEET_STALE = 30.0  # seconds without a published snapshot before an agent leaves the fleet stats
 
 class _Scripts:
     """The buffer's Lua scripts (each prefixed with the shared functions) and their SHA1s."""
@@ -119,6 +122,8 @@ class _Call:
 
 
 class RedisTraceBuffer(TraceBuffer):
+    shared = True
+
     def __init__(
         self,
         config: BufferConfig,
@@ -157,6 +162,9 @@ class RedisTraceBuffer(TraceBuffer):
         self._held: dict[bytes, tuple[int, int]] = {}
         self._renewer = Periodic("redis-lease-renewal", self._lease / 3, self._renew_held)
         self.budgets = SharedBudgets(self._client, config.key_prefix, interval=float(config.tick))
+        # one slot (hash tag {fleet}) holds every agent's published counters
+        self._fleet_stats = f"{config.key_prefix}:{{fleet}}:stats"
+        self._fleet_seen = f"{config.key_prefix}:{{fleet}}:seen"
         registry = registry if registry is not None else CollectorRegistry()
         self._reclaimed = Counter(
             "tailsampler_redis_reclaimed_traces", "Traces taken over after their agent's lease ran out",
@@ -170,6 +178,27 @@ class RedisTraceBuffer(TraceBuffer):
             "tailsampler_redis_script_loads", "Times the buffer's scripts were (re)loaded into Redis",
             registry=registry,
         )
+
+    async def share_stats(self, snapshot: bytes) -> None:
+        now = time.time()
+        async with self._reaching("share_stats"):
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hset(self._fleet_stats, self.budgets.agent_id, snapshot)
+            pipe.zadd(self._fleet_seen, {self.budgets.agent_id: now})
+            pipe.zrangebyscore(self._fleet_seen, "-inf", now - _FLEET_STALE)
+            pipe.expire(self._fleet_stats, int(_FLEET_STALE * 10))
+            pipe.expire(self._fleet_seen, int(_FLEET_STALE * 10))
+            stale = (await pipe.execute())[2]
+            if stale:
+                await self._client.hdel(self._fleet_stats, *stale)
+                await self._client.zrem(self._fleet_seen, *stale)
+
+    async def fleet_stats(self) -> list[bytes] | None:
+        async with self._reaching("fleet_stats"):
+            live = await self._client.zrangebyscore(self._fleet_seen, time.time() - _FLEET_STALE, "+inf")
+            if not live:
+                return []
+            return [v for v in await self._client.hmget(self._fleet_stats, live) if v is not None]
 
     def bucket_factory(self) -> BucketFactory:
         return self.budgets.bucket

@@ -18,51 +18,18 @@ import logging
 import time
 import uuid
 from importlib import resources
-from typing import Awaitable, Callable
 
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, TimeoutError as RedisTimeoutError
+
+from collector.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 _SCRIPT = resources.files(__package__).joinpath("redis_budget.lua").read_text()
-
-
-class Periodic:
-    """Runs ``step`` now and then every ``interval`` seconds until stopped. Stopping waits for the
-    step in flight rather than cancelling it, so no Redis call is abandoned half-way."""
-
-    def __init__(self, name: str, interval: float, step: Callable[[], Awaitable[None]]) -> None:
-        self._name = name
-        self._interval = interval
-        self._step = step
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        if self._task is None:
-            self._stopping.clear()
-            self._task = asyncio.create_task(self._run(), name=self._name)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._stopping.set()
-            await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self._step()
-            except Exception:
-                log.exception("%s: step failed; trying again in %.1fs", self._name, self._interval)
-            try:
-                await asyncio.wait_for(self._stopping.wait(), self._interval)
-            except asyncio.TimeoutError:
-                pass
 
 
 class SharedTokenBucket:
