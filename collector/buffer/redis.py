@@ -304,9 +304,13 @@ class RedisTraceBuffer(TraceBuffer):
                     fence, shard.prefix, now, self._wait, self._wait_after_root, self._max_traces,
                     self._max_bytes, self._max_trace_bytes, 0 if self._backpressure else 1, self._hold_ms,
                 ]
-                for trace_id in trace_ids:
-                    fragment = fragments[trace_id]
-                    args += (trace_id.hex(), b"1" if fragment.has_root else b"0", fragment.data)
+                parts = [fragments[trace_id] for trace_id in trace_ids]
+                args += (
+                    b"".join(trace_ids).hex(),
+                    b"".join(b"1" if part.has_root else b"0" for part in parts),
+                    ",".join([str(len(part.data)) for part in parts]),
+                    b"".join([part.data for part in parts]),
+                )
                 calls.append(_Call("append", shard, args))
             replies = await self._run(calls)
         for call, reply, trace_ids in zip(calls, replies, groups.values()):
@@ -339,7 +343,7 @@ class RedisTraceBuffer(TraceBuffer):
         calls = [
             _Call("check", self._shards[index], [
                 self._shards[index].prefix, self._max_traces, self._max_bytes,
-                sum(len(fragments[t].data) for t in ids), *(t.hex() for t in ids),
+                sum(len(fragments[t].data) for t in ids), b"".join(ids).hex(),
             ])
             for index, ids in groups.items()
         ]

@@ -1,20 +1,26 @@
 -- Buffer one request's fragments for one shard.
 -- ARGV: fence_ms, prefix, now, wait, wait_after_root, max_traces, max_bytes, max_trace_bytes,
---       evict (1: decide the oldest early when full), hold_ttl_ms,
---       then (trace_id_hex, has_root "1"/"0", data) triples.
+--       evict (1: decide the oldest early when full), hold_ttl_ms, then the fragments packed
+--       into four arguments (one argument per trace each would cost the client more than the
+--       work): trace IDs (hex, concatenated), root flags ("1"/"0" per trace), fragment sizes
+--       (comma-separated), fragments (concatenated).
 -- Returns {traces marked early now, traces marked early in the shard, then per trace: 0 when
 -- buffered, or the cached decision ("1"/"0" followed by the policy name)}.
 local stale = refuse_if_stale(ARGV[1])
 if stale then return stale end
 local prefix, now, wait, after_root = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local max_trace_bytes, hold_ttl = tonumber(ARGV[8]), tonumber(ARGV[10])
-local FIRST = 11
+local tids, roots, packed = trace_ids(ARGV[11]), ARGV[12], ARGV[14]
+local datas, at = {}, 1
+for size in string.gmatch(ARGV[13], '%d+') do
+  size = tonumber(size)
+  datas[#datas + 1] = string.sub(packed, at, at + size - 1)
+  at = at + size
+end
 local marked = 0
 
 if ARGV[9] == '1' then
-  local incoming = 0
-  for i = FIRST + 2, #ARGV, 3 do incoming = incoming + #ARGV[i] end
-  local over_traces, over_bytes = pressure(prefix, FIRST, 3, tonumber(ARGV[6]), tonumber(ARGV[7]), incoming)
+  local over_traces, over_bytes = pressure(prefix, tids, tonumber(ARGV[6]), tonumber(ARGV[7]), #packed)
   while over_traces > 0 or over_bytes > 0 do
     local oldest = redis.call('ZRANGE', due, '(' .. EARLY, '+inf', 'BYSCORE', 'LIMIT', 0, 1)[1]
     if not oldest then break end
@@ -25,8 +31,8 @@ if ARGV[9] == '1' then
 end
 
 local out = {0, 0}
-for i = FIRST, #ARGV, 3 do
-  local tid, root, data = ARGV[i], ARGV[i + 1] == '1' and after_root > 0, ARGV[i + 2]
+for i, tid in ipairs(tids) do
+  local root, data = string.sub(roots, i, i) == '1' and after_root > 0, datas[i]
   local decided = redis.call('GET', decision_key(prefix, tid))
   if decided then
     out[#out + 1] = decided

@@ -25,12 +25,18 @@ local function mark_early(prefix, tid, kind)
   return size
 end
 
+-- A request's trace IDs arrive as one argument: their hex forms, 32 characters each.
+local function trace_ids(packed)
+  local ids = {}
+  for i = 1, #packed, 32 do ids[#ids + 1] = string.sub(packed, i, i + 31) end
+  return ids
+end
+
 -- How far this request would take the shard past its bounds, counting what is not already on
 -- its way out (traces marked early); traces already decided or buffered are not new.
-local function pressure(prefix, first, stride, max_traces, max_bytes, incoming)
+local function pressure(prefix, tids, max_traces, max_bytes, incoming)
   local new = 0
-  for i = first, #ARGV, stride do
-    local tid = ARGV[i]
+  for _, tid in ipairs(tids) do
     if not redis.call('ZSCORE', due, tid) and not redis.call('ZSCORE', claims, tid)
         and redis.call('EXISTS', decision_key(prefix, tid)) == 0 then
       new = new + 1
