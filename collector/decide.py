@@ -1,8 +1,8 @@
 """The decision loop: every tick, claim due traces, run the policy engine, export what is kept.
 
-Kept traces are handed to the exporters before the buffer settles them, so an agent that dies
-in between leaves the trace claimed, another agent decides it again after the lease, and the
-worst case is a duplicate delivery, never a loss.
+A kept trace is settled (removed from the buffer) only after every exporter has finished with
+it, so an agent that dies before that leaves the trace claimed, another agent decides it again
+after the lease, and the worst case is a duplicate delivery, never a loss.
 """
 
 from __future__ import annotations
@@ -61,14 +61,15 @@ class DecisionLoop:
         self._stopping.set()
 
     def _verdict(self, claimed: Claimed) -> tuple[Verdict, int]:
-        view = TraceView(claimed.trace_id, claimed.data)
+        """The engine's verdict and the span count; a trace that cannot be evaluated is kept,
+        so that a bug or a bad byte costs storage rather than data."""
         try:
-            verdict = self._engine.decide(view)
+            view = TraceView(claimed.trace_id, claimed.data)
+            return self._engine.decide(view), view.span_count
         except Exception:
             log.exception("policy evaluation failed for trace %s; keeping it", claimed.trace_id.hex())
             self._metrics.decision_errors.inc()
-            verdict = Verdict(True, _ERROR_POLICY)
-        return verdict, view.span_count
+            return Verdict(True, _ERROR_POLICY), 0
 
     async def decide(self, batch: list[Claimed]) -> None:
         """Decide a batch: dropped traces settle now, kept ones once every exporter has them."""
