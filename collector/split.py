@@ -37,15 +37,16 @@ def _length(n: int) -> bytes:
     return _SMALL_VARINTS[n] if n < 16384 else varint(n)
 
 
-def _field(tag: bytes, payload: bytes) -> bytes:
+def field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited protobuf field: tag, varint length, payload."""
     return tag + _length(len(payload)) + payload
 
 
 def _framing(message: object, present: bool, schema_url: str) -> tuple[bytes, bytes]:
     """The bytes before and after the spans of a ResourceSpans / ScopeSpans: its header message
     (field 1) and schema URL (field 3)."""
-    head = _field(_TAG_1, message.SerializeToString()) if present else b""  # type: ignore[attr-defined]
-    tail = _field(_TAG_3, schema_url.encode()) if schema_url else b""
+    head = field(_TAG_1, message.SerializeToString()) if present else b""  # type: ignore[attr-defined]
+    tail = field(_TAG_3, schema_url.encode()) if schema_url else b""
     return head, tail
 
 

@@ -14,10 +14,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from collector.otlp_json import to_json
 from loadgen.batching import Batcher, Payload
 from loadgen.model import Trace, TraceGenerator, TrafficShape
 from loadgen.transport import PROTOCOLS, Transport, loopback_endpoint, make_transport
-from loadgen.wire import to_otlp_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +194,7 @@ class _Producer:
             for service, framed in self._held.pop(trace_id, ()):
                 self._delayed.append((due, service, framed))
         if self.config.protocol == "http/json":
-            payload.data = to_otlp_json(payload.data)
+            payload.data = to_json(ExportTraceServiceRequest.FromString(payload.data))
         await self._emit(payload)
 
     async def release_late(self, now: float) -> None:

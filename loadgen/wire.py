@@ -8,17 +8,9 @@ fields in any order, so the concatenation is a valid ``Span``.
 
 from __future__ import annotations
 
-import base64
 import struct
-from typing import Any
 
-import msgspec
-from google.protobuf import json_format
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-)
-
-from collector.split import varint
+from collector.split import field
 
 _TRACE_ID = b"\x0a\x10"  # Span.trace_id, 16 bytes
 _SPAN_ID = b"\x12\x08"  # Span.span_id, 8 bytes
@@ -28,11 +20,6 @@ _END = b"\x41"  # Span.end_time_unix_nano, fixed64
 _TIMES = struct.Struct("<Q")
 _TAG_1 = b"\x0a"
 _TAG_2 = b"\x12"
-
-
-def field(tag: bytes, payload: bytes) -> bytes:
-    """A length-delimited field: tag, varint length, payload."""
-    return tag + varint(len(payload)) + payload
 
 
 def encode_span(
@@ -60,25 +47,3 @@ def encode_resource_spans(resource: bytes, scope: bytes, framed_spans: list[byte
     """One ``ExportTraceServiceRequest.resource_spans`` entry holding already framed spans."""
     scope_spans = field(_TAG_2, field(_TAG_1, scope) + b"".join(framed_spans))
     return field(_TAG_1, field(_TAG_1, resource) + scope_spans)
-
-
-_ID_FIELDS = ("traceId", "spanId", "parentSpanId")
-
-
-def to_otlp_json(data: bytes) -> bytes:
-    """An ``ExportTraceServiceRequest`` body as OTLP JSON: hex IDs, integer enums, camelCase keys."""
-    message = json_format.MessageToDict(
-        ExportTraceServiceRequest.FromString(data), use_integers_for_enums=True
-    )
-    for resource_spans in message.get("resourceSpans", ()):
-        for scope_spans in resource_spans.get("scopeSpans", ()):
-            for span in scope_spans.get("spans", ()):
-                _hex_ids(span)
-    return msgspec.json.encode(message)
-
-
-def _hex_ids(span: dict[str, Any]) -> None:
-    for key in _ID_FIELDS:
-        value = span.get(key)
-        if value:
-            span[key] = base64.b64decode(value).hex()

@@ -21,7 +21,7 @@ from loadgen.processes import NullServerProcess
 from loadgen.sink import Sink
 from loadgen.traffic import TrafficConfig, build_payloads, run_traffic
 from loadgen.transport import GrpcTransport, Outcome
-from loadgen.wire import to_otlp_json
+from collector.otlp_json import to_json
 from policies.trace import TraceView, attribute
 
 
@@ -114,7 +114,7 @@ def test_requests_hold_batch_spans_grouped_by_service() -> None:
 
 def test_otlp_json_has_hex_ids_and_integer_enums() -> None:
     (payload,) = build_payloads(TrafficShape(error_ratio=1.0), 10, batch_spans=10_000, seed=2)
-    document = msgspec.json.decode(to_otlp_json(payload.data))
+    document = msgspec.json.decode(to_json(ExportTraceServiceRequest.FromString(payload.data)))
     spans = [s for rs in document["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]]
     (root,) = [s for s in spans if "parentSpanId" not in s]
     original = TraceView(b"", payload.data).root.span
