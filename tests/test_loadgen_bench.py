@@ -65,7 +65,7 @@ def test_profile_summary_lists_hot_functions(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "cProfile", "-o", str(path), str(script)], check=True)
     rows = profile_summary(path)
     assert rows and {"function", "own_share", "cumulative_share", "calls"} <= set(rows[0])
-    assert 0 < sum(r["own_share"] for r in rows) <= 1.0001
+    assert 0 < sum(r["own_share"] for r in rows) <= 1 + 0.00005 * len(rows)  # shares are rounded to 4 places
 
 
 def _closed_port() -> int:
