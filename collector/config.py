@@ -158,13 +158,26 @@ def _check(config: Config, source: str) -> None:
     except ValueError as exc:
         key, _, problem = str(exc).partition(": ")
         problems.append((key, problem))
-    for key, endpoint in (
-        ("receivers.otlp.grpc.endpoint", config.receivers.otlp.grpc and config.receivers.otlp.grpc.endpoint),
-        ("receivers.otlp.http.endpoint", config.receivers.otlp.http and config.receivers.otlp.http.endpoint),
-        ("admin.endpoint", config.admin.endpoint),
-    ):
-        if endpoint and not _valid_endpoint(endpoint):
+    otlp = config.receivers.otlp
+    listeners = [
+        (key, endpoint)
+        for key, endpoint in (
+            ("receivers.otlp.grpc.endpoint", otlp.grpc and otlp.grpc.endpoint),
+            ("receivers.otlp.http.endpoint", otlp.http and otlp.http.endpoint),
+            ("admin.endpoint", config.admin.endpoint),
+        )
+        if endpoint
+    ]
+    ports: list[tuple[str, int]] = []
+    for key, endpoint in listeners:
+        if not _valid_endpoint(endpoint):
             problems.append((key, f"expected host:port, got {endpoint!r}"))
+            continue
+        port = split_endpoint(endpoint)[1]
+        clash = next((other for other, used in ports if used == port and port != 0), None)
+        if clash:
+            problems.append((key, f"port {port} is already used by {clash}"))
+        ports.append((key, port))
     if problems:
         key, problem = problems[0]
         raise ConfigError(f"{source}: {key}: {problem}")

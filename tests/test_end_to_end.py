@@ -296,3 +296,11 @@ def test_serve_reports_a_port_in_use_and_exits(tmp_path: Path) -> None:
         result = _cli("serve", "--config", str(path))
     assert result.returncode == 2
     assert "cannot start" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_validate_refuses_two_listeners_on_one_port(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("receivers: {otlp: {grpc: {endpoint: 0.0.0.0:4317}, http: {endpoint: 0.0.0.0:4317}}}\n")
+    result = _cli("validate", str(bad))
+    assert result.returncode == 1
+    assert f"{bad}: receivers.otlp.http.endpoint: port 4317 is already used by receivers.otlp.grpc.endpoint" in result.stderr
