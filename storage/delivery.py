@@ -367,11 +367,17 @@ class QueuedExporter(Exporter):
                 delay = self._backoff.delay(attempt, exc.retry_after)
                 if deadline is not None and time.monotonic() + delay > deadline:
                     return self._give_up(batch, "retries_exhausted", exc)
+                attempt += 1
+                if self.breaker.state == CircuitBreaker.OPEN:
+                    # the backend is down: the batch waits for the circuit (bounded by the
+                    # deadline) instead of spending the retry budget, which is for a backend
+                    # that is up but failing some requests
+                    self._retries.inc()
+                    continue
                 if not self._budget.try_retry():
                     return self._give_up(batch, "retry_budget", exc)
-                log.debug("exporter %s: retrying in %.2fs after %s", self.name, delay, exc)
                 self._retries.inc()
-                attempt += 1
+                log.debug("exporter %s: retrying in %.2fs after %s", self.name, delay, exc)
                 await asyncio.sleep(delay)
                 continue
             self.breaker.success()

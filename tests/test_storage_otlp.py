@@ -104,6 +104,25 @@ async def test_circuit_opens_holds_sends_back_then_recovers(otlp_grpc_sink: Grpc
     assert metric(registry, "tailsampler_exporter_retries_total", exporter="otlp") == 3
 
 
+async def test_an_open_circuit_holds_batches_instead_of_spending_the_retry_budget(otlp_grpc_sink: GrpcSink) -> None:
+    """A backend that is down (circuit open) costs time, not data: with a budget of a single retry,
+    every batch still arrives once the backend is back."""
+    registry = CollectorRegistry()
+    otlp_grpc_sink.fail("UNAVAILABLE", times=8)
+    exporter_spec = grpc_spec(
+        otlp_grpc_sink,
+        retry_on_failure=fast_retry(budget_ratio=0.0, budget_min_retries=1),
+        circuit_breaker={"failure_threshold": 2, "cooldown": "50ms"},
+        batch_max_traces=1,
+        num_consumers=2,
+    )
+    async with running(exporter_spec, registry=registry) as [exporter]:
+        for _ in range(4):
+            await exporter.submit(kept())
+        await otlp_grpc_sink.wait_for(lambda: len(otlp_grpc_sink.requests) == 4, timeout=10, message="all four delivered")
+    assert metric(registry, FAILED, exporter="otlp", reason="retry_budget") == 0
+
+
 async def test_retry_budget_caps_retries_against_a_dead_backend(otlp_grpc_sink: GrpcSink) -> None:
     registry = CollectorRegistry()
     otlp_grpc_sink.fail("UNAVAILABLE", times=100)
