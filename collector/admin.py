@@ -35,7 +35,7 @@ class AdminServer:
         self._runner: web.AppRunner | None = None
         self.port = 0
 
-    async def start(self, reuse_port: bool = False) -> None:
+    async def start(self) -> None:
         app = web.Application()
         app.add_routes(
             [
@@ -48,7 +48,7 @@ class AdminServer:
         )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host.strip("[]") or "127.0.0.1", self._port, reuse_port=reuse_port)
+        site = web.TCPSite(self._runner, self._host.strip("[]") or "127.0.0.1", self._port)
         await site.start()
         self.port = self._runner.addresses[0][1]
 

@@ -64,7 +64,7 @@ class Collector:
         self._loop_task = asyncio.create_task(self.loop.run(), name="decision-loop")
         if self.buffer.shared:
             await self._stats_publisher.start()
-        await self.admin.start(self._reuse_port)
+        await self.admin.start()
         for receiver in (self.grpc, self.http):
             if receiver is not None:
                 await receiver.start(self._reuse_port)

@@ -12,7 +12,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from collector.config import ConfigError, load_config
+from collector.config import ConfigError, load_config, split_endpoint
 from storage import ExporterSetupError
 
 
@@ -30,7 +30,10 @@ def _serve(args: argparse.Namespace) -> int:
         from collector.workers import run_workers
 
         return run_workers(args.config, config, args.workers)
-    return asyncio.run(_run(config, reuse_port=args.reuse_port))
+    if args.worker is not None:
+        host, port = split_endpoint(config.admin.endpoint)
+        config.admin.endpoint = f"{host}:{port + args.worker}"
+    return asyncio.run(_run(config, reuse_port=args.worker is not None))
 
 
 async def _run(config, reuse_port: bool) -> int:
@@ -125,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the collector")
     serve.add_argument("--config", required=True, help="YAML config file")
     serve.add_argument("--workers", type=int, default=1, help="agent processes sharing the ports (redis buffer only)")
-    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # index, set by --workers
     serve.set_defaults(func=_serve)
 
     validate = sub.add_parser("validate", help="check a config file and exit")

@@ -1,7 +1,9 @@
 """``tailsampler serve --workers N``: N agent processes on one host sharing the listening ports.
 
-Each worker is a whole agent bound with SO_REUSEPORT, so the kernel spreads connections across
-them; this is only sound when they share the Redis buffer, since any worker may receive any span.
+Each worker is a whole agent whose receivers are bound with SO_REUSEPORT, so the kernel spreads
+connections across them; this is only sound when they share the Redis buffer, since any worker
+may receive any span. Worker k serves its admin API on the admin port + k: a metrics scrape must
+reach the same process every time, or its counters would seem to jump back and forth.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ def run_workers(path: str, config: Config, workers: int) -> int:
             file=sys.stderr,
         )
         return 2
-    command = [sys.executable, "-m", "collector.cli", "serve", "--config", path, "--reuse-port"]
-    children = [subprocess.Popen(command) for _ in range(workers)]
+    command = [sys.executable, "-m", "collector.cli", "serve", "--config", path, "--worker"]
+    children = [subprocess.Popen([*command, str(index)]) for index in range(workers)]
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,14 @@ def processes_with(*words: str) -> list[int]:
     return found
 
 
+def _ready(endpoint: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{endpoint}/health/ready", timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 def test_workers_need_the_shared_buffer(tmp_path: Path) -> None:
     path = tmp_path / "memory.yaml"
     path.write_text(yaml.safe_dump(collector_config([{"type": "sqlite", "path": str(tmp_path / "k.db")}], ports=True)))
@@ -54,8 +63,11 @@ def test_workers_share_the_ports_and_stop_together(
             ports=True,
         )
     ).start("--workers", "2")
-    workers = lambda: processes_with(str(agent.config_path), "--reuse-port")  # noqa: E731
+    workers = lambda: processes_with(str(agent.config_path), "--worker")  # noqa: E731
     wait_until(lambda: len(workers()) == 2, timeout=20, message="two worker processes")
+    host, port = agent.admin_endpoint.rsplit(":", 1)
+    second = f"{host}:{int(port) + 1}"  # worker 1 serves its admin API on the next port
+    wait_until(lambda: _ready(second), timeout=20, message=f"worker 1 ready on {second}")
 
     client = SdkClient("grpc", agent.grpc_endpoint)
     errors = [make_trace(client, error=True) for _ in range(10)]
