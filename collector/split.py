@@ -81,16 +81,15 @@ def split_request(request: ExportTraceServiceRequest, body: bytes | None = None)
     for ri, rs in enumerate(request.resource_spans):
         scoped: dict[bytes, tuple[list[bytes], list[int]]] = {}  # trace ID -> ScopeSpans pieces, length
         for si, ss in enumerate(rs.scope_spans):
-            parts: dict[bytes, list[bytes]] = {}  # trace ID -> framed spans in this scope
+            parts: dict[bytes, list[bytes]] = {}  # trace ID -> runs of framed spans in this scope
             if layout is None:
-                rejected += _group_parsed(ss.spans, parts, roots)
+                rejected += _group_parsed(ss.spans, parts, counts, roots)
             else:
-                rejected += _group_wire(body, layout[ri][si], ss.spans, parts, roots)  # type: ignore[arg-type]
+                rejected += _group_wire(body, layout[ri][si], ss.spans, parts, counts, roots)  # type: ignore[arg-type]
             if parts:
                 head, tail = _framing(ss.scope, ss.HasField("scope"), ss.schema_url)
                 fixed = len(head) + len(tail)
                 for trace_id, framed in parts.items():
-                    counts[trace_id] = counts.get(trace_id, 0) + len(framed)
                     size = fixed + sum(map(len, framed))
                     prefix = _TAG_2 + _length(size)
                     entry = scoped.get(trace_id)
@@ -126,7 +125,16 @@ def _valid(trace_id: bytes, span_id: bytes) -> bool:
     return len(trace_id) == 16 and len(span_id) == 8 and trace_id != _ZERO_TRACE and span_id != _ZERO_SPAN
 
 
-def _group_parsed(spans: Any, parts: dict[bytes, list[bytes]], roots: set[bytes]) -> int:
+def _add(parts: dict[bytes, list[bytes]], counts: dict[bytes, int], trace_id: bytes, framed: bytes, spans: int) -> None:
+    group = parts.get(trace_id)
+    if group is None:
+        parts[trace_id] = [framed]
+    else:
+        group.append(framed)
+    counts[trace_id] = counts.get(trace_id, 0) + spans
+
+
+def _group_parsed(spans: Any, parts: dict[bytes, list[bytes]], counts: dict[bytes, int], roots: set[bytes]) -> int:
     """Group one scope's spans by serializing each (the path for bodies that were not protobuf)."""
     rejected = 0
     for span in spans:
@@ -137,24 +145,28 @@ def _group_parsed(spans: Any, parts: dict[bytes, list[bytes]], roots: set[bytes]
         if not span.parent_span_id:
             roots.add(trace_id)
         data = span.SerializeToString()
-        framed = _TAG_2 + _length(len(data)) + data
-        group = parts.get(trace_id)
-        if group is None:
-            parts[trace_id] = [framed]
-        else:
-            group.append(framed)
+        _add(parts, counts, trace_id, _TAG_2 + _length(len(data)) + data, 1)
     return rejected
 
 
 def _group_wire(
-    body: bytes, positions: list[tuple[int, int, int]], spans: Any, parts: dict[bytes, list[bytes]], roots: set[bytes]
+    body: bytes,
+    positions: list[tuple[int, int, int]],
+    spans: Any,
+    parts: dict[bytes, list[bytes]],
+    counts: dict[bytes, int],
+    roots: set[bytes],
 ) -> int:
-    """Group one scope's spans by slicing each span field (tag, length, span) out of the body.
+    """Group one scope's spans by slicing span fields (tag, length, span) out of the body.
 
-    Encoders write a span's fields in field order, so the trace ID, span ID and parent span ID
-    sit at fixed places near its start; a span laid out otherwise is read from upb's parse.
+    A trace's spans usually sit next to each other (an SDK exports them as they end), so each
+    run of adjacent spans of one trace is taken as one slice. Encoders write a span's fields in
+    field order, so the trace ID, span ID and parent span ID sit at fixed places near its start;
+    a span laid out otherwise is read from upb's parse.
     """
     rejected = 0
+    run_id = b""
+    run_from = run_to = run_spans = 0
     for index, (field_start, start, end) in enumerate(positions):
         if (
             end - start >= 28
@@ -183,11 +195,15 @@ def _group_wire(
                 continue
         if not has_parent:
             roots.add(trace_id)
-        group = parts.get(trace_id)
-        if group is None:
-            parts[trace_id] = [body[field_start:end]]
-        else:
-            group.append(body[field_start:end])
+        if trace_id == run_id and field_start == run_to:
+            run_to = end
+            run_spans += 1
+            continue
+        if run_spans:
+            _add(parts, counts, run_id, body[run_from:run_to], run_spans)
+        run_id, run_from, run_to, run_spans = trace_id, field_start, end, 1
+    if run_spans:
+        _add(parts, counts, run_id, body[run_from:run_to], run_spans)
     return rejected
 
 
