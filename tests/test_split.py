@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
@@ -84,9 +85,16 @@ def test_large_spans_get_multi_byte_lengths() -> None:
     assert data.resource_spans[0].scope_spans[0].spans[0] == span
 
 
-def test_slicing_the_wire_and_serializing_again_give_the_same_fragments() -> None:
+@pytest.mark.parametrize("adjacent", [False, True], ids=["interleaved", "runs"])
+def test_slicing_the_wire_and_serializing_again_give_the_same_fragments(adjacent: bool) -> None:
     traces = [os.urandom(16) for _ in range(3)]
     req = mixed_request(traces)
+    if adjacent:  # each trace's spans next to each other, as an SDK usually exports them
+        for rs in req.resource_spans:
+            for ss in rs.scope_spans:
+                ordered = sorted(ss.spans, key=lambda span: span.trace_id)
+                del ss.spans[:]
+                ss.spans.extend(ordered)
     spans = req.resource_spans[1].scope_spans[0].spans
     spans[0].trace_state = "ot=th:8"  # trace_state sits between span_id and parent_span_id
     spans[1].trace_id = bytes(16)
