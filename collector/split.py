@@ -74,6 +74,15 @@ def split_request(request: ExportTraceServiceRequest, body: bytes | None = None)
     as it is instead of serialized again; without it (OTLP/JSON) upb serializes each span.
     """
     layout = _wire_layout(body, request) if body is not None else None
+    if layout is not None:
+        try:
+            return _split(request, body, layout)
+        except (_Misaligned, IndexError):  # the walk and upb's parse disagree: trust the parse
+            pass
+    return _split(request, None, None)
+
+
+def _split(request: ExportTraceServiceRequest, body: bytes | None, layout: "Layout | None") -> SplitResult:
     pieces: dict[bytes, list[bytes]] = {}  # trace ID -> the bytes of its fragment, to join once
     counts: dict[bytes, int] = {}
     roots: set[bytes] = set()
@@ -85,7 +94,8 @@ def split_request(request: ExportTraceServiceRequest, body: bytes | None = None)
             if layout is None:
                 rejected += _group_parsed(ss.spans, parts, counts, roots)
             else:
-                rejected += _group_wire(body, layout[ri][si], ss.spans, parts, counts, roots)  # type: ignore[arg-type]
+                start, end = layout[ri][si]
+                rejected += _group_wire(body, start, end, ss.spans, parts, counts, roots)  # type: ignore[arg-type]
             if parts:
                 head, tail = _framing(ss.scope, ss.HasField("scope"), ss.schema_url)
                 fixed = len(head) + len(tail)
@@ -149,15 +159,21 @@ def _group_parsed(spans: Any, parts: dict[bytes, list[bytes]], counts: dict[byte
     return rejected
 
 
+class _Misaligned(Exception):
+    """The bytes do not walk the way upb parsed them."""
+
+
 def _group_wire(
     body: bytes,
-    positions: list[tuple[int, int, int]],
+    scope_start: int,
+    scope_end: int,
     spans: Any,
     parts: dict[bytes, list[bytes]],
     counts: dict[bytes, int],
     roots: set[bytes],
 ) -> int:
-    """Group one scope's spans by slicing span fields (tag, length, span) out of the body.
+    """Group one scope's spans by slicing span fields (tag, length, span) out of the body, walking
+    the ScopeSpans bytes once.
 
     A trace's spans usually sit next to each other (an SDK exports them as they end), so each
     run of adjacent spans of one trace is taken as one slice. Encoders write a span's fields in
@@ -167,9 +183,25 @@ def _group_wire(
     rejected = 0
     run_id = b""
     run_from = run_to = run_spans = 0
-    for index, (field_start, start, end) in enumerate(positions):
+    index = 0
+    pos = scope_start
+    while pos < scope_end:
+        if body[pos] != 0x12:  # not a span: the scope, its schema URL, an unknown field
+            pos = _next_field(body, pos)[2]
+            continue
+        field_start = pos
+        length = body[pos + 1]
+        if length < 0x80:
+            start = pos + 2
+        elif body[pos + 2] < 0x80:  # two-byte lengths: most spans
+            length = (length & 0x7F) | (body[pos + 2] << 7)
+            start = pos + 3
+        else:
+            length, start = _read_varint(body, pos + 1)
+        end = pos = start + length
+        index += 1
         if (
-            end - start >= 28
+            length >= 28
             and body[start] == 0x0A
             and body[start + 1] == 16
             and body[start + 18] == 0x12
@@ -183,12 +215,12 @@ def _group_wire(
                 at += length
             has_parent = at + 1 < end and body[at] == 0x22 and body[at + 1] != 0
             if not has_parent:  # rare (one root per trace): confirm with the full parse
-                has_parent = bool(spans[index].parent_span_id)
+                has_parent = bool(spans[index - 1].parent_span_id)
             if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
                 rejected += 1
                 continue
         else:
-            span = spans[index]
+            span = spans[index - 1]
             trace_id, span_id, has_parent = span.trace_id, span.span_id, bool(span.parent_span_id)
             if not _valid(trace_id, span_id):
                 rejected += 1
@@ -202,6 +234,8 @@ def _group_wire(
         if run_spans:
             _add(parts, counts, run_id, body[run_from:run_to], run_spans)
         run_id, run_from, run_to, run_spans = trace_id, field_start, end, 1
+    if pos != scope_end or index != len(spans):
+        raise _Misaligned()
     if run_spans:
         _add(parts, counts, run_id, body[run_from:run_to], run_spans)
     return rejected
@@ -218,65 +252,56 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: bytes, start: int, end: int, number: int) -> list[tuple[int, int, int]] | None:
-    """(field start, value start, value end) of every length-delimited field ``number`` in
-    ``buf[start:end]``, skipping the others; None if the bytes do not walk cleanly."""
-    out: list[tuple[int, int, int]] = []
+def _next_field(buf: bytes, pos: int) -> tuple[int, int, int]:
+    """The field at ``pos``: (key, where its value starts, where the next field starts)."""
+    key = buf[pos]
+    if key < 0x80:
+        pos += 1
+    else:
+        key, pos = _read_varint(buf, pos)
+    wire = key & 7
+    if wire == 2:
+        length, pos = _read_varint(buf, pos)
+        return key, pos, pos + length
+    if wire == 0:
+        return key, pos, _read_varint(buf, pos)[1]
+    if wire == 1:
+        return key, pos, pos + 8
+    if wire == 5:
+        return key, pos, pos + 4
+    raise _Misaligned()  # groups: not in OTLP
+
+
+def _fields(buf: bytes, start: int, end: int, number: int) -> list[tuple[int, int]]:
+    """(value start, value end) of every length-delimited field ``number`` in ``buf[start:end]``."""
+    out: list[tuple[int, int]] = []
     wanted = (number << 3) | 2
     pos = start
     while pos < end:
-        field_start = pos
-        key = buf[pos]
-        if key < 0x80:
-            pos += 1
-        else:
-            key, pos = _read_varint(buf, pos)
-        wire = key & 7
-        if wire == 2:
-            length = buf[pos]
-            if length < 0x80:
-                pos += 1
-            elif buf[pos + 1] < 0x80:  # two-byte lengths: most spans
-                length = (length & 0x7F) | (buf[pos + 1] << 7)
-                pos += 2
-            else:
-                length, pos = _read_varint(buf, pos)
-            if key == wanted:
-                out.append((field_start, pos, pos + length))
-            pos += length
-        elif wire == 0:
-            _, pos = _read_varint(buf, pos)
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:
-            return None
-    return out if pos == end else None
+        key, value, pos = _next_field(buf, pos)
+        if key == wanted:
+            out.append((value, pos))
+    if pos != end:
+        raise _Misaligned()
+    return out
 
 
-Layout = list[list[list[tuple[int, int, int]]]]
+Layout = list[list[tuple[int, int]]]
 
 
 def _wire_layout(body: bytes, request: ExportTraceServiceRequest) -> Layout | None:
-    """Where each span field sits in ``body``, per resource and scope, matched against upb's
-    parse; None (serialize instead) when the two do not line up."""
+    """Where each ScopeSpans sits in ``body``, per resource, matched against upb's parse; None
+    (serialize instead) when the two do not line up."""
     try:
         resources = _fields(body, 0, len(body), 1)
-        if resources is None or len(resources) != len(request.resource_spans):
+        if len(resources) != len(request.resource_spans):
             return None
         layout: Layout = []
-        for (_, rs_start, rs_end), rs in zip(resources, request.resource_spans):
+        for (rs_start, rs_end), rs in zip(resources, request.resource_spans):
             scopes = _fields(body, rs_start, rs_end, 2)
-            if scopes is None or len(scopes) != len(rs.scope_spans):
+            if len(scopes) != len(rs.scope_spans):
                 return None
-            per_scope = []
-            for (_, ss_start, ss_end), ss in zip(scopes, rs.scope_spans):
-                spans = _fields(body, ss_start, ss_end, 2)
-                if spans is None or len(spans) != len(ss.spans):
-                    return None
-                per_scope.append(spans)
-            layout.append(per_scope)
+            layout.append(scopes)
         return layout
-    except IndexError:
+    except (_Misaligned, IndexError):
         return None
