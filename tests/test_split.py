@@ -116,3 +116,16 @@ def test_spans_whose_fields_are_out_of_order_are_read_from_the_parse() -> None:
     fragment = result.fragments[trace_id]
     assert fragment.span_count == 1 and not fragment.has_root
     assert TracesData.FromString(fragment.data).resource_spans[0].scope_spans[0].spans[0].span_id == span_id
+
+
+def test_bytes_the_walk_cannot_follow_fall_back_to_upbs_parse() -> None:
+    """An unknown group field (wire type 3) in a ScopeSpans: upb keeps it, the walk stops there."""
+    trace_id, span_id = os.urandom(16), os.urandom(8)
+    span = b"\x0a\x10" + trace_id + b"\x12\x08" + span_id + b"\x2a\x01x"
+    scope = b"\x12" + bytes([len(span)]) + span + b"\x7b\x08\x01\x7c"  # group 15 { varint 1 }
+    resource = b"\x12" + bytes([len(scope)]) + scope
+    body = b"\x0a" + bytes([len(resource)]) + resource
+    request = ExportTraceServiceRequest.FromString(body)
+    result = split_request(request, body)
+    assert result == split_request(request)
+    assert result.fragments[trace_id].span_count == 1 and result.fragments[trace_id].has_root
