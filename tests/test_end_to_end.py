@@ -128,18 +128,17 @@ async def test_root_span_decides_the_trace_within_about_a_second_not_thirty(
     client.shutdown()
 
 
-def test_sigterm_decides_pending_traces_and_they_reach_the_store(agent_process: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("drop", [False, True], ids=["decide", "drop_pending_traces_on_shutdown"])
+def test_sigterm_settles_pending_traces_before_exiting(agent_process: Any, tmp_path: Path, drop: bool) -> None:
+    """Pending traces are decided on what has arrived and reach the store, or are dropped when
+    configured; either way the process exits 0."""
     db = tmp_path / "kept.db"
-    agent = agent_process(
-        collector_config(
-            [{"type": "sqlite", "path": str(db)}],
-            tail_sampling={"decision_wait": "60s", "policies": POLICIES},
-            ports=True,
-        )
-    ).start()
+    tail_sampling = {"decision_wait": "60s", "drop_pending_traces_on_shutdown": drop, "policies": POLICIES}
+    agent = agent_process(collector_config([{"type": "sqlite", "path": str(db)}], tail_sampling, ports=True)).start()
     client = SdkClient("grpc", agent.grpc_endpoint)
     errors = [make_trace(client, error=True) for _ in range(5)]
-    [make_trace(client) for _ in range(5)]
+    for _ in range(5):
+        make_trace(client)
     client.flush()
     wait_until(lambda: agent.stats()["buffer"]["traces"] == 10, timeout=10)
     assert agent.stats()["traces"]["kept"] == 0  # nothing is due for a minute
@@ -147,28 +146,12 @@ def test_sigterm_decides_pending_traces_and_they_reach_the_store(agent_process: 
     agent.signal(signal.SIGTERM)
     assert agent.wait(timeout=15) == 0, agent.log()
     stored = {row["trace_id"]: row for row in list_traces(str(db), limit=100)}
-    assert set(stored) == set(errors)
-    assert all(row["span_count"] == 4 for row in stored.values())
-    client.shutdown()
-
-
-def test_sigterm_with_drop_pending_traces_on_shutdown_stores_nothing(agent_process: Any, tmp_path: Path) -> None:
-    db = tmp_path / "kept.db"
-    agent = agent_process(
-        collector_config(
-            [{"type": "sqlite", "path": str(db)}],
-            tail_sampling={"decision_wait": "60s", "drop_pending_traces_on_shutdown": True, "policies": POLICIES},
-            ports=True,
-        )
-    ).start()
-    client = SdkClient("grpc", agent.grpc_endpoint)
-    make_trace(client, error=True)
-    client.flush()
-    wait_until(lambda: agent.stats()["buffer"]["traces"] == 1, timeout=10)
-    agent.signal(signal.SIGTERM)
-    assert agent.wait(timeout=15) == 0, agent.log()
-    assert "dropped 1 pending traces" in agent.log()
-    assert list_traces(str(db), limit=10) == []
+    if drop:
+        assert "dropped 10 pending traces" in agent.log()
+        assert stored == {}
+    else:
+        assert set(stored) == set(errors)
+        assert all(row["span_count"] == 4 for row in stored.values())
     client.shutdown()
 
 

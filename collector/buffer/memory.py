@@ -88,10 +88,12 @@ class MemoryTraceBuffer(TraceBuffer):
     async def append(self, fragments: dict[bytes, Fragment], now: float) -> AppendResult:
         result = AppendResult()
         traces = self._traces
-        new_ids = [tid for tid in fragments if tid not in traces and self._cache.get(tid, now) is None]
+        # traces not buffered: already decided (a cached decision) or new (None)
+        unbuffered = {tid: self._cache.get(tid, now) for tid in fragments if tid not in traces}
+        new = sum(1 for cached in unbuffered.values() if cached is None)
         incoming = sum(len(f.data) for f in fragments.values())
         # traces already waiting for an early decision are on their way out: they do not count
-        over_traces = len(traces) - len(self._early) + len(new_ids) - self._max_traces
+        over_traces = len(traces) - len(self._early) + new - self._max_traces
         over_bytes = self._bytes - self._early_bytes + incoming - self._max_bytes
         if over_traces > 0 or over_bytes > 0:
             if self._backpressure or len(self._early) >= self._max_early:
@@ -101,7 +103,7 @@ class MemoryTraceBuffer(TraceBuffer):
         for trace_id, fragment in fragments.items():
             trace = traces.get(trace_id)
             if trace is None:
-                cached = self._cache.get(trace_id, now)
+                cached = unbuffered[trace_id]
                 if cached is not None:
                     if cached.keep:
                         result.late_kept[trace_id] = fragment.data
