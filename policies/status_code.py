@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 
 import msgspec
 
@@ -12,6 +13,7 @@ from .registry import Builder, PolicyKind, SpecBase, invalid
 from .trace import TraceView
 
 STATUS_CODES = {"UNSET": 0, "OK": 1, "ERROR": 2}
+_CODE = attrgetter("status.code")
 
 
 class StatusCodeConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -28,10 +30,9 @@ class StatusCode:
     codes: frozenset[int]
 
     def evaluate(self, trace: TraceView) -> Decision:
-        for span in trace.iter_spans():
-            if span.status.code in self.codes:
-                return Decision.SAMPLED
-        return Decision.NOT_SAMPLED
+        if self.codes.isdisjoint(map(_CODE, trace.span_summaries)):
+            return Decision.NOT_SAMPLED
+        return Decision.SAMPLED
 
 
 def build(spec: StatusCodeSpec, path: str, builder: Builder) -> StatusCode:

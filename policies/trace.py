@@ -1,19 +1,30 @@
 """The read-only view of one buffered trace that every policy evaluates.
 
 A trace arrives as the concatenated fragments written by the receivers, which is a valid
-``TracesData`` body; the view parses it once and offers the facts policies ask for most
-(duration, root span, span count) without each policy walking the spans again.
+``TracesData`` body; the view parses what the configured policies need of it, once, and offers
+the facts policies ask for most (duration, root span, span count) without each policy walking the
+spans again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import chain
+from operator import attrgetter, itemgetter
 from typing import Any, Iterator
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, TracesData
+
+from .summary import SummaryTraces
+
+_ALL = itemgetter(slice(None))  # a repeated field as a list: iterating it raises and formats an IndexError at its end
+_SCOPE_SPANS = attrgetter("scope_spans")
+_SPANS = attrgetter("spans")
+_START = attrgetter("start_time_unix_nano")
+_END = attrgetter("end_time_unix_nano")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,37 +57,46 @@ def attribute(attributes: "list[KeyValue] | Any", key: str) -> Any:
 
 
 class TraceView:
-    """All spans received for one trace, parsed once, with derived facts computed on demand.
+    """All spans received for one trace, with derived facts computed on demand.
 
-    Most traces are decided by a policy that needs one fact (an error status, the duration), so
-    per-span wrappers (``spans``) are only built for the policies that ask for them.
+    Most traces are decided on a few span scalars (status, times, flags), so those come from a
+    parse that skips attributes, events, links and resources (``policies/summary.py``); the full
+    OTLP parse, and per-span wrappers with resource and scope (``spans``), are built only for the
+    policies that ask for them. Span-by-span work runs in C (``map`` with attribute getters).
     """
 
-    __slots__ = ("trace_id", "data", "parsed", "__dict__")
+    __slots__ = ("trace_id", "data", "_summary", "__dict__")
 
     def __init__(self, trace_id: bytes, data: bytes) -> None:
         self.trace_id = trace_id
         self.data = data
-        self.parsed = TracesData.FromString(data)
+        self._summary = SummaryTraces.FromString(data)
+
+    @cached_property
+    def parsed(self) -> TracesData:
+        return TracesData.FromString(self.data)
 
     @cached_property
     def spans(self) -> list[SpanRef]:
         return [
             SpanRef(span, rs.resource, ss.scope)
-            for rs in self.parsed.resource_spans
-            for ss in rs.scope_spans
-            for span in ss.spans
+            for rs in self.parsed.resource_spans[:]
+            for ss in rs.scope_spans[:]
+            for span in ss.spans[:]
         ]
 
-    def iter_spans(self) -> Iterator[Span]:
-        """The bare spans, for policies that need neither resource nor scope."""
-        for rs in self.parsed.resource_spans:
-            for ss in rs.scope_spans:
-                yield from ss.spans
+    @cached_property
+    def span_summaries(self) -> list[Any]:
+        """Every span with only ``trace_state``, ``parent_span_id``, ``start_time_unix_nano``,
+        ``end_time_unix_nano``, ``status`` and ``flags`` (the names and meanings of ``Span``'s)."""
+        return list(chain.from_iterable(map(_ALL, map(_SPANS, self._scopes()))))
+
+    def _scopes(self) -> Iterator[Any]:
+        return chain.from_iterable(map(_ALL, map(_SCOPE_SPANS, self._summary.resource_spans[:])))
 
     @cached_property
     def span_count(self) -> int:
-        return sum(len(ss.spans) for rs in self.parsed.resource_spans for ss in rs.scope_spans)
+        return sum(map(len, map(_SPANS, self._scopes())))
 
     @property
     def byte_size(self) -> int:
@@ -84,17 +104,11 @@ class TraceView:
 
     @cached_property
     def _bounds(self) -> tuple[int, int]:
-        """(earliest start, latest end) in one pass over the spans."""
-        start = end = None
-        for rs in self.parsed.resource_spans:
-            for ss in rs.scope_spans:
-                for span in ss.spans:
-                    s, e = span.start_time_unix_nano, span.end_time_unix_nano
-                    if start is None or s < start:
-                        start = s
-                    if end is None or e > end:
-                        end = e
-        return start or 0, end or 0
+        """(earliest start, latest end)."""
+        spans = self.span_summaries
+        if not spans:
+            return 0, 0
+        return min(map(_START, spans)), max(map(_END, spans))
 
     @property
     def start_time_unix_nano(self) -> int:

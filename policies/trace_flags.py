@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 
 from .base import Decision
 from .registry import Builder, PolicyKind, SpecBase
 from .trace import TraceView
 
 _SAMPLED = 0x01
+_FLAGS = attrgetter("flags")
 
 
 class TraceFlagsSpec(SpecBase, tag="trace_flags"):
@@ -21,9 +23,8 @@ class TraceFlags:
     name: str
 
     def evaluate(self, trace: TraceView) -> Decision:
-        for span in trace.iter_spans():
-            if span.flags & _SAMPLED:
-                return Decision.SAMPLED
+        if any(flags & _SAMPLED for flags in map(_FLAGS, trace.span_summaries)):
+            return Decision.SAMPLED
         return Decision.NOT_SAMPLED
 
 

@@ -39,7 +39,7 @@ class TraceState:
     values: frozenset[str]
 
     def evaluate(self, trace: TraceView) -> Decision:
-        for span in trace.iter_spans():
+        for span in trace.span_summaries:
             value = tracestate_get(span.trace_state, self.key)
             if value is not None and value in self.values:
                 return Decision.SAMPLED
