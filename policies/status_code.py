@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from operator import attrgetter
 
 import msgspec
 
@@ -13,7 +12,6 @@ from .registry import Builder, PolicyKind, SpecBase, invalid
 from .trace import TraceView
 
 STATUS_CODES = {"UNSET": 0, "OK": 1, "ERROR": 2}
-_CODE = attrgetter("status.code")
 
 
 class StatusCodeConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -30,7 +28,7 @@ class StatusCode:
     codes: frozenset[int]
 
     def evaluate(self, trace: TraceView) -> Decision:
-        if self.codes.isdisjoint(map(_CODE, trace.span_summaries)):
+        if self.codes.isdisjoint(trace.status_codes):
             return Decision.NOT_SAMPLED
         return Decision.SAMPLED
 

@@ -10,21 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from itertools import chain
-from operator import attrgetter, itemgetter
 from typing import Any, Iterator
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, TracesData
 
-from .summary import SummaryTraces
-
-_ALL = itemgetter(slice(None))  # a repeated field as a list: iterating it raises and formats an IndexError at its end
-_SCOPE_SPANS = attrgetter("scope_spans")
-_SPANS = attrgetter("spans")
-_START = attrgetter("start_time_unix_nano")
-_END = attrgetter("end_time_unix_nano")
+from .columns import TraceColumns
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,18 +51,27 @@ def attribute(attributes: "list[KeyValue] | Any", key: str) -> Any:
 class TraceView:
     """All spans received for one trace, with derived facts computed on demand.
 
-    Most traces are decided on a few span scalars (status, times, flags), so those come from a
-    parse that skips attributes, events, links and resources (``policies/summary.py``); the full
-    OTLP parse, and per-span wrappers with resource and scope (``spans``), are built only for the
-    policies that ask for them. Span-by-span work runs in C (``map`` with attribute getters).
+    Most traces are decided on a few span scalars (status, times, flags), so those come from one
+    parse into columns (``policies/columns.py``) that builds no per-span objects; the full OTLP
+    parse, and per-span wrappers with resource and scope (``spans``), are built only for the
+    policies that ask for them.
     """
 
-    __slots__ = ("trace_id", "data", "_summary", "__dict__")
+    __slots__ = (
+        "trace_id", "data", "span_count", "status_codes", "start_time_unix_nano", "end_time_unix_nano",
+        "_columns", "__dict__",
+    )
 
     def __init__(self, trace_id: bytes, data: bytes) -> None:
         self.trace_id = trace_id
         self.data = data
-        self._summary = SummaryTraces.FromString(data)
+        columns = self._columns = TraceColumns.FromString(data).resource_spans.scope_spans.spans
+        self.span_count: int = len(columns.span_id)
+        codes = columns.status.code[:]  # a span without a code is UNSET (0)
+        self.status_codes: frozenset[int] = frozenset(codes + [0] if len(codes) < self.span_count else codes)
+        starts = columns.start_time_unix_nano[:]  # a span without a start time starts the trace at 0
+        self.start_time_unix_nano: int = min(starts) if starts and len(starts) == self.span_count else 0
+        self.end_time_unix_nano: int = max(columns.end_time_unix_nano[:], default=0)
 
     @cached_property
     def parsed(self) -> TracesData:
@@ -85,38 +86,19 @@ class TraceView:
             for span in ss.spans[:]
         ]
 
-    @cached_property
-    def span_summaries(self) -> list[Any]:
-        """Every span with only ``trace_state``, ``parent_span_id``, ``start_time_unix_nano``,
-        ``end_time_unix_nano``, ``status`` and ``flags`` (the names and meanings of ``Span``'s)."""
-        return list(chain.from_iterable(map(_ALL, map(_SPANS, self._scopes()))))
+    @property
+    def span_flags(self) -> list[int]:
+        """The ``flags`` of every span that sets any."""
+        return self._columns.flags[:]
 
-    def _scopes(self) -> Iterator[Any]:
-        return chain.from_iterable(map(_ALL, map(_SCOPE_SPANS, self._summary.resource_spans[:])))
-
-    @cached_property
-    def span_count(self) -> int:
-        return sum(map(len, map(_SPANS, self._scopes())))
+    @property
+    def trace_states(self) -> list[str]:
+        """The W3C ``tracestate`` of every span that carries one."""
+        return self._columns.trace_state[:]
 
     @property
     def byte_size(self) -> int:
         return len(self.data)
-
-    @cached_property
-    def _bounds(self) -> tuple[int, int]:
-        """(earliest start, latest end)."""
-        spans = self.span_summaries
-        if not spans:
-            return 0, 0
-        return min(map(_START, spans)), max(map(_END, spans))
-
-    @property
-    def start_time_unix_nano(self) -> int:
-        return self._bounds[0]
-
-    @property
-    def end_time_unix_nano(self) -> int:
-        return self._bounds[1]
 
     @property
     def duration_ns(self) -> int:

@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from operator import attrgetter
 
 from .base import Decision
 from .registry import Builder, PolicyKind, SpecBase
 from .trace import TraceView
 
 _SAMPLED = 0x01
-_FLAGS = attrgetter("flags")
 
 
 class TraceFlagsSpec(SpecBase, tag="trace_flags"):
@@ -23,7 +21,7 @@ class TraceFlags:
     name: str
 
     def evaluate(self, trace: TraceView) -> Decision:
-        if any(flags & _SAMPLED for flags in map(_FLAGS, trace.span_summaries)):
+        if any(flags & _SAMPLED for flags in trace.span_flags):
             return Decision.SAMPLED
         return Decision.NOT_SAMPLED
 

@@ -39,8 +39,8 @@ class TraceState:
     values: frozenset[str]
 
     def evaluate(self, trace: TraceView) -> Decision:
-        for span in trace.span_summaries:
-            value = tracestate_get(span.trace_state, self.key)
+        for trace_state in trace.trace_states:
+            value = tracestate_get(trace_state, self.key)
             if value is not None and value in self.values:
                 return Decision.SAMPLED
         return Decision.NOT_SAMPLED

@@ -9,7 +9,7 @@ import pytest
 from policies import Decision
 from policies.probabilistic import fnv1a_64, threshold
 
-from .policy_traces import MS, TRACE_ID, engine, resource_spans, span, view
+from .policy_traces import TRACE_ID, engine, resource_spans, span, view
 
 S, N = Decision.SAMPLED, Decision.NOT_SAMPLED
 
@@ -225,16 +225,26 @@ def test_trace_view_is_built_from_the_split_request():
     assert trace.root is not None and trace.root.span.start_time_unix_nano == trace.start_time_unix_nano
 
 
-def test_span_summaries_read_what_the_full_parse_reads():
+def test_span_columns_read_what_the_full_parse_reads():
     spans = [
         span(status=2, trace_state="ot=th:8", flags=0x101, events=[("retry", {"n": 1})], attributes={"k": "v"}),
         span(root=True, start_ms=3, end_ms=40, status=1),
-        span(start_ms=7, end_ms=8),
+        span(start_ms=7, end_ms=8, trace_state="vendor=x"),
+        span(start_ms=1, end_ms=2),
     ]
     trace = view(resource_spans(spans[:2], {"service.name": "a"}), resource_spans(spans[2:], {"service.name": "b"}))
-    fields = ["trace_state", "parent_span_id", "start_time_unix_nano", "end_time_unix_nano", "flags"]
-    summaries = [([getattr(s, f) for f in fields], s.status.code, s.status.message) for s in trace.span_summaries]
-    full = [([getattr(r.span, f) for f in fields], r.span.status.code, r.span.status.message) for r in trace.spans]
-    assert summaries == full
-    assert trace.span_count == 3
-    assert trace.duration_ns == 40 * MS
+    full = [ref.span for ref in trace.spans]
+    assert trace.span_count == len(full) == 4
+    assert trace.status_codes == {s.status.code for s in full} == {0, 1, 2}
+    assert trace.span_flags == [s.flags for s in full if s.flags]
+    assert trace.trace_states == [s.trace_state for s in full if s.trace_state]
+    assert trace.start_time_unix_nano == min(s.start_time_unix_nano for s in full)
+    assert trace.end_time_unix_nano == max(s.end_time_unix_nano for s in full)
+
+
+def test_a_span_without_start_time_starts_the_trace_at_zero():
+    late = span(end_ms=5)
+    late.start_time_unix_nano = 0
+    trace = view(resource_spans([span(start_ms=1, end_ms=9), late]))
+    assert trace.start_time_unix_nano == 0
+    assert trace.status_codes == {0}
