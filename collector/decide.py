@@ -15,7 +15,7 @@ from collections import Counter
 from collector.buffer import Claimed, Settlement, TraceBuffer
 from collector.forward import Forwarder
 from collector.metrics import Metrics
-from policies import Engine, TraceView, Verdict
+from policies import Decision, Engine, TraceView, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +134,14 @@ class _Tally:
     def __init__(self) -> None:
         self.traces: Counter[tuple[str, str]] = Counter()
         self.spans: Counter[str] = Counter()
-        self.votes: Counter[tuple[str, str]] = Counter()
+        self.votes: Counter[tuple[str, Decision]] = Counter()
         self.early: Counter[str] = Counter()
 
     def add(self, claimed: Claimed, verdict: Verdict, span_count: int) -> None:
         decision = "kept" if verdict.keep else "dropped"
         self.traces[decision, verdict.policy or ""] += 1
         self.spans[decision] += span_count
-        for name, vote in verdict.votes.items():
-            self.votes[name, vote.value] += 1
+        self.votes.update(verdict.votes.items())
         if claimed.reason != "deadline":
             self.early[claimed.reason] += 1
 
@@ -152,6 +151,6 @@ class _Tally:
         for decision, count in self.spans.items():
             metrics.spans_decided.labels(decision).inc(count)
         for (name, vote), count in self.votes.items():
-            metrics.policy_votes.labels(name, vote).inc(count)
+            metrics.policy_votes.labels(name, vote.value).inc(count)
         for reason, count in self.early.items():
             metrics.early_decisions.labels(reason).inc(count)

@@ -49,3 +49,27 @@ async def test_kept_traces_stay_in_the_buffer_until_the_exporter_is_done(
         assert (await collector.buffer.stats()).traces == 0
     finally:
         await collector.stop()
+
+
+async def test_a_decision_round_counts_traces_spans_and_votes(start_collector: Any, tmp_path: Path) -> None:
+    config = collector_config([{"type": "file", "path": str(tmp_path / "kept.jsonl")}],
+                              tail_sampling={"policies": [
+                                  {"name": "errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}},
+                                  {"name": "slow", "type": "latency", "latency": {"threshold_ms": 100}},
+                              ]})
+    collector: Collector = await start_collector(config)
+    failed, slow, fine = new_trace_id(), new_trace_id(), new_trace_id()
+    await collector.buffer.append(
+        {**fragments(failed, 2, error=True), **fragments(slow, 3, duration_ms=500), **fragments(fine, 4)}, time.time()
+    )
+    await collector.loop.decide(await collector.buffer.claim_all(10))
+    await collector.loop.settled()
+    value = collector.metrics.registry.get_sample_value
+    assert value("tailsampler_traces_decided_total", {"decision": "kept", "policy": "errors"}) == 1
+    assert value("tailsampler_traces_decided_total", {"decision": "kept", "policy": "slow"}) == 1
+    assert value("tailsampler_traces_decided_total", {"decision": "dropped", "policy": ""}) == 1
+    assert value("tailsampler_spans_decided_total", {"decision": "kept"}) == 5
+    assert value("tailsampler_spans_decided_total", {"decision": "dropped"}) == 4
+    assert value("tailsampler_policy_votes_total", {"policy": "errors", "vote": "sampled"}) == 1
+    assert value("tailsampler_policy_votes_total", {"policy": "errors", "vote": "not_sampled"}) == 2
+    assert value("tailsampler_policy_votes_total", {"policy": "slow", "vote": "sampled"}) == 1
