@@ -83,7 +83,7 @@ class _Scripts:
     def __init__(self) -> None:
         common = _read("redis_common.lua")
         self.source = {name: common + _read(f"redis_{name}.lua") for name in self.NAMES}
-        self.sha = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self.source.items()}
+        self.sha = {name: hashlib.sha1(src.encode()).hexdigest().encode() for name, src in self.source.items()}
 
 
 _SCRIPTS = _Scripts()
@@ -109,9 +109,12 @@ def connect(url: str, cluster: bool, timeout: float) -> Redis | RedisCluster:
 
 @dataclass(frozen=True, slots=True)
 class _Shard:
+    """A shard's key prefix and keys, encoded once: redis-py would encode every argument of
+    every call again."""
+
     index: int
-    prefix: str
-    keys: tuple[str, str, str]
+    prefix: bytes
+    keys: tuple[bytes, bytes, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +154,18 @@ class RedisTraceBuffer(TraceBuffer):
         self._kept_ttl_ms = ttl_ms if cache.sampled_cache_size > 0 else 0
         self._dropped_ttl_ms = ttl_ms if cache.non_sampled_cache_size > 0 else 0
         self._shards = [
-            _Shard(n, f"{config.key_prefix}:{{{n}}}:", tuple(f"{config.key_prefix}:{{{n}}}:{k}" for k in ("due", "claims", "meta")))
+            _Shard(
+                n,
+                f"{config.key_prefix}:{{{n}}}:".encode(),
+                tuple(f"{config.key_prefix}:{{{n}}}:{k}".encode() for k in ("due", "claims", "meta")),
+            )
             for n in range(config.shards)
         ]
+        # the append script's arguments that never change, encoded once
+        self._append_limits = [str(v).encode() for v in (
+            self._wait, self._wait_after_root, self._max_traces, self._max_bytes, self._max_trace_bytes,
+            0 if self._backpressure else 1, self._hold_ms,
+        )]
         self._early_seen = [0] * config.shards
         self._client = connect(config.url, config.cluster, self._timeout)
         self._cluster = config.cluster
@@ -300,10 +312,7 @@ class RedisTraceBuffer(TraceBuffer):
             calls = []
             for index, trace_ids in groups.items():
                 shard = self._shards[index]
-                args: list[object] = [
-                    fence, shard.prefix, now, self._wait, self._wait_after_root, self._max_traces,
-                    self._max_bytes, self._max_trace_bytes, 0 if self._backpressure else 1, self._hold_ms,
-                ]
+                args: list[object] = [fence, shard.prefix, now, *self._append_limits]
                 parts = [fragments[trace_id] for trace_id in trace_ids]
                 args += (
                     b"".join(trace_ids).hex(),
