@@ -2,20 +2,30 @@
 
 A fragment is a complete ``TracesData.resource_spans`` entry (tag, length, ``ResourceSpans``)
 holding only one trace's spans with their resource and scope, so that ``b"".join`` of a trace's
-fragments is already a valid ``TracesData`` / ``ExportTraceServiceRequest`` body. Each span is
-serialized once by upb; resources and scopes once per request; the nesting around them is
-written as raw protobuf framing rather than by building new messages.
+fragments is already a valid ``TracesData`` / ``ExportTraceServiceRequest`` body. Spans are
+sliced out of the request body as they are (serialized by upb only when there is no body);
+resources and scopes are serialized once per request; the nesting around them is written as
+raw protobuf framing rather than by building new messages.
+
+This runs for every span received, so a span that continues a run of adjacent spans of one
+trace costs one table lookup of its first bytes and one comparison; checking IDs, slicing and
+framing are done per run, per trace or per scope, where the interpreter's per-step cost is
+spread over several spans.
 """
 
 from __future__ import annotations
 
+import re
+from collections import defaultdict
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
+_SPAN_TAG = 0x12  # ScopeSpans.spans: field 2, length-delimited
 _TAG_1 = b"\x0a"  # field 1, length-delimited: resource / scope / TracesData.resource_spans
 _TAG_2 = b"\x12"  # field 2, length-delimited: scope_spans / spans
 _TAG_3 = b"\x1a"  # field 3, length-delimited: schema_url
@@ -40,6 +50,22 @@ def _length(n: int) -> bytes:
 def field(tag: bytes, payload: bytes) -> bytes:
     """A length-delimited protobuf field: tag, varint length, payload."""
     return tag + _length(len(payload)) + payload
+
+
+_NO_RUN = b"\x00"  # starts no span: protobuf has no field 0
+_IDS = b"\x0a\x10"  # trace_id, 16 bytes: a span's first field as encoders write it
+_SPAN_ID = b"\x12\x08"  # span_id, 8 bytes: its second
+_PARENT = b"\x22\x08"  # parent_span_id, 8 bytes: its third, unless trace_state comes between
+_ZERO_SPAN_ID = _SPAN_ID + _ZERO_SPAN
+# A span's first 30 bytes as encoders write them: valid trace and span IDs, then a field's key.
+_CANONICAL_IDS = re.compile(rb"\x0a\x10(?!\x00{16})(.{16})\x12\x08(?!\x00{8}).{8}..", re.DOTALL)
+# The first 3 bytes of a span field (tag, length, and a first span byte that must be trace_id's
+# when the length takes one byte) -> (where the span starts, where the field ends), relative to
+# the field, for the spans the walk reads fastest: at least 30 bytes, so their IDs and the
+# parent_span_id key lie inside; and under 16 KiB.
+_SPAN_HEADS = {bytes((_SPAN_TAG, n, _IDS[0])): (2, 2 + n) for n in range(30, 0x80)} | {
+    bytes((_SPAN_TAG, low, high)): (3, 3 + ((low & 0x7F) | high << 7)) for low in range(0x80, 0x100) for high in range(1, 0x80)
+}
 
 
 def _framing(message: object, present: bool, schema_url: str) -> tuple[bytes, bytes]:
@@ -82,48 +108,29 @@ def split_request(request: ExportTraceServiceRequest, body: bytes | None = None)
     return _split(request, None, None)
 
 
+Pieces = defaultdict[bytes, list[bytes]]  # trace ID -> the bytes of its share of a message, in order
+
+
 def _split(request: ExportTraceServiceRequest, body: bytes | None, layout: "Layout | None") -> SplitResult:
-    pieces: dict[bytes, list[bytes]] = {}  # trace ID -> the bytes of its fragment, to join once
-    counts: dict[bytes, int] = {}
+    resources: Pieces = defaultdict(list)
+    counts: defaultdict[bytes, int] = defaultdict(int)
     roots: set[bytes] = set()
     rejected = 0
     for ri, rs in enumerate(request.resource_spans):
-        scoped: dict[bytes, tuple[list[bytes], list[int]]] = {}  # trace ID -> ScopeSpans pieces, length
+        scopes: Pieces = defaultdict(list)
         for si, ss in enumerate(rs.scope_spans):
-            parts: dict[bytes, list[bytes]] = {}  # trace ID -> runs of framed spans in this scope
-            if layout is None:
-                rejected += _group_parsed(ss.spans, parts, counts, roots)
-            else:
-                start, end = layout[ri][si]
-                rejected += _group_wire(body, start, end, ss.spans, parts, counts, roots)  # type: ignore[arg-type]
-            if parts:
-                head, tail = _framing(ss.scope, ss.HasField("scope"), ss.schema_url)
-                fixed = len(head) + len(tail)
-                for trace_id, framed in parts.items():
-                    size = fixed + sum(map(len, framed))
-                    prefix = _TAG_2 + _length(size)
-                    entry = scoped.get(trace_id)
-                    if entry is None:
-                        entry = scoped[trace_id] = ([], [0])
-                    entry[0].append(prefix)
-                    entry[0].append(head)
-                    entry[0].extend(framed)
-                    entry[0].append(tail)
-                    entry[1][0] += len(prefix) + size
-        if scoped:
-            head, tail = _framing(rs.resource, rs.HasField("resource"), rs.schema_url)
-            fixed = len(head) + len(tail)
-            for trace_id, (scope_pieces, (size,)) in scoped.items():
-                out = pieces.get(trace_id)
-                if out is None:
-                    out = pieces[trace_id] = []
-                out.append(_TAG_1 + _length(fixed + size))
-                out.append(head)
-                out.extend(scope_pieces)
-                out.append(tail)
+            spans: Pieces = defaultdict(list)
+            refused = None if layout is None else _group_wire(body, *layout[ri][si], ss.spans, spans, counts, roots)  # type: ignore[arg-type]
+            if refused is None:
+                refused = _group_parsed(ss.spans, spans, counts, roots)
+            rejected += refused
+            if spans:
+                _frame(_TAG_2, *_framing(ss.scope, ss.HasField("scope"), ss.schema_url), spans, scopes)
+        if scopes:
+            _frame(_TAG_1, *_framing(rs.resource, rs.HasField("resource"), rs.schema_url), scopes, resources)
     fragments = {
-        trace_id: Fragment(b"".join(framed), counts[trace_id], trace_id in roots)
-        for trace_id, framed in pieces.items()
+        trace_id: Fragment(b"".join(pieces), counts[trace_id], trace_id in roots)
+        for trace_id, pieces in resources.items()
     }
     message = ""
     if rejected:
@@ -131,20 +138,21 @@ def _split(request: ExportTraceServiceRequest, body: bytes | None, layout: "Layo
     return SplitResult(fragments, sum(counts.values()), rejected, message)
 
 
+def _frame(tag: bytes, head: bytes, tail: bytes, inner: Pieces, outer: Pieces) -> None:
+    """Wrap each trace's share of the inner messages in its own copy of the enclosing message
+    (a field ``tag`` holding ``head``, the share, ``tail``) and add it to the trace's share of
+    the outer message."""
+    fixed = len(head) + len(tail)
+    for trace_id, pieces in inner.items():
+        payload = b"".join(pieces)
+        outer[trace_id].append(b"".join((tag, _length(fixed + len(payload)), head, payload, tail)))
+
+
 def _valid(trace_id: bytes, span_id: bytes) -> bool:
     return len(trace_id) == 16 and len(span_id) == 8 and trace_id != _ZERO_TRACE and span_id != _ZERO_SPAN
 
 
-def _add(parts: dict[bytes, list[bytes]], counts: dict[bytes, int], trace_id: bytes, framed: bytes, spans: int) -> None:
-    group = parts.get(trace_id)
-    if group is None:
-        parts[trace_id] = [framed]
-    else:
-        group.append(framed)
-    counts[trace_id] = counts.get(trace_id, 0) + spans
-
-
-def _group_parsed(spans: Any, parts: dict[bytes, list[bytes]], counts: dict[bytes, int], roots: set[bytes]) -> int:
+def _group_parsed(spans: Any, grouped: Pieces, counts: defaultdict[bytes, int], roots: set[bytes]) -> int:
     """Group one scope's spans by serializing each (the path for bodies that were not protobuf)."""
     rejected = 0
     for span in spans:
@@ -154,8 +162,8 @@ def _group_parsed(spans: Any, parts: dict[bytes, list[bytes]], counts: dict[byte
             continue
         if not span.parent_span_id:
             roots.add(trace_id)
-        data = span.SerializeToString()
-        _add(parts, counts, trace_id, _TAG_2 + _length(len(data)) + data, 1)
+        counts[trace_id] += 1
+        grouped[trace_id].append(field(_TAG_2, span.SerializeToString()))
     return rejected
 
 
@@ -164,81 +172,76 @@ class _Misaligned(Exception):
 
 
 def _group_wire(
-    body: bytes,
-    scope_start: int,
-    scope_end: int,
-    spans: Any,
-    parts: dict[bytes, list[bytes]],
-    counts: dict[bytes, int],
-    roots: set[bytes],
-) -> int:
+    body: bytes, pos: int, end: int, spans: Any, grouped: Pieces, counts: defaultdict[bytes, int], roots: set[bytes]
+) -> int | None:
     """Group one scope's spans by slicing span fields (tag, length, span) out of the body, walking
-    the ScopeSpans bytes once.
+    the ScopeSpans bytes once; None when a span ID may be all zero (read the scope from the parse).
 
     A trace's spans usually sit next to each other (an SDK exports them as they end), so each
-    run of adjacent spans of one trace is taken as one slice. Encoders write a span's fields in
-    field order, so the trace ID, span ID and parent span ID sit at fixed places near its start;
-    a span laid out otherwise is read from upb's parse.
+    run of adjacent spans of one trace is taken as one slice, and a span goes on the run when it
+    starts with the same trace_id and a span_id field: one comparison. Encoders write a span's
+    fields in field order, so its IDs sit at fixed places near its start; a span laid out
+    otherwise is read from upb's parse.
     """
-    rejected = 0
+    if body.find(_ZERO_SPAN_ID, pos, end) >= 0:  # rare: a refused span, or those bytes inside a value
+        return None
+    cuts: list[tuple[bytes | None, int, int]] = []  # where runs start: (trace ID or None to leave out, position, span index)
     run_id = b""
-    run_from = run_to = run_spans = 0
+    run_key = _NO_RUN  # the first 20 bytes of every span of the current run: trace_id and span_id's key
     index = 0
-    pos = scope_start
-    while pos < scope_end:
-        if body[pos] != 0x12:  # not a span: the scope, its schema URL, an unknown field
+    heads = _SPAN_HEADS
+    while pos < end:
+        head = heads.get(body[pos : pos + 3])
+        if head is not None:
+            start = pos + head[0]
+            field_end = pos + head[1]
+            if body[start : start + 20] == run_key:
+                if body[start + 28 : start + 30] != _PARENT and not spans[index].parent_span_id:
+                    roots.add(run_id)  # rare (one root per trace): confirmed with the full parse
+                index += 1
+                pos = field_end
+                continue
+        elif body[pos] == _SPAN_TAG:  # a span under 30 bytes or over 16 KiB
+            length, start = _read_varint(body, pos + 1)
+            field_end = start + length
+        else:  # not a span: the scope, its schema URL, an unknown field
+            cuts.append((None, pos, index))
+            run_key = _NO_RUN
             pos = _next_field(body, pos)[2]
             continue
-        field_start = pos
-        length = body[pos + 1]
-        if length < 0x80:
-            start = pos + 2
-        elif body[pos + 2] < 0x80:  # two-byte lengths: most spans
-            length = (length & 0x7F) | (body[pos + 2] << 7)
-            start = pos + 3
-        else:
-            length, start = _read_varint(body, pos + 1)
-        end = pos = start + length
+        run_id, run_key = _ids(body, start, field_end, spans, index, roots)
+        cuts.append((run_id, pos, index))
         index += 1
-        if (
-            length >= 28
-            and body[start] == 0x0A
-            and body[start + 1] == 16
-            and body[start + 18] == 0x12
-            and body[start + 19] == 8
-        ):
-            trace_id = body[start + 2 : start + 18]
-            span_id = body[start + 20 : start + 28]
-            at = start + 28
-            if at < end and body[at] == 0x1A:  # trace_state comes before parent_span_id
-                length, at = _read_varint(body, at + 1)
-                at += length
-            has_parent = at + 1 < end and body[at] == 0x22 and body[at + 1] != 0
-            if not has_parent:  # rare (one root per trace): confirm with the full parse
-                has_parent = bool(spans[index - 1].parent_span_id)
-            if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
-                rejected += 1
-                continue
-        else:
-            span = spans[index - 1]
-            trace_id, span_id, has_parent = span.trace_id, span.span_id, bool(span.parent_span_id)
-            if not _valid(trace_id, span_id):
-                rejected += 1
-                continue
-        if not has_parent:
-            roots.add(trace_id)
-        if trace_id == run_id and field_start == run_to:
-            run_to = end
-            run_spans += 1
-            continue
-        if run_spans:
-            _add(parts, counts, run_id, body[run_from:run_to], run_spans)
-        run_id, run_from, run_to, run_spans = trace_id, field_start, end, 1
-    if pos != scope_end or index != len(spans):
+        pos = field_end
+    if pos != end or index != len(spans):
         raise _Misaligned()
-    if run_spans:
-        _add(parts, counts, run_id, body[run_from:run_to], run_spans)
+    cuts.append((None, end, index))
+    rejected = 0
+    for (trace_id, run_start, first), (_, run_end, after) in pairwise(cuts):
+        if trace_id is None:
+            rejected += after - first
+        else:
+            grouped[trace_id].append(body[run_start:run_end])
+            counts[trace_id] += after - first
     return rejected
+
+
+def _ids(body: bytes, start: int, end: int, spans: Any, index: int, roots: set[bytes]) -> tuple[bytes | None, bytes]:
+    """The trace ID of span ``index``, in ``body[start:end]`` (None if refused), and the bytes that
+    start every span of a run it begins (_NO_RUN for a span read from upb's parse: it runs alone)."""
+    ids = _CANONICAL_IDS.match(body, start, end)
+    if ids is not None:
+        trace_id = ids[1]
+        if body[start + 28 : start + 30] != _PARENT and not spans[index].parent_span_id:
+            roots.add(trace_id)
+        return trace_id, body[start : start + 20]
+    span = spans[index]
+    trace_id = span.trace_id
+    if not _valid(trace_id, span.span_id):
+        return None, _NO_RUN
+    if not span.parent_span_id:
+        roots.add(trace_id)
+    return trace_id, _NO_RUN
 
 
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:

@@ -129,3 +129,69 @@ def test_bytes_the_walk_cannot_follow_fall_back_to_upbs_parse() -> None:
     result = split_request(request, body)
     assert result == split_request(request)
     assert result.fragments[trace_id].span_count == 1 and result.fragments[trace_id].has_root
+
+
+def _wire_and_parse_agree(req: ExportTraceServiceRequest) -> None:
+    body = req.SerializeToString()
+    from_wire = split_request(ExportTraceServiceRequest.FromString(body), body)
+    assert from_wire == split_request(ExportTraceServiceRequest.FromString(body))
+
+
+def test_a_zero_span_id_sends_its_scope_to_the_parse_and_the_rest_stays_on_the_wire() -> None:
+    """A continuing span is not checked on its own: a zero span_id anywhere in a scope's bytes
+    makes the whole scope read from upb's parse."""
+    traces = [os.urandom(16) for _ in range(2)]
+    req = mixed_request(traces)
+    req.resource_spans[0].scope_spans[1].spans[4].span_id = bytes(8)
+    _wire_and_parse_agree(req)
+    body = req.SerializeToString()
+    assert split_request(ExportTraceServiceRequest.FromString(body), body).rejected_spans == 1
+
+
+@pytest.mark.parametrize(
+    "layout", ["tiny", "huge", "trace_state", "out_of_order", "short_trace_id", "root_in_run"]
+)
+def test_spans_off_the_fast_path_keep_their_runs_counts_and_roots(layout: str) -> None:
+    """Runs of one trace whose spans the walk cannot all read from their first bytes."""
+    trace_id = os.urandom(16)
+    req = ExportTraceServiceRequest()
+    ss = req.resource_spans.add().scope_spans.add()
+    for i in range(5):
+        ss.spans.add(trace_id=trace_id, span_id=os.urandom(8), parent_span_id=os.urandom(8), name=f"s{i}")
+    middle = ss.spans[2]
+    if layout == "tiny":  # under 30 bytes: no name, no parent
+        middle.ClearField("name")
+        middle.ClearField("parent_span_id")
+    elif layout == "huge":  # a three-byte length
+        middle.attributes.add(key="payload").value.string_value = "x" * 20_000
+    elif layout == "trace_state":  # parent_span_id is not the third field
+        middle.trace_state = "ot=th:8"
+        ss.spans[3].trace_state = "ot=th:8"
+        ss.spans[3].ClearField("parent_span_id")
+    elif layout == "short_trace_id":
+        middle.trace_id = b"short"
+    elif layout == "root_in_run":
+        middle.ClearField("parent_span_id")
+    body = bytearray(req.SerializeToString())
+    if layout == "out_of_order":  # the middle span's name before its IDs
+        span = middle.SerializeToString()
+        name = b"\x2a\x02s2"
+        reordered = name + span.replace(name, b"")
+        body = bytearray(body.replace(span, reordered))
+    request = ExportTraceServiceRequest.FromString(bytes(body))
+    result, parsed = split_request(request, bytes(body)), split_request(request)
+    assert (result.span_count, result.rejected_spans) == (parsed.span_count, parsed.rejected_spans)
+    assert TracesData.FromString(result.fragments[trace_id].data) == TracesData.FromString(parsed.fragments[trace_id].data)
+    expected_roots = layout in ("tiny", "trace_state", "root_in_run")
+    assert result.fragments[trace_id].has_root is expected_roots
+    assert result.fragments[trace_id].span_count == (4 if layout == "short_trace_id" else 5)
+
+
+def test_spans_of_one_byte_lengths_run_together() -> None:
+    trace_id = os.urandom(16)
+    req = ExportTraceServiceRequest()
+    ss = req.resource_spans.add().scope_spans.add(schema_url="https://scope")
+    for _ in range(3):
+        ss.spans.add(trace_id=trace_id, span_id=os.urandom(8), parent_span_id=os.urandom(8), name="n")
+    assert len(ss.spans[0].SerializeToString()) < 0x80
+    _wire_and_parse_agree(req)
