@@ -1,6 +1,6 @@
 """Split an OTLP export request into per-trace fragments, touching each span once.
 
-A fragment is a complete ``TracesData.resource_spans`` entry (tag, length, ``ResourceSpans``)
+A fragment is complete ``TracesData.resource_spans`` entries (tag, length, ``ResourceSpans``)
 holding only one trace's spans with their resource and scope, so that ``b"".join`` of a trace's
 fragments is already a valid ``TracesData`` / ``ExportTraceServiceRequest`` body. Spans are
 sliced out of the request body as they are (serialized by upb only when there is no body);
@@ -78,11 +78,26 @@ def _framing(message: object, present: bool, schema_url: str) -> tuple[bytes, by
 
 @dataclass(slots=True)
 class Fragment:
-    """One trace's share of one request, ready to append to the buffer."""
+    """One trace's share of one request, ready to append to the buffer.
 
-    data: bytes
+    ``pieces``, joined, are one ``TracesData.resource_spans`` entry per resource the trace has
+    spans under. A request carries spans of dozens of traces under each resource, and resources
+    carry hundreds of bytes of attributes, so each resource message (and its schema URL) is one
+    bytes object shared by every fragment of every request that carries it: a buffer that keeps
+    the pieces as they are holds each resource once, not once per trace per request.
+    """
+
+    pieces: list[bytes]
     span_count: int
     has_root: bool
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self.pieces))
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.pieces)
 
 
 @dataclass(slots=True)
@@ -127,10 +142,10 @@ def _split(request: ExportTraceServiceRequest, body: bytes | None, layout: "Layo
             if spans:
                 _frame(_TAG_2, *_framing(ss.scope, ss.HasField("scope"), ss.schema_url), spans, scopes)
         if scopes:
-            _frame(_TAG_1, *_framing(rs.resource, rs.HasField("resource"), rs.schema_url), scopes, resources)
+            head, tail = _framing(rs.resource, rs.HasField("resource"), rs.schema_url)
+            _frame(_TAG_1, _shared(head), _shared(tail), scopes, resources)
     fragments = {
-        trace_id: Fragment(b"".join(pieces), counts[trace_id], trace_id in roots)
-        for trace_id, pieces in resources.items()
+        trace_id: Fragment(pieces, counts[trace_id], trace_id in roots) for trace_id, pieces in resources.items()
     }
     message = ""
     if rejected:
@@ -140,12 +155,23 @@ def _split(request: ExportTraceServiceRequest, body: bytes | None, layout: "Layo
 
 def _frame(tag: bytes, head: bytes, tail: bytes, inner: Pieces, outer: Pieces) -> None:
     """Wrap each trace's share of the inner messages in its own copy of the enclosing message
-    (a field ``tag`` holding ``head``, the share, ``tail``) and add it to the trace's share of
-    the outer message."""
+    (a field ``tag`` holding ``head``, the share, ``tail``) and add it, as four pieces that
+    keep ``head`` and ``tail`` the objects given, to the trace's share of the outer message."""
     fixed = len(head) + len(tail)
     for trace_id, pieces in inner.items():
         payload = b"".join(pieces)
-        outer[trace_id].append(b"".join((tag, _length(fixed + len(payload)), head, payload, tail)))
+        outer[trace_id] += (tag + _length(fixed + len(payload)), head, payload, tail)
+
+
+_SHARED: dict[bytes, bytes] = {}
+_SHARED_MAX = 4096  # distinct resources kept for sharing; past this the table starts over
+
+
+def _shared(envelope: bytes) -> bytes:
+    """The one bytes object for every equal ``envelope`` seen lately."""
+    if len(_SHARED) >= _SHARED_MAX:
+        _SHARED.clear()
+    return _SHARED.setdefault(envelope, envelope)
 
 
 def _valid(trace_id: bytes, span_id: bytes) -> bool:

@@ -19,7 +19,7 @@ async def test_a_trace_that_cannot_be_evaluated_is_kept_not_lost(start_collector
     out = tmp_path / "kept.jsonl"
     collector: Collector = await start_collector(collector_config([{"type": "file", "path": str(out)}]))
     broken, fine = new_trace_id(), new_trace_id()
-    await collector.buffer.append({broken: Fragment(b"\x0a\x05\xff\xff", 1, True), **fragments(fine)}, time.time())
+    await collector.buffer.append({broken: Fragment([b"\x0a\x05\xff\xff"], 1, True), **fragments(fine)}, time.time())
     await collector.loop.decide(await collector.buffer.claim_all(10))
     await collector.loop.settled()
     stats = await collector.stats()

@@ -53,6 +53,19 @@ def test_fragments_of_one_trace_concatenate_into_a_valid_request() -> None:
     assert sum(len(ss.spans) for rs in joined.resource_spans for ss in rs.scope_spans) == 48
 
 
+def test_fragments_share_each_resource_across_traces_and_requests() -> None:
+    """A buffer keeping the pieces holds a resource's bytes once, however many traces carry it."""
+    traces = [os.urandom(16) for _ in range(3)]
+    req = mixed_request(traces)
+    fragments = [*split_request(req).fragments.values(), *split_request(mixed_request(traces)).fragments.values()]
+    for r in range(2):
+        # each resource's entry is four pieces: tag and length, the resource, its scopes, its schema URL
+        entries = [TracesData.FromString(b"".join(f.pieces[4 * r : 4 * r + 4])) for f in fragments]
+        assert all(e.resource_spans[0].resource == req.resource_spans[r].resource for e in entries)
+        assert len({id(f.pieces[4 * r + 1]) for f in fragments}) == 1
+    assert all(f.size == len(f.data) for f in fragments)
+
+
 def test_invalid_ids_are_refused_and_counted_and_the_rest_kept() -> None:
     good = os.urandom(16)
     req = mixed_request([good])

@@ -22,7 +22,7 @@ class _Trace:
     __slots__ = ("fragments", "nbytes", "first_seen", "slot", "claimed", "early")
 
     def __init__(self, first_seen: float) -> None:
-        self.fragments: list[bytes] = []
+        self.fragments: list[bytes] = []  # the pieces of every fragment, joined when claimed
         self.nbytes = 0
         self.first_seen = first_seen
         self.slot = -1
@@ -91,7 +91,7 @@ class MemoryTraceBuffer(TraceBuffer):
         # traces not buffered: already decided (a cached decision) or new (None)
         unbuffered = {tid: self._cache.get(tid, now) for tid in fragments if tid not in traces}
         new = sum(1 for cached in unbuffered.values() if cached is None)
-        incoming = sum(len(f.data) for f in fragments.values())
+        incoming = sum(f.size for f in fragments.values())
         # traces already waiting for an early decision are on their way out: they do not count
         over_traces = len(traces) - len(self._early) + new - self._max_traces
         over_bytes = self._bytes - self._early_bytes + incoming - self._max_bytes
@@ -113,8 +113,8 @@ class MemoryTraceBuffer(TraceBuffer):
                     continue
                 trace = traces[trace_id] = _Trace(now)
                 self._place(trace_id, trace, self._slot_of(now + self._wait))
-            trace.fragments.append(fragment.data)
-            size = len(fragment.data)
+            trace.fragments += fragment.pieces  # as they are: envelopes stay shared between traces
+            size = fragment.size
             trace.nbytes += size
             self._bytes += size
             if trace.claimed:

@@ -34,6 +34,7 @@ import zlib
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
+from itertools import chain
 from typing import AsyncIterator, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter
@@ -317,8 +318,8 @@ class RedisTraceBuffer(TraceBuffer):
                 args += (
                     b"".join(trace_ids).hex(),
                     b"".join(b"1" if part.has_root else b"0" for part in parts),
-                    ",".join([str(len(part.data)) for part in parts]),
-                    b"".join([part.data for part in parts]),
+                    ",".join([str(part.size) for part in parts]),
+                    b"".join(chain.from_iterable(part.pieces for part in parts)),
                 )
                 calls.append(_Call("append", shard, args))
             replies = await self._run(calls)
@@ -352,7 +353,7 @@ class RedisTraceBuffer(TraceBuffer):
         calls = [
             _Call("check", self._shards[index], [
                 self._shards[index].prefix, self._max_traces, self._max_bytes,
-                sum(len(fragments[t].data) for t in ids), b"".join(ids).hex(),
+                sum(fragments[t].size for t in ids), b"".join(ids).hex(),
             ])
             for index, ids in groups.items()
         ]
