@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import signal
 import socket
@@ -38,6 +39,34 @@ def free_port() -> int:
         if port not in _HANDED_OUT:
             _HANDED_OUT.add(port)
             return port
+
+
+def _ephemeral_ports() -> range:
+    low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    return range(int(low), int(high) + 1)
+
+
+def free_port_block(count: int) -> int:
+    """The first of ``count`` consecutive free ports (for ``serve --workers``, whose worker k
+    listens on a port + k), below the kernel's ephemeral range: a port beside one it picked could
+    be taken any moment by some connection's local end."""
+    ephemeral = _ephemeral_ports()
+    low, high = (10_000, ephemeral.start) if ephemeral.start > 11_000 else (ephemeral.stop, 65_536)
+    while True:
+        base = random.randrange(low, high - count)
+        block = range(base, base + count)
+        if _HANDED_OUT.isdisjoint(block) and all(_bindable(port) for port in block):
+            _HANDED_OUT.update(block)
+            return base
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def cpu_seconds(pid: int) -> float:

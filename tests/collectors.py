@@ -17,7 +17,7 @@ import yaml
 
 from collector.app import Collector
 from collector.config import parse_config
-from loadgen.processes import free_port
+from loadgen.processes import free_port, free_port_block
 from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,8 +30,9 @@ def collector_config(
     ports: bool = False,
     **sections: Any,
 ) -> dict[str, Any]:
-    """A config dict on loopback; ``ports`` picks fixed free ports (a process must be told them)."""
-    grpc, http, admin = (free_port(), free_port(), free_port()) if ports else (0, 0, 0)
+    """A config dict on loopback; ``ports`` picks fixed free ports (a process must be told them),
+    the admin port with three free ports after it for ``serve --workers``."""
+    grpc, http, admin = (free_port(), free_port(), free_port_block(4)) if ports else (0, 0, 0)
     return {
         "receivers": {"otlp": {"grpc": {"endpoint": f"127.0.0.1:{grpc}"}, "http": {"endpoint": f"127.0.0.1:{http}"}}},
         "tail_sampling": {
