@@ -31,6 +31,7 @@ if ARGV[9] == '1' then
 end
 
 local out = {0, 0}
+local stored, stored_early = 0, 0  -- bytes added, and of those to traces marked early: one HINCRBY each
 for i, tid in ipairs(tids) do
   local root, data = string.sub(roots, i, i) == '1' and after_root > 0, datas[i]
   local decided = redis.call('GET', decision_key(prefix, tid))
@@ -40,12 +41,12 @@ for i, tid in ipairs(tids) do
     local skey = span_key(prefix, tid)
     local size = redis.call('APPEND', skey, data)
     redis.call('PEXPIRE', skey, hold_ttl)
-    redis.call('HINCRBY', meta, 'tb', #data)
+    stored = stored + #data
     local deadline = redis.call('ZSCORE', due, tid)
     if deadline then
       deadline = tonumber(deadline)
       if deadline <= EARLY then
-        redis.call('HINCRBY', meta, 'eb', #data)
+        stored_early = stored_early + #data
       elseif max_trace_bytes > 0 and size > max_trace_bytes then
         mark_early(prefix, tid, SIZE)
         marked = marked + 1
@@ -64,6 +65,8 @@ for i, tid in ipairs(tids) do
     out[#out + 1] = 0
   end
 end
+if stored > 0 then redis.call('HINCRBY', meta, 'tb', stored) end
+if stored_early > 0 then redis.call('HINCRBY', meta, 'eb', stored_early) end
 keep_alive(hold_ttl)
 out[1] = marked
 out[2] = redis.call('ZCOUNT', due, '-inf', EARLY)

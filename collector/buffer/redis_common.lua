@@ -33,8 +33,17 @@ local function trace_ids(packed)
 end
 
 -- How far this request would take the shard past its bounds, counting what is not already on
--- its way out (traces marked early); traces already decided or buffered are not new.
+-- its way out (traces marked early); traces already decided or buffered are not new. Callers
+-- only ask whether it is past them, so while every trace counted as new still fits, the
+-- per-trace look-ups are skipped and the (then not positive) margin is returned as it is.
 local function pressure(prefix, tids, max_traces, max_bytes, incoming)
+  local early = redis.call('ZCOUNT', due, '-inf', EARLY)
+  local traces = redis.call('ZCARD', due) - early + redis.call('ZCARD', claims)
+  local bytes = tonumber(redis.call('HGET', meta, 'tb') or 0) - tonumber(redis.call('HGET', meta, 'eb') or 0)
+  local over_bytes = bytes + incoming - max_bytes
+  if traces + #tids <= max_traces then
+    return traces + #tids - max_traces, over_bytes, early
+  end
   local new = 0
   for _, tid in ipairs(tids) do
     if not redis.call('ZSCORE', due, tid) and not redis.call('ZSCORE', claims, tid)
@@ -42,10 +51,7 @@ local function pressure(prefix, tids, max_traces, max_bytes, incoming)
       new = new + 1
     end
   end
-  local early = redis.call('ZCOUNT', due, '-inf', EARLY)
-  local traces = redis.call('ZCARD', due) - early + redis.call('ZCARD', claims)
-  local bytes = tonumber(redis.call('HGET', meta, 'tb') or 0) - tonumber(redis.call('HGET', meta, 'eb') or 0)
-  return traces + new - max_traces, bytes + incoming - max_bytes, early
+  return traces + new - max_traces, over_bytes, early
 end
 
 local function keep_alive(ttl_ms)
