@@ -51,7 +51,7 @@ class TokenBucket(Protocol):
     def take(self, amount: float) -> bool: ...
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Verdict:
     keep: bool
     policy: str | None

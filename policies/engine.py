@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# an Enum member read as a class attribute costs a descriptor call each time; decide runs per trace
+_ERROR, _DROPPED, _SAMPLED = Decision.ERROR, Decision.DROPPED, Decision.SAMPLED
+
 
 def sample_rate_of(policy: Policy) -> float | None:
     """The 1-in-N rate a policy's latest ``SAMPLED`` vote was taken at, if it knows one."""
@@ -45,14 +48,14 @@ class Engine:
                 decision = policy.evaluate(trace)
             except Exception:
                 log.debug("policy %r failed on trace %s", policy.name, trace.trace_id.hex(), exc_info=True)
-                decision = Decision.ERROR
+                decision = _ERROR
             votes[policy.name] = decision
-            if decision is Decision.ERROR:
+            if decision is _ERROR:
                 self.errors += 1
-            elif decision is Decision.DROPPED:
+            elif decision is _DROPPED:
                 dropped = policy
                 break
-            elif decision is Decision.SAMPLED:
+            elif decision is _SAMPLED:
                 if sampled is None:
                     sampled = policy
                 if self.sample_on_first_match:
