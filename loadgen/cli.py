@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import signal
 import sys
 from pathlib import Path
 
 from collector.durations import Duration
+from loadgen.hotpath import STAGES
 from loadgen.model import TrafficShape
 from loadgen.processes import ProcessFailed
 from loadgen.transport import PROTOCOLS, loopback_endpoint
@@ -126,6 +128,14 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hotpath(args: argparse.Namespace) -> int:
+    from loadgen.hotpath import run_stage
+
+    result = run_stage(args.stage, args.spans, args.repeat)
+    print(json.dumps(dataclasses.asdict(result)))
+    return 0
+
+
 def _null_server(args: argparse.Namespace) -> int:
     from loadgen.sink import NullServer
 
@@ -182,6 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, default=Path("bench-result.json"))
     bench.add_argument("--markdown", type=Path, default=Path("bench-result.md"))
     bench.set_defaults(handler=_bench)
+
+    hotpath = commands.add_parser(
+        "hotpath", help="one stage of the per-span work in-process, for profilers and callgrind",
+        description="Runs one stage on generated payloads: a warm-up pass, then --repeat passes. "
+                    "Under valgrind --tool=callgrind, (instructions with --repeat 2 - with --repeat 0) "
+                    "/ 2 / spans is the stage's instructions per span.",
+    )
+    hotpath.add_argument("stage", choices=STAGES)
+    hotpath.add_argument("--spans", type=int, default=5_000, help="spans per pass (whole traces, so a few more)")
+    hotpath.add_argument("--repeat", type=int, default=2, help="timed passes after the warm-up")
+    hotpath.set_defaults(handler=_hotpath)
 
     null = commands.add_parser("null-server", help="an OTLP/gRPC server that parses requests and answers")
     null.add_argument("--listen", type=_endpoint, default="127.0.0.1:4317")

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from loadgen.bench import profile_summary
 from loadgen.cli import main
 
@@ -72,3 +74,17 @@ def _closed_port() -> int:
     from loadgen.processes import free_port
 
     return free_port()
+
+
+@pytest.mark.parametrize("stage", ["parse", "split", "decide"])
+def test_hotpath_runs_one_stage_and_reports_its_cpu_per_span(stage: str, capsys) -> None:
+    assert main(["hotpath", stage, "--spans", "600", "--repeat", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["stage"] == stage and result["repeat"] == 1
+    assert 600 <= result["spans"] < 700  # whole traces: a few more than asked for
+    assert result["cpu_us_per_span"] > 0
+
+
+def test_hotpath_without_repeats_does_only_the_setup(capsys) -> None:
+    assert main(["hotpath", "split", "--spans", "100", "--repeat", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["cpu_us_per_span"] is None

@@ -1,0 +1,68 @@
+"""One stage of the collector's per-span work, run in-process on the benchmark's payloads.
+
+The end-to-end benchmark measures whole processes on a 2-core machine whose timings swing by a
+third between runs; a change to one stage needs a steadier yardstick. This runs a single stage
+(upb's parse of the requests, the split into per-trace fragments, or the decision on the traces
+they make) ``repeat`` times after one warm-up pass, so that two runs differing only in
+``repeat`` differ only in that stage's work. Under ``valgrind --tool=callgrind`` their
+instruction counts repeat exactly: (count with ``--repeat 2`` − count with ``--repeat 0``) ÷ 2 ÷
+spans is the stage's instructions per span.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from collector.split import split_request
+from loadgen.model import TrafficShape
+from loadgen.processes import example_policies
+from loadgen.traffic import build_payloads
+from policies import PolicyContext, PolicySpec, TailSamplingConfig, TraceView, build_engine
+
+STAGES = ("parse", "split", "decide")
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: str
+    spans: int
+    repeat: int
+    cpu_us_per_span: float | None  # None with repeat 0
+
+
+def _stage(stage: str, spans: int, seed: int) -> tuple[Callable[[], object], int]:
+    """The stage's work over freshly built payloads, and how many spans one pass handles."""
+    bodies = [p.data for p in build_payloads(TrafficShape(slow_threshold_s=1.0), spans, seed=seed)]
+    requests = [ExportTraceServiceRequest.FromString(body) for body in bodies]
+    count = sum(len(ss.spans) for request in requests for rs in request.resource_spans for ss in rs.scope_spans)
+    if stage == "parse":
+        return lambda: [ExportTraceServiceRequest.FromString(body) for body in bodies], count
+    if stage == "split":
+        return lambda: [split_request(request, body) for request, body in zip(requests, bodies)], count
+    pieces: dict[bytes, list[bytes]] = {}
+    for request, body in zip(requests, bodies):
+        for trace_id, fragment in split_request(request, body).fragments.items():
+            pieces.setdefault(trace_id, []).extend(fragment.pieces)
+    traces = [(trace_id, b"".join(parts)) for trace_id, parts in pieces.items()]
+    policies = msgspec.convert(example_policies(slow_threshold_ms=1000), list[PolicySpec])
+    engine = build_engine(TailSamplingConfig(policies=policies), PolicyContext(clock=time.monotonic))
+    return lambda: [engine.decide(TraceView(trace_id, data)) for trace_id, data in traces], count
+
+
+def run_stage(stage: str, spans: int = 5_000, repeat: int = 2, seed: int = 7) -> StageResult:
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}, expected one of {', '.join(STAGES)}")
+    if repeat < 0 or spans < 1:
+        raise ValueError("spans must be at least 1 and repeat at least 0")
+    work, count = _stage(stage, spans, seed)
+    work()  # warm-up: whatever is built on first use is built in every run, repeat 0 included
+    started = time.process_time()
+    for _ in range(repeat):
+        work()
+    elapsed = time.process_time() - started
+    return StageResult(stage, count, repeat, elapsed / repeat / count * 1e6 if repeat else None)
