@@ -52,10 +52,16 @@ class BufferConfig(msgspec.Struct, forbid_unknown_fields=True):
     overflow: Literal["decide_early", "backpressure"] = "decide_early"
     url: str = "redis://127.0.0.1:6379/0"
     cluster: bool = False
-    shards: int = 16
+    shards: int | None = None  # 1 on a single server, 16 on a cluster: see __post_init__
     lease: Duration = Duration(30.0)
     key_prefix: str = "ts"
     timeout: Duration = Duration(2.0)
+
+    def __post_init__(self) -> None:
+        # A request costs one script call per shard its traces fall in, and on one server shards
+        # buy nothing for it; on a cluster they are what spreads traces over the masters.
+        if self.shards is None:
+            self.shards = 16 if self.cluster else 1
 
 
 class AdminConfig(msgspec.Struct, forbid_unknown_fields=True):

@@ -155,6 +155,11 @@ async def test_spans_appended_while_a_trace_is_decided_are_returned_by_settle(ma
     assert await b.stats() == BufferStats(0, 0)
 
 
+@pytest.mark.parametrize("given,expected", [({}, 1), ({"cluster": True}, 16), ({"shards": 4}, 4), ({"cluster": True, "shards": 48}, 48)])
+def test_shards_default_to_one_on_a_server_and_sixteen_on_a_cluster(given: dict, expected: int) -> None:
+    assert decode({"type": "redis", **given}, BufferConfig, "test").shards == expected
+
+
 def test_shards_are_the_same_in_every_process() -> None:
     ids = [new_trace_id() for _ in range(50)]
     code = (
