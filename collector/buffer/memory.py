@@ -19,10 +19,10 @@ from .decision_cache import DecisionCache
 
 
 class _Trace:
-    __slots__ = ("fragments", "nbytes", "first_seen", "slot", "claimed", "early")
+    __slots__ = ("pieces", "nbytes", "first_seen", "slot", "claimed", "early")
 
     def __init__(self, first_seen: float) -> None:
-        self.fragments: list[bytes] = []  # the pieces of every fragment, joined when claimed
+        self.pieces: list[bytes] = []  # of every fragment appended, joined when claimed
         self.nbytes = 0
         self.first_seen = first_seen
         self.slot = -1
@@ -113,7 +113,7 @@ class MemoryTraceBuffer(TraceBuffer):
                     continue
                 trace = traces[trace_id] = _Trace(now)
                 self._place(trace_id, trace, self._slot_of(now + self._wait))
-            trace.fragments += fragment.pieces  # as they are: envelopes stay shared between traces
+            trace.pieces += fragment.pieces  # as they are: envelopes stay shared between traces
             size = fragment.size
             trace.nbytes += size
             self._bytes += size
@@ -155,8 +155,8 @@ class MemoryTraceBuffer(TraceBuffer):
         if trace.early:
             self._early_bytes -= trace.nbytes
         trace.claimed = True
-        data = b"".join(trace.fragments)
-        trace.fragments.clear()
+        data = b"".join(trace.pieces)
+        trace.pieces.clear()
         return Claimed(trace_id, data, reason)
 
     async def claim_due(self, now: float, limit: int) -> list[Claimed]:
@@ -189,8 +189,8 @@ class MemoryTraceBuffer(TraceBuffer):
             if trace is None:
                 continue
             self._bytes -= trace.nbytes
-            if trace.fragments:
-                stragglers[settlement.trace_id] = b"".join(trace.fragments)
+            if trace.pieces:
+                stragglers[settlement.trace_id] = b"".join(trace.pieces)
             self._cache.put(settlement.trace_id, settlement.keep, settlement.policy, now)
         return stragglers
 
