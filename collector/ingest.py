@@ -10,12 +10,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
 from collector.buffer import BufferFull, BufferUnavailable, TraceBuffer
 from collector.forward import Forwarder
 from collector.metrics import Metrics
-from collector.split import split_request
+from collector.split import split_body
 from policies import Verdict
 
 
@@ -31,10 +29,11 @@ class Ingest:
         self._forwarder = forwarder
         self._metrics = metrics
 
-    async def accept(self, request: ExportTraceServiceRequest, transport: str, body: bytes | None = None) -> Accepted:
-        """``body`` is the protobuf ``request`` was parsed from, when there is one (see split)."""
+    async def accept(self, body: bytes, transport: str) -> Accepted:
+        """Take an ExportTraceServiceRequest body; one that is not valid raises ``DecodeError``
+        before anything is buffered."""
         metrics = self._metrics
-        split = split_request(request, body)
+        split = split_body(body)
         if split.rejected_spans:
             metrics.spans_refused.labels("invalid_id").inc(split.rejected_spans)
         if split.fragments:

@@ -1,34 +1,96 @@
-"""Split an OTLP export request into per-trace fragments, touching each span once.
+"""Check an OTLP export request body and split it into per-trace fragments.
 
 A fragment is complete ``TracesData.resource_spans`` entries (tag, length, ``ResourceSpans``)
 holding only one trace's spans with their resource and scope, so that ``b"".join`` of a trace's
-fragments is already a valid ``TracesData`` / ``ExportTraceServiceRequest`` body. Spans are
-sliced out of the request body as they are (serialized by upb only when there is no body);
-resources and scopes are serialized once per request; the nesting around them is written as
-raw protobuf framing rather than by building new messages.
+fragments is already a valid ``TracesData`` / ``ExportTraceServiceRequest`` body.
 
-This runs for every span received, so a span that continues a run of adjacent spans of one
-trace costs one table lookup of its first bytes and one comparison; checking IDs, slicing and
-framing are done per run, per trace or per scope, where the interpreter's per-step cost is
-spread over several spans.
+Every span received passes through here, so the per-span work is left to C:
+1. One upb parse checks the whole body, as a receiver must before it answers. It parses into
+   OTLP's own types except that ``ScopeSpans.spans`` is declared singular and the span's fields
+   repeated: protobuf's merge rule then hands back each scope's spans as columns (trace IDs,
+   span IDs, parent IDs), while every byte of every span is still checked against OTLP's schema
+   (wire format, UTF-8 strings, nested messages).
+2. A second parse only separates the span fields; their lengths say where each sits in the body.
+3. A trace's spans usually sit next to each other (an SDK exports them as they end), so runs of
+   one trace are found by comparing the trace ID column with itself shifted by one, and each run
+   is sliced out of the body as it is.
+The Python work left is per run: its slice, and the few bytes of framing that wrap it in its
+scope and resource. Spans the columns cannot vouch for (an invalid ID, a span of 16 KiB or more,
+other fields between spans) take a per-span path in the same scope, and a body whose fields the
+walk cannot follow (unknown groups) is encoded again from the parse first.
 """
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
-from dataclasses import dataclass
-from itertools import pairwise
-from typing import Any
+from dataclasses import dataclass, field as dataclass_field
+from itertools import accumulate, compress, count, islice, repeat
+from operator import getitem, ne
 
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from policies.columns import FIELD, declare
 
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
-_SPAN_TAG = 0x12  # ScopeSpans.spans: field 2, length-delimited
-_TAG_1 = b"\x0a"  # field 1, length-delimited: resource / scope / TracesData.resource_spans
-_TAG_2 = b"\x12"  # field 2, length-delimited: scope_spans / spans
-_TAG_3 = b"\x1a"  # field 3, length-delimited: schema_url
+_KEY_1 = 0x0A  # field 1, length-delimited: resource / scope / TracesData.resource_spans
+_KEY_2 = 0x12  # field 2, length-delimited: scope_spans / spans
+_KEY_3 = 0x1A  # field 3, length-delimited: schema_url
+_TAG_1 = bytes((_KEY_1,))
+_TAG_2 = bytes((_KEY_2,))
+_PARENT = b"\x22\x08"  # parent_span_id, 8 bytes: a span's third field as encoders write it
+_PARENT_AT = slice(28, 30)  # after trace_id (2 + 16 bytes) and span_id (2 + 8)
+_OTLP = ".opentelemetry.proto."
+
+_TYPES = declare(
+    "tailsampler.split",
+    [
+        # OTLP's Span with every field repeated: a scope's spans merge into one message of columns
+        ("SpanColumns", [
+            (1, "trace_id", FIELD.TYPE_BYTES, True, ""),
+            (2, "span_id", FIELD.TYPE_BYTES, True, ""),
+            (3, "trace_state", FIELD.TYPE_STRING, True, ""),
+            (4, "parent_span_id", FIELD.TYPE_BYTES, True, ""),
+            (5, "name", FIELD.TYPE_STRING, True, ""),
+            (6, "kind", FIELD.TYPE_ENUM, True, _OTLP + "trace.v1.Span.SpanKind"),
+            (7, "start_time_unix_nano", FIELD.TYPE_FIXED64, True, ""),
+            (8, "end_time_unix_nano", FIELD.TYPE_FIXED64, True, ""),
+            (9, "attributes", FIELD.TYPE_MESSAGE, True, _OTLP + "common.v1.KeyValue"),
+            (10, "dropped_attributes_count", FIELD.TYPE_UINT32, True, ""),
+            (11, "events", FIELD.TYPE_MESSAGE, True, _OTLP + "trace.v1.Span.Event"),
+            (12, "dropped_events_count", FIELD.TYPE_UINT32, True, ""),
+            (13, "links", FIELD.TYPE_MESSAGE, True, _OTLP + "trace.v1.Span.Link"),
+            (14, "dropped_links_count", FIELD.TYPE_UINT32, True, ""),
+            (15, "status", FIELD.TYPE_MESSAGE, True, _OTLP + "trace.v1.Status"),
+            (16, "flags", FIELD.TYPE_FIXED32, True, ""),
+        ]),
+        ("CheckedScopeSpans", [
+            (1, "scope", FIELD.TYPE_MESSAGE, False, _OTLP + "common.v1.InstrumentationScope"),
+            (2, "spans", FIELD.TYPE_MESSAGE, False, "SpanColumns"),
+            (3, "schema_url", FIELD.TYPE_STRING, False, ""),
+        ]),
+        ("CheckedResourceSpans", [
+            (1, "resource", FIELD.TYPE_MESSAGE, False, _OTLP + "resource.v1.Resource"),
+            (2, "scope_spans", FIELD.TYPE_MESSAGE, True, "CheckedScopeSpans"),
+            (3, "schema_url", FIELD.TYPE_STRING, False, ""),
+        ]),
+        ("CheckedRequest", [(1, "resource_spans", FIELD.TYPE_MESSAGE, True, "CheckedResourceSpans")]),
+        # each span's bytes, nothing else
+        ("SpanBytesScope", [(2, "spans", FIELD.TYPE_BYTES, True, "")]),
+        ("SpanBytesResource", [(2, "scope_spans", FIELD.TYPE_MESSAGE, True, "SpanBytesScope")]),
+        ("SpanBytesRequest", [(1, "resource_spans", FIELD.TYPE_MESSAGE, True, "SpanBytesResource")]),
+        ("SpanIds", [
+            (1, "trace_id", FIELD.TYPE_BYTES, False, ""),
+            (2, "span_id", FIELD.TYPE_BYTES, False, ""),
+            (4, "parent_span_id", FIELD.TYPE_BYTES, False, ""),
+        ]),
+    ],
+    ["opentelemetry/proto/trace/v1/trace.proto"],
+)
+_CheckedRequest = _TYPES["CheckedRequest"]
+_SpanBytesRequest = _TYPES["SpanBytesRequest"]
+_SpanIds = _TYPES["SpanIds"]
 
 
 def varint(value: int) -> bytes:
@@ -41,6 +103,7 @@ def varint(value: int) -> bytes:
 
 
 _SMALL_VARINTS = [varint(n) for n in range(16384)]  # every length a span usually has: 1 or 2 bytes
+_SPAN_FIELD_SIZES = [1 + len(v) + n for n, v in enumerate(_SMALL_VARINTS)]
 
 
 def _length(n: int) -> bytes:
@@ -50,30 +113,6 @@ def _length(n: int) -> bytes:
 def field(tag: bytes, payload: bytes) -> bytes:
     """A length-delimited protobuf field: tag, varint length, payload."""
     return tag + _length(len(payload)) + payload
-
-
-_NO_RUN = b"\x00"  # starts no span: protobuf has no field 0
-_IDS = b"\x0a\x10"  # trace_id, 16 bytes: a span's first field as encoders write it
-_SPAN_ID = b"\x12\x08"  # span_id, 8 bytes: its second
-_PARENT = b"\x22\x08"  # parent_span_id, 8 bytes: its third, unless trace_state comes between
-_ZERO_SPAN_ID = _SPAN_ID + _ZERO_SPAN
-# A span's first 30 bytes as encoders write them: valid trace and span IDs, then a field's key.
-_CANONICAL_IDS = re.compile(rb"\x0a\x10(?!\x00{16})(.{16})\x12\x08(?!\x00{8}).{8}..", re.DOTALL)
-# The first 3 bytes of a span field (tag, length, and a first span byte that must be trace_id's
-# when the length takes one byte) -> (where the span starts, where the field ends), relative to
-# the field, for the spans the walk reads fastest: at least 30 bytes, so their IDs and the
-# parent_span_id key lie inside; and under 16 KiB.
-_SPAN_HEADS = {bytes((_SPAN_TAG, n, _IDS[0])): (2, 2 + n) for n in range(30, 0x80)} | {
-    bytes((_SPAN_TAG, low, high)): (3, 3 + ((low & 0x7F) | high << 7)) for low in range(0x80, 0x100) for high in range(1, 0x80)
-}
-
-
-def _framing(message: object, present: bool, schema_url: str) -> tuple[bytes, bytes]:
-    """The bytes before and after the spans of a ResourceSpans / ScopeSpans: its header message
-    (field 1) and schema URL (field 3)."""
-    head = field(_TAG_1, message.SerializeToString()) if present else b""  # type: ignore[attr-defined]
-    tail = field(_TAG_3, schema_url.encode()) if schema_url else b""
-    return head, tail
 
 
 @dataclass(slots=True)
@@ -108,59 +147,153 @@ class SplitResult:
     error_message: str
 
 
-def split_request(request: ExportTraceServiceRequest, body: bytes | None = None) -> SplitResult:
-    """Group the request's spans by trace ID; spans with invalid IDs are refused and counted.
-
-    ``body``, the bytes ``request`` was parsed from, lets each span be sliced out of the wire
-    as it is instead of serialized again; without it (OTLP/JSON) upb serializes each span.
-    """
-    layout = _wire_layout(body, request) if body is not None else None
-    if layout is not None:
-        try:
-            return _split(request, body, layout)
-        except (_Misaligned, IndexError):  # the walk and upb's parse disagree: trust the parse
-            pass
-    return _split(request, None, None)
-
-
-Pieces = defaultdict[bytes, list[bytes]]  # trace ID -> the bytes of its share of a message, in order
-
-
-def _split(request: ExportTraceServiceRequest, body: bytes | None, layout: "Layout | None") -> SplitResult:
-    resources: Pieces = defaultdict(list)
-    counts: defaultdict[bytes, int] = defaultdict(int)
-    roots: set[bytes] = set()
-    rejected = 0
-    for ri, rs in enumerate(request.resource_spans):
-        scopes: Pieces = defaultdict(list)
-        for si, ss in enumerate(rs.scope_spans):
-            spans: Pieces = defaultdict(list)
-            refused = None if layout is None else _group_wire(body, *layout[ri][si], ss.spans, spans, counts, roots)  # type: ignore[arg-type]
-            if refused is None:
-                refused = _group_parsed(ss.spans, spans, counts, roots)
-            rejected += refused
-            if spans:
-                _frame(_TAG_2, *_framing(ss.scope, ss.HasField("scope"), ss.schema_url), spans, scopes)
-        if scopes:
-            head, tail = _framing(rs.resource, rs.HasField("resource"), rs.schema_url)
-            _frame(_TAG_1, _shared(head), _shared(tail), scopes, resources)
-    fragments = {
-        trace_id: Fragment(pieces, counts[trace_id], trace_id in roots) for trace_id, pieces in resources.items()
-    }
-    message = ""
-    if rejected:
-        message = f"{rejected} span(s) rejected: trace_id must be 16 bytes and span_id 8 bytes, not all zero"
-    return SplitResult(fragments, sum(counts.values()), rejected, message)
+def split_body(body: bytes) -> SplitResult:
+    """Group the spans of an ExportTraceServiceRequest body by trace ID; spans with invalid IDs
+    are refused and counted. A body that is not a valid request raises ``DecodeError``."""
+    try:
+        checked = _CheckedRequest.FromString(body)
+    except DecodeError as exc:
+        reason = str(exc).rpartition("': ")[2] or "malformed protobuf"
+        raise DecodeError(reason) from None
+    try:
+        return _split(body, checked)
+    except (_Misaligned, IndexError):  # fields the walk cannot follow: encode the parse again
+        request = ExportTraceServiceRequest.FromString(body)
+        request.DiscardUnknownFields()
+        body = request.SerializeToString()
+        return _split(body, _CheckedRequest.FromString(body))
 
 
-def _frame(tag: bytes, head: bytes, tail: bytes, inner: Pieces, outer: Pieces) -> None:
-    """Wrap each trace's share of the inner messages in its own copy of the enclosing message
-    (a field ``tag`` holding ``head``, the share, ``tail``) and add it, as four pieces that
-    keep ``head`` and ``tail`` the objects given, to the trace's share of the outer message."""
-    fixed = len(head) + len(tail)
-    for trace_id, pieces in inner.items():
-        payload = b"".join(pieces)
-        outer[trace_id] += (tag + _length(fixed + len(payload)), head, payload, tail)
+def split_request(request: ExportTraceServiceRequest) -> SplitResult:
+    """``split_body`` for a request that arrived as something else than protobuf (OTLP/JSON)."""
+    return split_body(request.SerializeToString())
+
+
+Run = tuple[bytes, bytes, int]  # trace ID, span fields as they are on the wire, how many spans
+
+
+@dataclass(slots=True)
+class _Scope:
+    head: bytes  # the ScopeSpans' scope field(s), tag and length included
+    tail: bytes  # its schema_url field(s)
+    runs: list[Run]
+
+
+@dataclass(slots=True)
+class _Grouping:
+    """The request's fragments as they are built, resource by resource."""
+
+    pieces: defaultdict[bytes, list[bytes]] = dataclass_field(default_factory=lambda: defaultdict(list))
+    counts: defaultdict[bytes, int] = dataclass_field(default_factory=lambda: defaultdict(int))
+    roots: set[bytes] = dataclass_field(default_factory=set)
+    rejected: int = 0
+
+    def add_resource(self, head: bytes, tail: bytes, scopes: list[_Scope]) -> None:
+        """Give each trace its share of one ResourceSpans: each run is wrapped in the scope and
+        resource framing directly when every trace has one run here (the usual case), and the
+        runs of a trace are gathered first otherwise, so that a resource appears once per trace."""
+        pieces, counts = self.pieces, self.counts
+        if len(scopes) == 1 and len(scopes[0].runs) == len({run[0] for run in scopes[0].runs}):
+            scope = scopes[0]
+            inner_fixed = len(scope.head) + len(scope.tail)
+            outer_fixed = len(head) + len(tail) + 1  # + the scope field's tag
+            tails = scope.tail + tail
+            for trace_id, data, spans in scope.runs:
+                inner = inner_fixed + len(data)
+                inner_length = _length(inner)
+                outer = _TAG_1 + _length(outer_fixed + len(inner_length) + inner)
+                pieces[trace_id] += (outer, head, _TAG_2 + inner_length + scope.head, data, tails)
+                counts[trace_id] += spans
+            return
+        shares: defaultdict[bytes, list[bytes]] = defaultdict(list)
+        for scope in scopes:
+            runs: defaultdict[bytes, list[bytes]] = defaultdict(list)
+            for trace_id, data, spans in scope.runs:
+                runs[trace_id].append(data)
+                counts[trace_id] += spans
+            for trace_id, parts in runs.items():
+                shares[trace_id].append(field(_TAG_2, b"".join((scope.head, *parts, scope.tail))))
+        for trace_id, parts in shares.items():
+            share = b"".join(parts)
+            pieces[trace_id] += (_TAG_1 + _length(len(head) + len(share) + len(tail)), head, share, tail)
+
+    def result(self) -> SplitResult:
+        counts, roots = self.counts, self.roots
+        fragments = {trace_id: Fragment(p, counts[trace_id], trace_id in roots) for trace_id, p in self.pieces.items()}
+        message = ""
+        if self.rejected:
+            message = f"{self.rejected} span(s) rejected: trace_id must be 16 bytes and span_id 8 bytes, not all zero"
+        return SplitResult(fragments, sum(counts.values()), self.rejected, message)
+
+
+def _split(body: bytes, checked: object) -> SplitResult:
+    located = _SpanBytesRequest.FromString(body)
+    grouping = _Grouping()
+    resources = _fields(body, 0, len(body))[_KEY_1]
+    checked_resources = checked.resource_spans[:]  # type: ignore[attr-defined]
+    located_resources = located.resource_spans[:]
+    if not len(resources) == len(checked_resources) == len(located_resources):
+        raise _Misaligned()
+    for (_, start, end), rs, rs_spans in zip(resources, checked_resources, located_resources):
+        fields = _fields(body, start, end)
+        scope_fields = fields[_KEY_2]
+        checked_scopes = rs.scope_spans[:]
+        located_scopes = rs_spans.scope_spans[:]
+        if not len(scope_fields) == len(checked_scopes) == len(located_scopes):
+            raise _Misaligned()
+        scopes = [
+            _scope(body, s_start, s_end, ss.spans, ss_spans.spans[:], grouping)
+            for (_, s_start, s_end), ss, ss_spans in zip(scope_fields, checked_scopes, located_scopes)
+        ]
+        head, tail = _raw(body, fields[_KEY_1]), _raw(body, fields[_KEY_3])
+        grouping.add_resource(_shared(head), _shared(tail), [scope for scope in scopes if scope.runs])
+    return grouping.result()
+
+
+def _scope(body: bytes, start: int, end: int, columns: object, spans: list[bytes], grouping: _Grouping) -> _Scope:
+    """One ScopeSpans' runs, cut from the body where the columns vouch for every span."""
+    n = len(spans)
+    ids = columns.trace_id[:]  # type: ignore[attr-defined]
+    span_ids = columns.span_id[:]  # type: ignore[attr-defined]
+    head, first = _scope_head(body, start, end)
+    try:  # where each span field starts, if they lie together, and where they end
+        begin = list(accumulate(map(_SPAN_FIELD_SIZES.__getitem__, map(len, spans)), initial=first))
+    except IndexError:  # a span of 16 KiB or more
+        begin = []
+    tail = _scope_tail(body, begin[-1], end) if n and begin and body.endswith(spans[-1], first, begin[-1]) else None
+    if (
+        tail is None or len(ids) != n or len(span_ids) != n
+        or _ZERO_TRACE in ids or _ZERO_SPAN in span_ids
+        or set(map(len, ids)) != {16} or set(map(len, span_ids)) != {8}
+    ):
+        fields = _fields(body, start, end)
+        return _Scope(_raw(body, fields[_KEY_1]), _raw(body, fields[_KEY_3]), _span_by_span(spans, grouping))
+    starts = [0, *compress(count(1), map(ne, islice(ids, 1, None), ids))]
+    runs = [(ids[a], body[begin[a] : begin[b]], b - a) for a, b in zip(starts, [*islice(starts, 1, None), n])]
+    parents = columns.parent_span_id[:]  # type: ignore[attr-defined]
+    if len(parents) != n or b"" in parents:
+        # spans without a parent_span_id where encoders put it: the roots, and rarely a span
+        # whose trace_state comes first, which its own parse tells apart
+        maybe = list(compress(count(), map(ne, map(getitem, spans, repeat(_PARENT_AT)), repeat(_PARENT))))
+        if len(maybe) != n - len(parents) or b"" in parents:
+            maybe = [i for i in maybe if not _SpanIds.FromString(spans[i]).parent_span_id]
+        grouping.roots.update(map(ids.__getitem__, maybe))
+    return _Scope(head, tail, runs)
+
+
+def _span_by_span(spans: list[bytes], grouping: _Grouping) -> list[Run]:
+    """Runs of one span each, read from each span's own parse; invalid IDs are counted and left out."""
+    runs: list[Run] = []
+    for span in spans:
+        ids = _SpanIds.FromString(span)
+        trace_id, span_id = ids.trace_id, ids.span_id
+        if len(trace_id) != 16 or len(span_id) != 8 or trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+            grouping.rejected += 1
+            continue
+        if not ids.parent_span_id:
+            grouping.roots.add(trace_id)
+        runs.append((trace_id, field(_TAG_2, span), 1))
+    return runs
 
 
 _SHARED: dict[bytes, bytes] = {}
@@ -174,100 +307,8 @@ def _shared(envelope: bytes) -> bytes:
     return _SHARED.setdefault(envelope, envelope)
 
 
-def _valid(trace_id: bytes, span_id: bytes) -> bool:
-    return len(trace_id) == 16 and len(span_id) == 8 and trace_id != _ZERO_TRACE and span_id != _ZERO_SPAN
-
-
-def _group_parsed(spans: Any, grouped: Pieces, counts: defaultdict[bytes, int], roots: set[bytes]) -> int:
-    """Group one scope's spans by serializing each (the path for bodies that were not protobuf)."""
-    rejected = 0
-    for span in spans:
-        trace_id = span.trace_id
-        if not _valid(trace_id, span.span_id):
-            rejected += 1
-            continue
-        if not span.parent_span_id:
-            roots.add(trace_id)
-        counts[trace_id] += 1
-        grouped[trace_id].append(field(_TAG_2, span.SerializeToString()))
-    return rejected
-
-
 class _Misaligned(Exception):
     """The bytes do not walk the way upb parsed them."""
-
-
-def _group_wire(
-    body: bytes, pos: int, end: int, spans: Any, grouped: Pieces, counts: defaultdict[bytes, int], roots: set[bytes]
-) -> int | None:
-    """Group one scope's spans by slicing span fields (tag, length, span) out of the body, walking
-    the ScopeSpans bytes once; None when a span ID may be all zero (read the scope from the parse).
-
-    A trace's spans usually sit next to each other (an SDK exports them as they end), so each
-    run of adjacent spans of one trace is taken as one slice, and a span goes on the run when it
-    starts with the same trace_id and a span_id field: one comparison. Encoders write a span's
-    fields in field order, so its IDs sit at fixed places near its start; a span laid out
-    otherwise is read from upb's parse.
-    """
-    if body.find(_ZERO_SPAN_ID, pos, end) >= 0:  # rare: a refused span, or those bytes inside a value
-        return None
-    cuts: list[tuple[bytes | None, int, int]] = []  # where runs start: (trace ID or None to leave out, position, span index)
-    run_id = b""
-    run_key = _NO_RUN  # the first 20 bytes of every span of the current run: trace_id and span_id's key
-    index = 0
-    heads = _SPAN_HEADS
-    while pos < end:
-        head = heads.get(body[pos : pos + 3])
-        if head is not None:
-            start = pos + head[0]
-            field_end = pos + head[1]
-            if body[start : start + 20] == run_key:
-                if body[start + 28 : start + 30] != _PARENT and not spans[index].parent_span_id:
-                    roots.add(run_id)  # rare (one root per trace): confirmed with the full parse
-                index += 1
-                pos = field_end
-                continue
-        elif body[pos] == _SPAN_TAG:  # a span under 30 bytes or over 16 KiB
-            length, start = _read_varint(body, pos + 1)
-            field_end = start + length
-        else:  # not a span: the scope, its schema URL, an unknown field
-            cuts.append((None, pos, index))
-            run_key = _NO_RUN
-            pos = _next_field(body, pos)[2]
-            continue
-        run_id, run_key = _ids(body, start, field_end, spans, index, roots)
-        cuts.append((run_id, pos, index))
-        index += 1
-        pos = field_end
-    if pos != end or index != len(spans):
-        raise _Misaligned()
-    cuts.append((None, end, index))
-    rejected = 0
-    for (trace_id, run_start, first), (_, run_end, after) in pairwise(cuts):
-        if trace_id is None:
-            rejected += after - first
-        else:
-            grouped[trace_id].append(body[run_start:run_end])
-            counts[trace_id] += after - first
-    return rejected
-
-
-def _ids(body: bytes, start: int, end: int, spans: Any, index: int, roots: set[bytes]) -> tuple[bytes | None, bytes]:
-    """The trace ID of span ``index``, in ``body[start:end]`` (None if refused), and the bytes that
-    start every span of a run it begins (_NO_RUN for a span read from upb's parse: it runs alone)."""
-    ids = _CANONICAL_IDS.match(body, start, end)
-    if ids is not None:
-        trace_id = ids[1]
-        if body[start + 28 : start + 30] != _PARENT and not spans[index].parent_span_id:
-            roots.add(trace_id)
-        return trace_id, body[start : start + 20]
-    span = spans[index]
-    trace_id = span.trace_id
-    if not _valid(trace_id, span.span_id):
-        return None, _NO_RUN
-    if not span.parent_span_id:
-        roots.add(trace_id)
-    return trace_id, _NO_RUN
 
 
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -301,36 +342,48 @@ def _next_field(buf: bytes, pos: int) -> tuple[int, int, int]:
     raise _Misaligned()  # groups: not in OTLP
 
 
-def _fields(buf: bytes, start: int, end: int, number: int) -> list[tuple[int, int]]:
-    """(value start, value end) of every length-delimited field ``number`` in ``buf[start:end]``."""
-    out: list[tuple[int, int]] = []
-    wanted = (number << 3) | 2
-    pos = start
+Fields = dict[int, list[tuple[int, int, int]]]  # key -> (where the field starts, its value, its end)
+
+
+def _fields(buf: bytes, pos: int, end: int) -> Fields:
+    """The length-delimited fields 1, 2 and 3 of the message at ``buf[pos:end]``, in order;
+    other fields, unknown to OTLP, are left out."""
+    found: Fields = {_KEY_1: [], _KEY_2: [], _KEY_3: []}
     while pos < end:
+        at = pos
         key, value, pos = _next_field(buf, pos)
-        if key == wanted:
-            out.append((value, pos))
+        if key in found:
+            found[key].append((at, value, pos))
     if pos != end:
         raise _Misaligned()
-    return out
+    return found
 
 
-Layout = list[list[tuple[int, int]]]
+def _raw(buf: bytes, fields: list[tuple[int, int, int]]) -> bytes:
+    """Fields as they are on the wire: tag and length included, every occurrence in order."""
+    return b"".join([buf[at:end] for at, _, end in fields])
 
 
-def _wire_layout(body: bytes, request: ExportTraceServiceRequest) -> Layout | None:
-    """Where each ScopeSpans sits in ``body``, per resource, matched against upb's parse; None
-    (serialize instead) when the two do not line up."""
-    try:
-        resources = _fields(body, 0, len(body), 1)
-        if len(resources) != len(request.resource_spans):
+def _scope_head(body: bytes, pos: int, end: int) -> tuple[bytes, int]:
+    """A ScopeSpans' scope field(s) before its first span field, and where that span field starts."""
+    ones: list[bytes] = []
+    while pos < end and body[pos] != _KEY_2:
+        at = pos
+        key, _, pos = _next_field(body, pos)
+        if key == _KEY_1:
+            ones.append(body[at:pos])
+    return b"".join(ones), pos
+
+
+def _scope_tail(body: bytes, pos: int, end: int) -> bytes | None:
+    """A ScopeSpans' schema_url field(s) after its span fields, which end at ``pos``; None if
+    another span field follows (its span fields do not lie together)."""
+    threes: list[bytes] = []
+    while pos < end:
+        if body[pos] == _KEY_2:
             return None
-        layout: Layout = []
-        for (rs_start, rs_end), rs in zip(resources, request.resource_spans):
-            scopes = _fields(body, rs_start, rs_end, 2)
-            if len(scopes) != len(rs.scope_spans):
-                return None
-            layout.append(scopes)
-        return layout
-    except (_Misaligned, IndexError):
-        return None
+        at = pos
+        key, _, pos = _next_field(body, pos)
+        if key == _KEY_3:
+            threes.append(body[at:pos])
+    return b"".join(threes) if pos == end else None

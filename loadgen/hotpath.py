@@ -2,8 +2,9 @@
 
 The end-to-end benchmark measures whole processes on a 2-core machine whose timings swing by a
 third between runs; a change to one stage needs a steadier yardstick. This runs a single stage
-(upb's parse of the requests, the split into per-trace fragments, or the decision on the traces
-they make) ``repeat`` times after one warm-up pass, so that two runs differing only in
+(upb's parse of the requests, which is all a null server does; the ingest's check and split of
+the requests into per-trace fragments, which includes a parse of its own; or the decision on the
+traces they make) ``repeat`` times after one warm-up pass, so that two runs differing only in
 ``repeat`` differ only in that stage's work. Under ``valgrind --tool=callgrind`` their
 instruction counts repeat exactly: (count with ``--repeat 2`` − count with ``--repeat 0``) ÷ 2 ÷
 spans is the stage's instructions per span.
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import msgspec
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from collector.split import split_request
+from collector.split import split_body
 from loadgen.model import TrafficShape
 from loadgen.processes import example_policies
 from loadgen.traffic import build_payloads
@@ -43,10 +44,10 @@ def _stage(stage: str, spans: int, seed: int) -> tuple[Callable[[], object], int
     if stage == "parse":
         return lambda: [ExportTraceServiceRequest.FromString(body) for body in bodies], count
     if stage == "split":
-        return lambda: [split_request(request, body) for request, body in zip(requests, bodies)], count
+        return lambda: [split_body(body) for body in bodies], count
     pieces: dict[bytes, list[bytes]] = {}
-    for request, body in zip(requests, bodies):
-        for trace_id, fragment in split_request(request, body).fragments.items():
+    for body in bodies:
+        for trace_id, fragment in split_body(body).fragments.items():
             pieces.setdefault(trace_id, []).extend(fragment.pieces)
     traces = [(trace_id, b"".join(parts)) for trace_id, parts in pieces.items()]
     policies = msgspec.convert(example_policies(slow_threshold_ms=1000), list[PolicySpec])

@@ -16,40 +16,44 @@ valid span has a span ID (ingest refuses the others), so ``span_id`` counts the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-_PACKAGE = "tailsampler.columns"
-_F = descriptor_pb2.FieldDescriptorProto
-
-# (message, [(number, name, type, repeated, message type)]) in OTLP's numbering
-_MESSAGES: list[tuple[str, list[tuple[int, str, int, bool, str]]]] = [
-    ("Status", [(3, "code", _F.TYPE_INT32, True, "")]),
-    ("Spans", [
-        (2, "span_id", _F.TYPE_BYTES, True, ""),
-        (3, "trace_state", _F.TYPE_STRING, True, ""),
-        (7, "start_time_unix_nano", _F.TYPE_FIXED64, True, ""),
-        (8, "end_time_unix_nano", _F.TYPE_FIXED64, True, ""),
-        (15, "status", _F.TYPE_MESSAGE, False, f".{_PACKAGE}.Status"),
-        (16, "flags", _F.TYPE_FIXED32, True, ""),
-    ]),
-    ("ScopeSpans", [(2, "spans", _F.TYPE_MESSAGE, False, f".{_PACKAGE}.Spans")]),
-    ("ResourceSpans", [(2, "scope_spans", _F.TYPE_MESSAGE, False, f".{_PACKAGE}.ScopeSpans")]),
-    ("TracesData", [(1, "resource_spans", _F.TYPE_MESSAGE, False, f".{_PACKAGE}.ResourceSpans")]),
-]
+FIELD = descriptor_pb2.FieldDescriptorProto
+# (message, [(number, name, type, repeated, message or enum type)]); a type name starting with a
+# dot is absolute, any other is a message of the same declaration
+Messages = Sequence[tuple[str, Sequence[tuple[int, str, int, bool, str]]]]
 
 
-def _build() -> type:
-    file = descriptor_pb2.FileDescriptorProto(name="tailsampler/columns.proto", package=_PACKAGE, syntax="proto3")
-    for name, fields in _MESSAGES:
+def declare(package: str, messages: Messages, dependencies: Sequence[str] = ()) -> dict[str, type]:
+    """Message classes for ``messages``, added to the default pool as ``package`` (whose
+    ``dependencies``, .proto files already imported, provide the absolute type names)."""
+    file = descriptor_pb2.FileDescriptorProto(name=f"{package.replace('.', '/')}.proto", package=package, syntax="proto3")
+    file.dependency.extend(dependencies)
+    for name, fields in messages:
         message = file.message_type.add(name=name)
         for number, field_name, kind, repeated, type_name in fields:
-            label = _F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL
+            label = FIELD.LABEL_REPEATED if repeated else FIELD.LABEL_OPTIONAL
             field = message.field.add(name=field_name, number=number, type=kind, label=label)
             if type_name:
-                field.type_name = type_name
+                field.type_name = type_name if type_name.startswith(".") else f".{package}.{type_name}"
     pool = descriptor_pool.Default()
     pool.Add(file)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.TracesData"))
+    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.{name}")) for name, _ in messages}
 
 
-TraceColumns = _build()
+TraceColumns = declare("tailsampler.columns", [
+    ("Status", [(3, "code", FIELD.TYPE_INT32, True, "")]),
+    ("Spans", [
+        (2, "span_id", FIELD.TYPE_BYTES, True, ""),
+        (3, "trace_state", FIELD.TYPE_STRING, True, ""),
+        (7, "start_time_unix_nano", FIELD.TYPE_FIXED64, True, ""),
+        (8, "end_time_unix_nano", FIELD.TYPE_FIXED64, True, ""),
+        (15, "status", FIELD.TYPE_MESSAGE, False, "Status"),
+        (16, "flags", FIELD.TYPE_FIXED32, True, ""),
+    ]),
+    ("ScopeSpans", [(2, "spans", FIELD.TYPE_MESSAGE, False, "Spans")]),
+    ("ResourceSpans", [(2, "scope_spans", FIELD.TYPE_MESSAGE, False, "ScopeSpans")]),
+    ("TracesData", [(1, "resource_spans", FIELD.TYPE_MESSAGE, False, "ResourceSpans")]),
+])["TracesData"]

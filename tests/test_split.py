@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 
 import pytest
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, TracesData
 
-from collector.split import split_request
+from collector.split import field, split_body, split_request
 
 
 def mixed_request(traces: list[bytes]) -> ExportTraceServiceRequest:
@@ -57,13 +58,19 @@ def test_fragments_share_each_resource_across_traces_and_requests() -> None:
     """A buffer keeping the pieces holds a resource's bytes once, however many traces carry it."""
     traces = [os.urandom(16) for _ in range(3)]
     req = mixed_request(traces)
-    fragments = [*split_request(req).fragments.values(), *split_request(mixed_request(traces)).fragments.values()]
-    for r in range(2):
-        # each resource's entry is four pieces: tag and length, the resource, its scopes, its schema URL
-        entries = [TracesData.FromString(b"".join(f.pieces[4 * r : 4 * r + 4])) for f in fragments]
-        assert all(e.resource_spans[0].resource == req.resource_spans[r].resource for e in entries)
-        assert len({id(f.pieces[4 * r + 1]) for f in fragments}) == 1
+    runs = mixed_request(traces)
+    for rs in runs.resource_spans:  # each trace's spans together, in one scope: the usual layout
+        del rs.scope_spans[1:]
+        ordered = sorted(rs.scope_spans[0].spans, key=lambda span: span.trace_id)
+        del rs.scope_spans[0].spans[:]
+        rs.scope_spans[0].spans.extend(ordered)
+    fragments = [*split_request(req).fragments.values(), *split_request(runs).fragments.values()]
+    fragments += split_request(mixed_request(traces)).fragments.values()
+    for rs in req.resource_spans:
+        resource = b"\x0a" + bytes([rs.resource.ByteSize()]) + rs.resource.SerializeToString()
+        assert len({id(piece) for f in fragments for piece in f.pieces if piece == resource}) == 1
     assert all(f.size == len(f.data) for f in fragments)
+    assert all(_agrees_with_the_parse(r.SerializeToString()) for r in (req, runs))
 
 
 def test_invalid_ids_are_refused_and_counted_and_the_rest_kept() -> None:
@@ -98,8 +105,38 @@ def test_large_spans_get_multi_byte_lengths() -> None:
     assert data.resource_spans[0].scope_spans[0].spans[0] == span
 
 
+def _spans_by_trace(data: bytes) -> dict[bytes, list[tuple[object, ...]]]:
+    """Each trace's spans with the resource and scope they were sent under, read from upb's parse."""
+    out: dict[bytes, list[tuple[object, ...]]] = {}
+    for rs in TracesData.FromString(data).resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                out.setdefault(span.trace_id, []).append((rs.resource, rs.schema_url, ss.scope, ss.schema_url, span))
+    return out
+
+
+def _agrees_with_the_parse(body: bytes) -> bool:
+    """The split keeps exactly the spans with valid IDs, each under its own resource and scope,
+    and finds the roots and counts that a span-by-span reading of upb's parse finds."""
+    result = split_body(body)
+    expected = {
+        trace_id: [entry for entry in spans if len(entry[4].span_id) == 8 and entry[4].span_id != bytes(8)]
+        for trace_id, spans in _spans_by_trace(body).items()
+        if len(trace_id) == 16 and trace_id != bytes(16)
+    }
+    expected = {trace_id: spans for trace_id, spans in expected.items() if spans}
+    assert set(result.fragments) == set(expected)
+    for trace_id, fragment in result.fragments.items():
+        assert _spans_by_trace(fragment.data) == {trace_id: expected[trace_id]}
+        assert fragment.span_count == len(expected[trace_id])
+        assert fragment.has_root is any(not entry[4].parent_span_id for entry in expected[trace_id])
+    assert result.span_count == sum(map(len, expected.values()))
+    assert result.rejected_spans == sum(map(len, _spans_by_trace(body).values())) - result.span_count
+    return True
+
+
 @pytest.mark.parametrize("adjacent", [False, True], ids=["interleaved", "runs"])
-def test_slicing_the_wire_and_serializing_again_give_the_same_fragments(adjacent: bool) -> None:
+def test_fragments_hold_what_upbs_parse_reads(adjacent: bool) -> None:
     traces = [os.urandom(16) for _ in range(3)]
     req = mixed_request(traces)
     if adjacent:  # each trace's spans next to each other, as an SDK usually exports them
@@ -111,61 +148,70 @@ def test_slicing_the_wire_and_serializing_again_give_the_same_fragments(adjacent
     spans = req.resource_spans[1].scope_spans[0].spans
     spans[0].trace_state = "ot=th:8"  # trace_state sits between span_id and parent_span_id
     spans[1].trace_id = bytes(16)
-    body = req.SerializeToString()
-    from_wire = split_request(ExportTraceServiceRequest.FromString(body), body)
-    parsed = split_request(ExportTraceServiceRequest.FromString(body))
-    assert from_wire == parsed
-    assert from_wire.rejected_spans == 1
+    assert _agrees_with_the_parse(req.SerializeToString())
+    assert split_request(req).rejected_spans == 1
 
 
-def test_spans_whose_fields_are_out_of_order_are_read_from_the_parse() -> None:
-    """Protobuf allows any field order; a span not led by trace_id/span_id takes the slow path."""
+def test_spans_whose_fields_are_out_of_order_are_read_span_by_span() -> None:
+    """Protobuf allows any field order; a span not led by trace_id/span_id has no place in the columns' runs."""
     trace_id, span_id, parent = os.urandom(16), os.urandom(8), os.urandom(8)
     span = b"\x2a\x01x" + b"\x22\x08" + parent + b"\x12\x08" + span_id + b"\x0a\x10" + trace_id  # name first
     scope = b"\x12" + bytes([len(span)]) + span
     resource = b"\x12" + bytes([len(scope)]) + scope
     body = b"\x0a" + bytes([len(resource)]) + resource
-    result = split_request(ExportTraceServiceRequest.FromString(body), body)
-    fragment = result.fragments[trace_id]
+    fragment = split_body(body).fragments[trace_id]
     assert fragment.span_count == 1 and not fragment.has_root
     assert TracesData.FromString(fragment.data).resource_spans[0].scope_spans[0].spans[0].span_id == span_id
+    assert _agrees_with_the_parse(body)
 
 
-def test_bytes_the_walk_cannot_follow_fall_back_to_upbs_parse() -> None:
-    """An unknown group field (wire type 3) in a ScopeSpans: upb keeps it, the walk stops there."""
+def test_bytes_the_walk_cannot_follow_are_encoded_again_from_the_parse() -> None:
+    """An unknown group field (wire type 3) in a ScopeSpans: upb keeps it, the field walk stops there."""
     trace_id, span_id = os.urandom(16), os.urandom(8)
     span = b"\x0a\x10" + trace_id + b"\x12\x08" + span_id + b"\x2a\x01x"
     scope = b"\x12" + bytes([len(span)]) + span + b"\x7b\x08\x01\x7c"  # group 15 { varint 1 }
     resource = b"\x12" + bytes([len(scope)]) + scope
     body = b"\x0a" + bytes([len(resource)]) + resource
-    request = ExportTraceServiceRequest.FromString(body)
-    result = split_request(request, body)
-    assert result == split_request(request)
+    result = split_body(body)
     assert result.fragments[trace_id].span_count == 1 and result.fragments[trace_id].has_root
+    assert _agrees_with_the_parse(body)
 
 
-def _wire_and_parse_agree(req: ExportTraceServiceRequest) -> None:
-    body = req.SerializeToString()
-    from_wire = split_request(ExportTraceServiceRequest.FromString(body), body)
-    assert from_wire == split_request(ExportTraceServiceRequest.FromString(body))
+def test_other_fields_between_spans_send_the_scope_span_by_span() -> None:
+    """Encoders write a scope's fields in order, but protobuf allows its schema_url between spans."""
+    traces = [os.urandom(16) for _ in range(2)]
+    spans = [
+        field(b"\x12", Span(trace_id=traces[i % 2], span_id=os.urandom(8), parent_span_id=os.urandom(8)).SerializeToString())
+        for i in range(4)
+    ]
+    scope = spans[0] + spans[1] + b"\x1a\x03url" + spans[2] + spans[3]
+    body = field(b"\x0a", field(b"\x12", scope))
+    assert _agrees_with_the_parse(body)
+    assert TracesData.FromString(split_body(body).fragments[traces[0]].data).resource_spans[0].scope_spans[0].schema_url == "url"
 
 
-def test_a_zero_span_id_sends_its_scope_to_the_parse_and_the_rest_stays_on_the_wire() -> None:
-    """A continuing span is not checked on its own: a zero span_id anywhere in a scope's bytes
-    makes the whole scope read from upb's parse."""
+def test_a_body_that_is_not_a_request_is_refused_before_anything_is_split() -> None:
+    good = mixed_request([os.urandom(16)]).SerializeToString()
+    invalid_utf8 = Span(trace_id=os.urandom(16), span_id=os.urandom(8), name="ok").SerializeToString().replace(b"ok", b"\xff\xfe")
+    for body in (good[:-3], b"\x0a\x05abc", field(b"\x0a", field(b"\x12", field(b"\x12", invalid_utf8)))):
+        with pytest.raises(DecodeError) as refused:
+            split_body(body)
+        assert "tailsampler" not in str(refused.value)
+
+
+def test_a_zero_span_id_sends_its_scope_span_by_span_and_the_rest_stays_in_runs() -> None:
     traces = [os.urandom(16) for _ in range(2)]
     req = mixed_request(traces)
     req.resource_spans[0].scope_spans[1].spans[4].span_id = bytes(8)
-    _wire_and_parse_agree(req)
-    body = req.SerializeToString()
-    assert split_request(ExportTraceServiceRequest.FromString(body), body).rejected_spans == 1
+    assert _agrees_with_the_parse(req.SerializeToString())
+    assert split_request(req).rejected_spans == 1
 
 
 @pytest.mark.parametrize(
     "layout", ["tiny", "huge", "trace_state", "out_of_order", "short_trace_id", "root_in_run"]
 )
 def test_spans_off_the_fast_path_keep_their_runs_counts_and_roots(layout: str) -> None:
-    """Runs of one trace whose spans the walk cannot all read from their first bytes."""
+    """Runs of one trace with spans the columns cannot vouch for, or whose roots are not where encoders put parent_span_id."""
     trace_id = os.urandom(16)
     req = ExportTraceServiceRequest()
     ss = req.resource_spans.add().scope_spans.add()
@@ -191,10 +237,8 @@ def test_spans_off_the_fast_path_keep_their_runs_counts_and_roots(layout: str) -
         name = b"\x2a\x02s2"
         reordered = name + span.replace(name, b"")
         body = bytearray(body.replace(span, reordered))
-    request = ExportTraceServiceRequest.FromString(bytes(body))
-    result, parsed = split_request(request, bytes(body)), split_request(request)
-    assert (result.span_count, result.rejected_spans) == (parsed.span_count, parsed.rejected_spans)
-    assert TracesData.FromString(result.fragments[trace_id].data) == TracesData.FromString(parsed.fragments[trace_id].data)
+    result = split_body(bytes(body))
+    assert _agrees_with_the_parse(bytes(body))
     expected_roots = layout in ("tiny", "trace_state", "root_in_run")
     assert result.fragments[trace_id].has_root is expected_roots
     assert result.fragments[trace_id].span_count == (4 if layout == "short_trace_id" else 5)
@@ -207,4 +251,4 @@ def test_spans_of_one_byte_lengths_run_together() -> None:
     for _ in range(3):
         ss.spans.add(trace_id=trace_id, span_id=os.urandom(8), parent_span_id=os.urandom(8), name="n")
     assert len(ss.spans[0].SerializeToString()) < 0x80
-    _wire_and_parse_agree(req)
+    assert _agrees_with_the_parse(req.SerializeToString())

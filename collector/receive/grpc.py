@@ -12,10 +12,7 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from collector.buffer import BufferFull, BufferUnavailable
 from collector.ingest import Ingest
@@ -71,11 +68,9 @@ class GrpcReceiver:
 
     async def _export(self, body: bytes, context: grpc.aio.ServicerContext) -> ExportTraceServiceResponse:
         try:
-            request = ExportTraceServiceRequest.FromString(body)
+            accepted = await self._ingest.accept(body, "grpc")
         except DecodeError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not an ExportTraceServiceRequest: {exc}")
-        try:
-            accepted = await self._ingest.accept(request, "grpc", body)
         except BufferFull as exc:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, exc.reason, trailing_metadata=_retry_trailer(exc.reason, exc.retry_after)

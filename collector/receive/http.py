@@ -12,10 +12,7 @@ import zlib
 from aiohttp import web
 from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from collector.buffer import BufferFull, BufferUnavailable
 from collector.ingest import Ingest
@@ -98,17 +95,12 @@ class HttpReceiver:
             )
         except zlib.error as exc:
             return self._error(400, _INVALID_ARGUMENT, f"cannot decompress {encoding} body: {exc}", content_type)
-        wire: bytes | None = None
         try:
             if content_type == _JSON:
-                otlp = request_from_json(body)
-            else:
-                otlp = ExportTraceServiceRequest.FromString(body)
-                wire = body
+                body = request_from_json(body).SerializeToString()
+            accepted = await self._ingest.accept(body, "http")
         except (DecodeError, JsonDecodeError) as exc:
             return self._error(400, _INVALID_ARGUMENT, f"request is not an ExportTraceServiceRequest: {exc}", content_type)
-        try:
-            accepted = await self._ingest.accept(otlp, "http", wire)
         except BufferFull as exc:
             return self._error(
                 503, _UNAVAILABLE, exc.reason, content_type, {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
