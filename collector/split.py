@@ -255,14 +255,17 @@ def _scope(body: bytes, start: int, end: int, columns: object, spans: list[bytes
     n = len(spans)
     ids = columns.trace_id[:]  # type: ignore[attr-defined]
     span_ids = columns.span_id[:]  # type: ignore[attr-defined]
-    head, first = _scope_head(body, start, end)
+    ones: list[bytes] = []
+    threes: list[bytes] = []
+    first = _scope_fields(body, start, end, ones, threes)
     try:  # where each span field starts, if they lie together, and where they end
         begin = list(accumulate(map(_SPAN_FIELD_SIZES.__getitem__, map(len, spans)), initial=first))
     except IndexError:  # a span of 16 KiB or more
         begin = []
-    tail = _scope_tail(body, begin[-1], end) if n and begin and body.endswith(spans[-1], first, begin[-1]) else None
     if (
-        tail is None or len(ids) != n or len(span_ids) != n
+        not n or not begin or not body.endswith(spans[-1], first, begin[-1])
+        or _scope_fields(body, begin[-1], end, ones, threes) != end  # another span field follows
+        or len(ids) != n or len(span_ids) != n
         or _ZERO_TRACE in ids or _ZERO_SPAN in span_ids
         or set(map(len, ids)) != {16} or set(map(len, span_ids)) != {8}
     ):
@@ -278,7 +281,7 @@ def _scope(body: bytes, start: int, end: int, columns: object, spans: list[bytes
         if len(maybe) != n - len(parents) or b"" in parents:
             maybe = [i for i in maybe if not _SpanIds.FromString(spans[i]).parent_span_id]
         grouping.roots.update(map(ids.__getitem__, maybe))
-    return _Scope(head, tail, runs)
+    return _Scope(b"".join(ones), b"".join(threes), runs)
 
 
 def _span_by_span(spans: list[bytes], grouping: _Grouping) -> list[Run]:
@@ -364,26 +367,15 @@ def _raw(buf: bytes, fields: list[tuple[int, int, int]]) -> bytes:
     return b"".join([buf[at:end] for at, _, end in fields])
 
 
-def _scope_head(body: bytes, pos: int, end: int) -> tuple[bytes, int]:
-    """A ScopeSpans' scope field(s) before its first span field, and where that span field starts."""
-    ones: list[bytes] = []
+def _scope_fields(body: bytes, pos: int, end: int, ones: list[bytes], threes: list[bytes]) -> int:
+    """Walk a ScopeSpans' fields from ``pos`` to its next span field (or its end), adding its
+    scope and schema_url fields, as they are on the wire, to ``ones`` and ``threes``; returns
+    where the walk stopped."""
     while pos < end and body[pos] != _KEY_2:
         at = pos
         key, _, pos = _next_field(body, pos)
         if key == _KEY_1:
             ones.append(body[at:pos])
-    return b"".join(ones), pos
-
-
-def _scope_tail(body: bytes, pos: int, end: int) -> bytes | None:
-    """A ScopeSpans' schema_url field(s) after its span fields, which end at ``pos``; None if
-    another span field follows (its span fields do not lie together)."""
-    threes: list[bytes] = []
-    while pos < end:
-        if body[pos] == _KEY_2:
-            return None
-        at = pos
-        key, _, pos = _next_field(body, pos)
-        if key == _KEY_3:
+        elif key == _KEY_3:
             threes.append(body[at:pos])
-    return b"".join(threes) if pos == end else None
+    return pos

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 
 import pytest
 from google.protobuf.message import DecodeError
@@ -252,3 +253,42 @@ def test_spans_of_one_byte_lengths_run_together() -> None:
         ss.spans.add(trace_id=trace_id, span_id=os.urandom(8), parent_span_id=os.urandom(8), name="n")
     assert len(ss.spans[0].SerializeToString()) < 0x80
     assert _agrees_with_the_parse(req.SerializeToString())
+
+
+def _random_body(rng: random.Random) -> bytes:
+    """A request laid out as any protobuf encoder may: fields in any order, unknown fields
+    anywhere, runs and interleaving, invalid IDs, roots, trace states, spans of 16 KiB and more."""
+    traces = [rng.randbytes(16) for _ in range(rng.randint(1, 4))]
+
+    def span() -> bytes:
+        trace_id = rng.choice(traces + [bytes(16), b"short", b""] if rng.random() < 0.1 else traces)
+        message = Span(trace_id=trace_id, span_id=bytes(8) if rng.random() < 0.05 else rng.randbytes(8), name="op")
+        if rng.random() < 0.8:
+            message.parent_span_id = rng.randbytes(8)
+        if rng.random() < 0.1:
+            message.trace_state = "ot=th:8"
+        if rng.random() < 0.05:
+            message.attributes.add(key="payload").value.string_value = "x" * rng.choice((100, 20_000))
+        data = message.SerializeToString()
+        return data + b"\xa0\x06\x01" if rng.random() < 0.05 else data  # unknown field 100
+
+    def message(header: bytes, children: list[bytes], schema_url: bytes) -> bytes:
+        fields = [field(b"\x12", child) for child in children]
+        for extra in (field(b"\x0a", header), field(b"\x1a", schema_url), b"\xa0\x06\x01"):
+            if rng.random() < 0.7:  # present, at the front, at the end or anywhere between
+                fields.insert(rng.choice((0, len(fields), rng.randint(0, len(fields)))), extra)
+        return b"".join(fields)
+
+    resources = []
+    for r in range(rng.randint(1, 3)):
+        scopes = []
+        for _ in range(rng.randint(1, 3)):
+            spans = sorted((span() for _ in range(rng.randint(0, 12))), key=lambda s: s[:18] if rng.random() < 0.7 else b"")
+            scopes.append(message(b"\x0a\x04lib" + bytes([48 + r]), spans, b"https://scope"))
+        resources.append(message(field(b"\x0a", b"\x0a\x0cservice.name\x12\x03\x0a\x01" + bytes([97 + r])), scopes, b"https://r"))
+    return b"".join(field(b"\x0a", resource) for resource in resources)
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_any_layout_splits_into_what_upbs_parse_reads(seed: int) -> None:
+    assert _agrees_with_the_parse(_random_body(random.Random(seed)))
