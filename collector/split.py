@@ -23,6 +23,7 @@ walk cannot follow (unknown groups) is encoded again from the parse first.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field as dataclass_field
 from itertools import accumulate, compress, count, islice, repeat
 from operator import getitem, ne
@@ -274,14 +275,22 @@ def _scope(body: bytes, start: int, end: int, columns: object, spans: list[bytes
     starts = [0, *compress(count(1), map(ne, islice(ids, 1, None), ids))]
     runs = [(ids[a], body[begin[a] : begin[b]], b - a) for a, b in zip(starts, [*islice(starts, 1, None), n])]
     parents = columns.parent_span_id[:]  # type: ignore[attr-defined]
-    if len(parents) != n or b"" in parents:
-        # spans without a parent_span_id where encoders put it: the roots, and rarely a span
-        # whose trace_state comes first, which its own parse tells apart
-        maybe = list(compress(count(), map(ne, map(getitem, spans, repeat(_PARENT_AT)), repeat(_PARENT))))
-        if len(maybe) != n - len(parents) or b"" in parents:
-            maybe = [i for i in maybe if not _SpanIds.FromString(spans[i]).parent_span_id]
-        grouping.roots.update(map(ids.__getitem__, maybe))
+    parentless = n - len(parents) + parents.count(b"")
+    if parentless:
+        # The roots are the spans without a parent_span_id where encoders put it, unless others
+        # (a trace_state first) are among those, which their own parse tells apart, or a root
+        # lays out its fields otherwise, when every span's parse is read.
+        roots = list(compress(count(), map(ne, map(getitem, spans, repeat(_PARENT_AT)), repeat(_PARENT))))
+        if len(roots) != parentless:
+            roots = _parentless(spans, roots)
+            if len(roots) != parentless:
+                roots = _parentless(spans, range(n))
+        grouping.roots.update(map(ids.__getitem__, roots))
     return _Scope(b"".join(ones), b"".join(threes), runs)
+
+
+def _parentless(spans: list[bytes], indexes: Iterable[int]) -> list[int]:
+    return [i for i in indexes if not _SpanIds.FromString(spans[i]).parent_span_id]
 
 
 def _span_by_span(spans: list[bytes], grouping: _Grouping) -> list[Run]:

@@ -166,6 +166,19 @@ def test_spans_whose_fields_are_out_of_order_are_read_span_by_span() -> None:
     assert _agrees_with_the_parse(body)
 
 
+def test_a_root_whose_fields_are_out_of_order_is_found() -> None:
+    """Its bytes where encoders put parent_span_id happen to read as one; the count of spans
+    without a parent says a root is missing, and every span's own parse finds it."""
+    trace_id = os.urandom(16)
+    name = field(b"\x2a", b"x" * 26 + b'"\x08yy')  # b'"\x08' lands on bytes 28-29
+    root = name + b"\x0a\x10" + trace_id + b"\x12\x08" + os.urandom(8)
+    child = Span(trace_id=os.urandom(16), span_id=os.urandom(8), parent_span_id=os.urandom(8)).SerializeToString()
+    assert root[28:30] == b"\x22\x08"
+    body = field(b"\x0a", field(b"\x12", field(b"\x12", child) + field(b"\x12", root)))
+    assert split_body(body).fragments[trace_id].has_root
+    assert _agrees_with_the_parse(body)
+
+
 def test_bytes_the_walk_cannot_follow_are_encoded_again_from_the_parse() -> None:
     """An unknown group field (wire type 3) in a ScopeSpans: upb keeps it, the field walk stops there."""
     trace_id, span_id = os.urandom(16), os.urandom(8)
