@@ -130,10 +130,10 @@ class Fragment:
     pieces: list[bytes]
     span_count: int
     has_root: bool
+    size: int = dataclass_field(init=False)  # bytes, counted once: every buffer asks for it twice
 
-    @property
-    def size(self) -> int:
-        return sum(map(len, self.pieces))
+    def __post_init__(self) -> None:
+        self.size = sum(map(len, self.pieces))
 
     @property
     def data(self) -> bytes:
