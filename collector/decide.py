@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from itertools import chain
 
 from collector.buffer import Claimed, Settlement, TraceBuffer
 from collector.forward import Forwarder
@@ -134,14 +135,14 @@ class _Tally:
     def __init__(self) -> None:
         self.traces: Counter[tuple[str, str]] = Counter()
         self.spans: Counter[str] = Counter()
-        self.votes: Counter[tuple[str, Decision]] = Counter()
+        self.votes: list[dict[str, Decision]] = []  # each trace's, counted once per batch
         self.early: Counter[str] = Counter()
 
     def add(self, claimed: Claimed, verdict: Verdict, span_count: int) -> None:
         decision = "kept" if verdict.keep else "dropped"
         self.traces[decision, verdict.policy or ""] += 1
         self.spans[decision] += span_count
-        self.votes.update(verdict.votes.items())
+        self.votes.append(verdict.votes)
         if claimed.reason != "deadline":
             self.early[claimed.reason] += 1
 
@@ -150,7 +151,7 @@ class _Tally:
             metrics.traces_decided.labels(decision, policy).inc(count)
         for decision, count in self.spans.items():
             metrics.spans_decided.labels(decision).inc(count)
-        for (name, vote), count in self.votes.items():
+        for (name, vote), count in Counter(chain.from_iterable(map(dict.items, self.votes))).items():
             metrics.policy_votes.labels(name, vote.value).inc(count)
         for reason, count in self.early.items():
             metrics.early_decisions.labels(reason).inc(count)

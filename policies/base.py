@@ -19,6 +19,10 @@ class Decision(enum.Enum):
     DROPPED = "dropped"
     ERROR = "error"
 
+    # Members are singletons, so identity is equality; Enum's own hash is a Python call hashing
+    # the member's name, and every decision's votes are counted by member
+    __hash__ = object.__hash__
+
 
 class Policy(Protocol):
     """A policy votes on a whole trace.
