@@ -3,8 +3,9 @@
 The end-to-end benchmark measures whole processes on a 2-core machine whose timings swing by a
 third between runs; a change to one stage needs a steadier yardstick. This runs a single stage
 (upb's parse of the requests, which is all a null server does; the ingest's check and split of
-the requests into per-trace fragments, which includes a parse of its own; or the decision on the
-traces they make) ``repeat`` times after one warm-up pass, so that two runs differing only in
+the requests into per-trace fragments, which includes a parse of its own; the decision on the
+traces they make; or the whole pipeline behind a receiver: split, memory buffer, claim, decision
+and settling) ``repeat`` times after one warm-up pass, so that two runs differing only in
 ``repeat`` differ only in that stage's work. Under ``valgrind --tool=callgrind`` their
 instruction counts repeat exactly: (count with ``--repeat 2`` − count with ``--repeat 0``) ÷ 2 ÷
 spans is the stage's instructions per span.
@@ -12,6 +13,7 @@ spans is the stage's instructions per span.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,13 +21,18 @@ from dataclasses import dataclass
 import msgspec
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from collector.buffer import MemoryTraceBuffer
+from collector.decide import DecisionLoop
+from collector.forward import Forwarder
+from collector.ingest import Ingest
+from collector.metrics import Metrics
 from collector.split import split_body
 from loadgen.model import TrafficShape
 from loadgen.processes import example_policies
 from loadgen.traffic import build_payloads
-from policies import PolicyContext, PolicySpec, TailSamplingConfig, TraceView, build_engine
+from policies import Engine, PolicyContext, PolicySpec, RecordingConfig, TailSamplingConfig, TraceView, build_engine
 
-STAGES = ("parse", "split", "decide")
+STAGES = ("parse", "split", "decide", "pipeline")
 
 
 @dataclass(frozen=True)
@@ -45,14 +52,38 @@ def _stage(stage: str, spans: int, seed: int) -> tuple[Callable[[], object], int
         return lambda: [ExportTraceServiceRequest.FromString(body) for body in bodies], count
     if stage == "split":
         return lambda: [split_body(body) for body in bodies], count
+    policies = msgspec.convert(example_policies(slow_threshold_ms=1000), list[PolicySpec])
+    config = TailSamplingConfig(policies=policies)
+    engine = build_engine(config, PolicyContext(clock=time.monotonic))
+    if stage == "pipeline":
+        return _pipeline(bodies, config, engine), count
     pieces: dict[bytes, list[bytes]] = {}
     for body in bodies:
         for trace_id, fragment in split_body(body).fragments.items():
             pieces.setdefault(trace_id, []).extend(fragment.pieces)
     traces = [(trace_id, b"".join(parts)) for trace_id, parts in pieces.items()]
-    policies = msgspec.convert(example_policies(slow_threshold_ms=1000), list[PolicySpec])
-    engine = build_engine(TailSamplingConfig(policies=policies), PolicyContext(clock=time.monotonic))
     return lambda: [engine.decide(TraceView(trace_id, data)) for trace_id, data in traces], count
+
+
+def _pipeline(bodies: list[bytes], config: TailSamplingConfig, engine: Engine) -> Callable[[], object]:
+    """Every request through ``Ingest.accept`` into a fresh memory buffer (so that no decision
+    is cached from an earlier pass), then every trace claimed as due, decided and settled; no
+    exporter, no transport."""
+    forwarder = Forwarder([], RecordingConfig())
+    metrics = Metrics()
+    tick = 0.1
+
+    async def one_pass() -> None:
+        buffer = MemoryTraceBuffer(config, tick=tick, max_bytes=1 << 40, overflow="decide_early")
+        ingest = Ingest(buffer, forwarder, metrics)
+        decider = DecisionLoop(buffer, engine, forwarder, metrics, tick)
+        for body in bodies:
+            await ingest.accept(body, "grpc")
+        while claimed := await buffer.claim_due(time.time() + float(config.decision_wait) + tick, 2000):
+            await decider.decide(claimed)
+        await decider.settled()
+
+    return lambda: asyncio.run(one_pass())
 
 
 def run_stage(stage: str, spans: int = 5_000, repeat: int = 2, seed: int = 7) -> StageResult:

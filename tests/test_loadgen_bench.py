@@ -76,7 +76,7 @@ def _closed_port() -> int:
     return free_port()
 
 
-@pytest.mark.parametrize("stage", ["parse", "split", "decide"])
+@pytest.mark.parametrize("stage", ["parse", "split", "decide", "pipeline"])
 def test_hotpath_runs_one_stage_and_reports_its_cpu_per_span(stage: str, capsys) -> None:
     assert main(["hotpath", stage, "--spans", "600", "--repeat", "1"]) == 0
     result = json.loads(capsys.readouterr().out)
