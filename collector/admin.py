@@ -11,7 +11,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from collector.metrics import Metrics
+from tailsampler.collector.metrics import Metrics
 
 Readiness = Callable[[], Awaitable[tuple[bool, dict[str, object]]]]
 StatsSource = Callable[[], Awaitable[dict[str, object]]]

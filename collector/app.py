@@ -13,19 +13,19 @@ import time
 
 import msgspec
 
-from collector import trace_api
-from collector.admin import AdminServer
-from collector.buffer import BufferStats, BufferUnavailable, make_buffer
-from collector.config import Config
-from collector.decide import DecisionLoop
-from collector.forward import Forwarder
-from collector.ingest import Ingest
-from collector.metrics import Metrics
-from collector.periodic import Periodic
-from collector.receive import GrpcReceiver, HttpReceiver
-from collector.stats import merge, snapshot
-from policies import PolicyContext, build_engine
-from storage import SqliteSpec, build_exporters
+from tailsampler.collector import trace_api
+from tailsampler.collector.admin import AdminServer
+from tailsampler.collector.buffer import BufferStats, BufferUnavailable, make_buffer
+from tailsampler.collector.config import Config
+from tailsampler.collector.decide import DecisionLoop
+from tailsampler.collector.forward import Forwarder
+from tailsampler.collector.ingest import Ingest
+from tailsampler.collector.metrics import Metrics
+from tailsampler.collector.periodic import Periodic
+from tailsampler.collector.receive import GrpcReceiver, HttpReceiver
+from tailsampler.collector.stats import merge, snapshot
+from tailsampler.policies import PolicyContext, build_engine
+from tailsampler.storage import SqliteSpec, build_exporters
 
 log = logging.getLogger(__name__)
 

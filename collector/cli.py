@@ -12,8 +12,8 @@ import sys
 import urllib.error
 import urllib.request
 
-from collector.config import ConfigError, load_config, split_endpoint
-from storage import ExporterSetupError
+from tailsampler.collector.config import ConfigError, load_config, split_endpoint
+from tailsampler.storage import ExporterSetupError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -27,7 +27,7 @@ def _serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.workers > 1:
-        from collector.workers import run_workers
+        from tailsampler.collector.workers import run_workers
 
         return run_workers(args.config, config, args.workers)
     if args.worker is not None:
@@ -37,7 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def _run(config, reuse_port: bool) -> int:
-    from collector.app import Collector
+    from tailsampler.collector.app import Collector
 
     collector = Collector(config, reuse_port=reuse_port)
     stop = asyncio.Event()
@@ -51,7 +51,7 @@ async def _run(config, reuse_port: bool) -> int:
         await collector.stop()
         return 2
     await stop.wait()
-    logging.getLogger("collector").info("shutting down")
+    logging.getLogger("tailsampler").info("shutting down")
     await collector.stop()
     return 0
 
@@ -72,7 +72,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _validate_otel(args: argparse.Namespace) -> int:
-    from collector.otelconfig import convert_otel_collector_config, validate_otel_collector_config
+    from tailsampler.collector.otelconfig import convert_otel_collector_config, validate_otel_collector_config
 
     path = args.otel_collector_config
     problems = validate_otel_collector_config(path)
@@ -146,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats.set_defaults(func=_stats)
 
     for name, module, summary in (
-        ("traces", "collector.traces_cmd", "list and show kept traces in the SQLite store"),
-        ("evaluate", "collector.evaluate", "run the configured policies over traces saved in OTLP files"),
+        ("traces", "tailsampler.collector.traces_cmd", "list and show kept traces in the SQLite store"),
+        ("evaluate", "tailsampler.collector.evaluate", "run the configured policies over traces saved in OTLP files"),
     ):
         command = sub.add_parser(name, help=summary)
         handler = importlib.import_module(module)

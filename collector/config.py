@@ -14,10 +14,10 @@ from typing import Any, Literal, TypeVar
 import msgspec
 import yaml
 
-from collector.durations import Duration
-from collector.errors import ConfigError
-from policies import PolicyContext, TailSamplingConfig, build_engine
-from storage import ExporterSpec, exporter_names
+from tailsampler.collector.durations import Duration
+from tailsampler.collector.errors import ConfigError
+from tailsampler.policies import PolicyContext, TailSamplingConfig, build_engine
+from tailsampler.storage import ExporterSpec, exporter_names
 
 T = TypeVar("T")
 

@@ -13,10 +13,10 @@ import time
 from collections import Counter
 from itertools import chain
 
-from collector.buffer import Claimed, Settlement, TraceBuffer
-from collector.forward import Forwarder
-from collector.metrics import Metrics
-from policies import Decision, Engine, TraceView, Verdict
+from tailsampler.collector.buffer import Claimed, Settlement, TraceBuffer
+from tailsampler.collector.forward import Forwarder
+from tailsampler.collector.metrics import Metrics
+from tailsampler.policies import Decision, Engine, TraceView, Verdict
 
 log = logging.getLogger(__name__)
 

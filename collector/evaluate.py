@@ -19,11 +19,11 @@ import msgspec
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from collector.config import load_config
-from collector.errors import ConfigError
-from collector.otlp_json import JsonDecodeError, request_from_json
-from collector.split import split_request
-from policies import PolicyContext, TraceView, Verdict, build_engine
+from tailsampler.collector.config import load_config
+from tailsampler.collector.errors import ConfigError
+from tailsampler.collector.otlp_json import JsonDecodeError, request_from_json
+from tailsampler.collector.split import split_request
+from tailsampler.policies import PolicyContext, TraceView, Verdict, build_engine
 
 
 class InputError(Exception):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
-from policies import RecordingConfig, Verdict, record
-from storage import Exporter, KeptTrace
+from tailsampler.policies import RecordingConfig, Verdict, record
+from tailsampler.storage import Exporter, KeptTrace
 
 
 class Forwarder:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from collector.buffer import BufferFull, BufferUnavailable, TraceBuffer
-from collector.forward import Forwarder
-from collector.metrics import Metrics
-from collector.split import split_body
-from policies import Verdict
+from tailsampler.collector.buffer import BufferFull, BufferUnavailable, TraceBuffer
+from tailsampler.collector.forward import Forwarder
+from tailsampler.collector.metrics import Metrics
+from tailsampler.collector.split import split_body
+from tailsampler.policies import Verdict
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from collector.config import decode
-from collector.errors import ConfigError
-from policies import PolicyContext, TailSamplingConfig, build_engine
+from tailsampler.collector.config import decode
+from tailsampler.collector.errors import ConfigError
+from tailsampler.policies import PolicyContext, TailSamplingConfig, build_engine
 
 _PROCESSOR = "tail_sampling"
 

@@ -31,7 +31,7 @@ from operator import getitem, ne
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from policies.columns import FIELD, declare
+from tailsampler.policies.columns import FIELD, declare
 
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)

@@ -7,8 +7,8 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from collector.buffer import BufferStats
-from collector.metrics import Metrics
+from tailsampler.collector.buffer import BufferStats
+from tailsampler.collector.metrics import Metrics
 
 
 def _samples(counter: Counter) -> list[tuple[dict[str, str], float]]:

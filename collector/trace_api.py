@@ -8,8 +8,8 @@ import msgspec
 from aiohttp import web
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
-from collector.otlp_json import to_json
-from storage import TraceStoreError, get_trace, list_traces
+from tailsampler.collector.otlp_json import to_json
+from tailsampler.storage import TraceStoreError, get_trace, list_traces
 
 
 def routes(db_path: str) -> list[web.RouteDef]:

@@ -12,9 +12,9 @@ from datetime import datetime, timezone
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status, TracesData
 
-from collector.config import ConfigError, load_config
-from storage import SqliteSpec, TraceStoreError, get_trace, list_traces
-from storage.summary import service_name
+from tailsampler.collector.config import ConfigError, load_config
+from tailsampler.storage import SqliteSpec, TraceStoreError, get_trace, list_traces
+from tailsampler.storage.summary import service_name
 
 DEFAULT_DB = SqliteSpec().path
 

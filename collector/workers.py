@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from collector.config import Config
+from tailsampler.collector.config import Config
 
 
 def run_workers(path: str, config: Config, workers: int) -> int:
@@ -24,7 +24,7 @@ def run_workers(path: str, config: Config, workers: int) -> int:
             file=sys.stderr,
         )
         return 2
-    command = [sys.executable, "-m", "collector.cli", "serve", "--config", path, "--worker"]
+    command = [sys.executable, "-m", "tailsampler.collector.cli", "serve", "--config", path, "--worker"]
     children = [subprocess.Popen([*command, str(index)]) for index in range(workers)]
 
     def forward(signum: int, _frame: object) -> None:

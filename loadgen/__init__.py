@@ -1,11 +1,11 @@
 """Realistic OTLP traffic, the sampling-quality report and the benchmark for tailsampler."""
 
-from loadgen.bench import BenchOptions, run_bench
-from loadgen.model import TraceGenerator, TrafficShape
-from loadgen.quality import QualityReport
-from loadgen.report import ReportOptions, run_report
-from loadgen.sink import NullServer, Sink
-from loadgen.traffic import TrafficConfig, TrafficResult, build_payloads, run_traffic
+from tailsampler.loadgen.bench import BenchOptions, run_bench
+from tailsampler.loadgen.model import TraceGenerator, TrafficShape
+from tailsampler.loadgen.quality import QualityReport
+from tailsampler.loadgen.report import ReportOptions, run_report
+from tailsampler.loadgen.sink import NullServer, Sink
+from tailsampler.loadgen.traffic import TrafficConfig, TrafficResult, build_payloads, run_traffic
 
 __all__ = [
     "BenchOptions",

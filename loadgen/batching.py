@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from loadgen.model import SERVICES, Trace, resource_bytes, scope_bytes
-from loadgen.wire import encode_resource_spans
+from tailsampler.loadgen.model import SERVICES, Trace, resource_bytes, scope_bytes
+from tailsampler.loadgen.wire import encode_resource_spans
 
 _ENVELOPES = [(resource_bytes(name), scope_bytes(name)) for name in SERVICES]
 

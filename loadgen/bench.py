@@ -28,9 +28,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from loadgen.batching import Payload
-from loadgen.model import TrafficShape
-from loadgen.processes import (
+from tailsampler.loadgen.batching import Payload
+from tailsampler.loadgen.model import TrafficShape
+from tailsampler.loadgen.processes import (
     CollectorProcess,
     NullServerProcess,
     ProcessFailed,
@@ -40,15 +40,15 @@ from loadgen.processes import (
     example_policies,
     rss_bytes,
 )
-from loadgen.sink import Sink
-from loadgen.traffic import (
+from tailsampler.loadgen.sink import Sink
+from tailsampler.loadgen.traffic import (
     TrafficConfig,
     TrafficResult,
     build_payloads,
     run_traffic,
     send_payloads,
 )
-from loadgen.transport import GrpcTransport
+from tailsampler.loadgen.transport import GrpcTransport
 
 MODES = ("memory", "redis")
 _SLOW_THRESHOLD_MS = 1000

@@ -10,11 +10,11 @@ import signal
 import sys
 from pathlib import Path
 
-from collector.durations import Duration
-from loadgen.hotpath import STAGES
-from loadgen.model import TrafficShape
-from loadgen.processes import ProcessFailed
-from loadgen.transport import PROTOCOLS, loopback_endpoint
+from tailsampler.collector.durations import Duration
+from tailsampler.loadgen.hotpath import STAGES
+from tailsampler.loadgen.model import TrafficShape
+from tailsampler.loadgen.processes import ProcessFailed
+from tailsampler.loadgen.transport import PROTOCOLS, loopback_endpoint
 
 
 def _duration(text: str) -> float:
@@ -61,7 +61,7 @@ def _traffic_arguments(parser: argparse.ArgumentParser, targets_required: bool) 
 
 
 def _traffic(args: argparse.Namespace, targets: list[str]):
-    from loadgen.traffic import TrafficConfig
+    from tailsampler.loadgen.traffic import TrafficConfig
 
     by_spans = args.spans_per_second is not None
     return TrafficConfig(
@@ -83,7 +83,7 @@ def _traffic(args: argparse.Namespace, targets: list[str]):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from loadgen.traffic import run_traffic
+    from tailsampler.loadgen.traffic import run_traffic
 
     result = asyncio.run(run_traffic(_traffic(args, args.target), keep_ledger=False))
     print(json.dumps(result.summary(), indent=2))
@@ -91,7 +91,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from loadgen.report import ReportOptions, run_report, write_report
+    from tailsampler.loadgen.report import ReportOptions, run_report, write_report
 
     if args.target and args.config:
         raise ValueError("give either --config (the report starts a collector) or --target (a running one)")
@@ -114,8 +114,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from loadgen.bench import BenchOptions, run_bench
-    from loadgen.bench_output import markdown, write_result
+    from tailsampler.loadgen.bench import BenchOptions, run_bench
+    from tailsampler.loadgen.bench_output import markdown, write_result
 
     settings = {"modes": tuple(args.modes.split(",")), "profile": args.profile, "workdir": args.workdir}
     for key in ("rounds", "spans_per_round", "concurrency"):
@@ -129,7 +129,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _hotpath(args: argparse.Namespace) -> int:
-    from loadgen.hotpath import run_stage
+    from tailsampler.loadgen.hotpath import run_stage
 
     result = run_stage(args.stage, args.spans, args.repeat)
     print(json.dumps(dataclasses.asdict(result)))
@@ -137,7 +137,7 @@ def _hotpath(args: argparse.Namespace) -> int:
 
 
 def _null_server(args: argparse.Namespace) -> int:
-    from loadgen.sink import NullServer
+    from tailsampler.loadgen.sink import NullServer
 
     async def serve() -> None:
         server = NullServer()

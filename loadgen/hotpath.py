@@ -21,16 +21,16 @@ from dataclasses import dataclass
 import msgspec
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from collector.buffer import MemoryTraceBuffer
-from collector.decide import DecisionLoop
-from collector.forward import Forwarder
-from collector.ingest import Ingest
-from collector.metrics import Metrics
-from collector.split import split_body
-from loadgen.model import TrafficShape
-from loadgen.processes import example_policies
-from loadgen.traffic import build_payloads
-from policies import Engine, PolicyContext, PolicySpec, RecordingConfig, TailSamplingConfig, TraceView, build_engine
+from tailsampler.collector.buffer import MemoryTraceBuffer
+from tailsampler.collector.decide import DecisionLoop
+from tailsampler.collector.forward import Forwarder
+from tailsampler.collector.ingest import Ingest
+from tailsampler.collector.metrics import Metrics
+from tailsampler.collector.split import split_body
+from tailsampler.loadgen.model import TrafficShape
+from tailsampler.loadgen.processes import example_policies
+from tailsampler.loadgen.traffic import build_payloads
+from tailsampler.policies import Engine, PolicyContext, PolicySpec, RecordingConfig, TailSamplingConfig, TraceView, build_engine
 
 STAGES = ("parse", "split", "decide", "pipeline")
 

@@ -21,7 +21,7 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from loadgen.wire import encode_span
+from tailsampler.loadgen.wire import encode_span
 
 _SAMPLED_LOCAL = 0x101  # W3C sampled flag + "has is_remote" (parent in the same process)
 _SAMPLED_REMOTE = 0x301  # ... and "is_remote" (parent in the caller's process)

@@ -195,7 +195,7 @@ class AdminClient:
 
 
 class CollectorProcess(_Child):
-    """``python -m collector.cli serve`` with a generated config; optionally under cProfile
+    """``python -m tailsampler.collector.cli serve`` with a generated config; optionally under cProfile
     (CPU-time clock, see ``loadgen.profiled``)."""
 
     def __init__(self, config: dict[str, Any], workdir: Path, profile_to: Path | None = None) -> None:
@@ -211,7 +211,7 @@ class CollectorProcess(_Child):
         self.admin = AdminClient(config["admin"]["endpoint"])
 
     async def start(self, timeout: float = 30.0) -> CollectorProcess:
-        entry = ["loadgen.profiled", str(self.profile_to)] if self.profile_to else ["collector.cli"]
+        entry = ["loadgen.profiled", str(self.profile_to)] if self.profile_to else ["tailsampler.collector.cli"]
         self._spawn([sys.executable, "-m", *entry, "serve", "--config", str(self.config_path)],
                     cwd=Path(__file__).resolve().parent.parent)
         deadline = time.monotonic() + timeout
@@ -296,7 +296,7 @@ class NullServerProcess(_Child):
         self.endpoint = f"127.0.0.1:{free_port()}"
 
     async def start(self, timeout: float = 15.0) -> NullServerProcess:
-        self._spawn([sys.executable, "-m", "loadgen.cli", "null-server", "--listen", self.endpoint],
+        self._spawn([sys.executable, "-m", "tailsampler.loadgen.cli", "null-server", "--listen", self.endpoint],
                     cwd=Path(__file__).resolve().parent.parent)
         host, _, port = self.endpoint.rpartition(":")
         deadline = time.monotonic() + timeout

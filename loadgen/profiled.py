@@ -1,4 +1,4 @@
-"""Run ``tailsampler`` under cProfile with a CPU-time clock: ``python -m loadgen.profiled OUT ARGS``.
+"""Run ``tailsampler`` under cProfile with a CPU-time clock: ``python -m tailsampler.loadgen.profiled OUT ARGS``.
 
 ``python -m cProfile`` counts wall time, so an agent waiting on its event loop shows ``epoll``
 as its hottest function; counting process CPU time leaves only the work that costs CPU.
@@ -13,9 +13,9 @@ import time
 
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
-        print("usage: python -m loadgen.profiled OUTPUT.prof serve --config FILE", file=sys.stderr)
+        print("usage: python -m tailsampler.loadgen.profiled OUTPUT.prof serve --config FILE", file=sys.stderr)
         return 2
-    from collector.cli import main as collector_main
+    from tailsampler.collector.cli import main as collector_main
 
     profiler = cProfile.Profile(time.process_time)
     try:

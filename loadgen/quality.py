@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from loadgen.traffic import SentTrace
+from tailsampler.loadgen.traffic import SentTrace
 
 _RANDOM_BITS = 1 << 56
 

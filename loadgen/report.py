@@ -16,15 +16,15 @@ from typing import Any
 import msgspec
 import yaml
 
-from loadgen.processes import (
+from tailsampler.loadgen.processes import (
     AdminClient,
     CollectorProcess,
     collector_config,
     example_policies,
 )
-from loadgen.quality import QualityReport, head_outcome, tail_outcome
-from loadgen.sink import Sink
-from loadgen.traffic import TrafficConfig, TrafficResult, run_traffic
+from tailsampler.loadgen.quality import QualityReport, head_outcome, tail_outcome
+from tailsampler.loadgen.sink import Sink
+from tailsampler.loadgen.traffic import TrafficConfig, TrafficResult, run_traffic
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from collector.otlp_json import to_json
-from loadgen.batching import Batcher, Payload
-from loadgen.model import Trace, TraceGenerator, TrafficShape
-from loadgen.transport import PROTOCOLS, Transport, loopback_endpoint, make_transport
+from tailsampler.collector.otlp_json import to_json
+from tailsampler.loadgen.batching import Batcher, Payload
+from tailsampler.loadgen.model import Trace, TraceGenerator, TrafficShape
+from tailsampler.loadgen.transport import PROTOCOLS, Transport, loopback_endpoint, make_transport
 
 
 @dataclass(frozen=True, slots=True)

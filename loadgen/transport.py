@@ -20,8 +20,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from storage.otlp_grpc import EXPORT_METHOD, RETRYABLE_GRPC, retry_delay
-from storage.otlp_http import RETRYABLE_HTTP
+from tailsampler.storage.otlp_grpc import EXPORT_METHOD, RETRYABLE_GRPC, retry_delay
+from tailsampler.storage.otlp_http import RETRYABLE_HTTP
 
 PROTOCOLS = ("grpc", "http/protobuf", "http/json")
 _MAX_MESSAGE = 64 * 1024 * 1024

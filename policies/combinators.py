@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-import policies.specs  # noqa: F401  (sub-policy annotations resolve through it)
+import tailsampler.policies.specs  # noqa: F401  (sub-policy annotations resolve through it)
 
 from .base import Decision, Policy, evaluate_strict
 from .registry import Builder, PolicyKind, SpecBase, invalid
@@ -22,15 +22,15 @@ from .trace import TraceView
 
 
 class AndConfig(msgspec.Struct, forbid_unknown_fields=True):
-    and_sub_policy: "list[policies.specs.PolicySpec]" = msgspec.field(default_factory=list)
+    and_sub_policy: "list[tailsampler.policies.specs.PolicySpec]" = msgspec.field(default_factory=list)
 
 
 class DropConfig(msgspec.Struct, forbid_unknown_fields=True):
-    drop_sub_policy: "list[policies.specs.PolicySpec]" = msgspec.field(default_factory=list)
+    drop_sub_policy: "list[tailsampler.policies.specs.PolicySpec]" = msgspec.field(default_factory=list)
 
 
 class NotConfig(msgspec.Struct, forbid_unknown_fields=True):
-    not_sub_policy: "policies.specs.PolicySpec | None" = None
+    not_sub_policy: "tailsampler.policies.specs.PolicySpec | None" = None
 
 
 class AndSpec(SpecBase, tag="and"):

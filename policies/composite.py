@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-import policies.specs  # noqa: F401  (sub-policy annotations resolve through it)
+import tailsampler.policies.specs  # noqa: F401  (sub-policy annotations resolve through it)
 
 from .base import Decision, Policy, TokenBucket, evaluate_strict
 from .registry import Builder, PolicyKind, SpecBase, invalid
@@ -33,7 +33,7 @@ class RateAllocation(msgspec.Struct, forbid_unknown_fields=True):
 class CompositeConfig(msgspec.Struct, forbid_unknown_fields=True):
     max_total_spans_per_second: int = 0
     policy_order: list[str] = msgspec.field(default_factory=list)
-    composite_sub_policy: "list[policies.specs.PolicySpec]" = msgspec.field(default_factory=list)
+    composite_sub_policy: "list[tailsampler.policies.specs.PolicySpec]" = msgspec.field(default_factory=list)
     rate_allocation: list[RateAllocation] = msgspec.field(default_factory=list)
 
 

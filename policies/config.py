@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from collector.durations import Duration
+from tailsampler.collector.durations import Duration
 
 from .specs import PolicySpec
 

@@ -19,7 +19,7 @@ from typing import Callable
 
 import msgspec
 
-from collector.durations import Duration
+from tailsampler.collector.durations import Duration
 
 from .base import Decision
 from .keys import KeyBuilder

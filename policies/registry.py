@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from collector.errors import ConfigError
+from tailsampler.collector.errors import ConfigError
 
 from .base import Policy, PolicyContext
 
@@ -84,7 +84,7 @@ _MODULES = (
 def _load() -> dict[str, PolicyKind]:
     kinds: dict[str, PolicyKind] = {}
     for module_name in _MODULES:
-        module = importlib.import_module(f"policies.{module_name}")
+        module = importlib.import_module(f"tailsampler.policies.{module_name}")
         for kind in module.KINDS:
             kinds[kind.spec.__struct_config__.tag] = kind
     return kinds

@@ -16,7 +16,7 @@ from typing import Callable
 
 import msgspec
 
-from collector.durations import Duration
+from tailsampler.collector.durations import Duration
 
 from .base import Decision, TokenBucket
 from .keys import KeyBuilder

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from collector.durations import Duration
+from tailsampler.collector.durations import Duration
 
 
 class RetryConfig(msgspec.Struct, forbid_unknown_fields=True):

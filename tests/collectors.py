@@ -15,9 +15,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 import pytest
 import yaml
 
-from collector.app import Collector
-from collector.config import parse_config
-from loadgen.processes import free_port, free_port_block
+from tailsampler.collector.app import Collector
+from tailsampler.collector.config import parse_config
+from tailsampler.loadgen.processes import free_port, free_port_block
 from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,7 +69,7 @@ async def start_collector() -> AsyncIterator[StartCollector]:
 
 
 class AgentProcess:
-    """A ``python -m collector.cli serve`` process with its config's ports."""
+    """A ``python -m tailsampler.collector.cli serve`` process with its config's ports."""
 
     def __init__(self, config: dict[str, Any], workdir: Path) -> None:
         self.config = config
@@ -86,7 +86,7 @@ class AgentProcess:
     def start(self, *extra: str) -> "AgentProcess":
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "collector.cli", "serve", "--config", str(self.config_path), *extra],
+            [sys.executable, "-m", "tailsampler.collector.cli", "serve", "--config", str(self.config_path), *extra],
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,

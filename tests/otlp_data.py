@@ -7,7 +7,7 @@ import os
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from collector.split import Fragment, split_request
+from tailsampler.collector.split import Fragment, split_request
 
 
 def new_trace_id() -> bytes:

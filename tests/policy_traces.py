@@ -12,9 +12,9 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from collector.durations import Duration
-from collector.split import split_request
-from policies import Engine, PolicyContext, TailSamplingConfig, TraceView, build_engine
+from tailsampler.collector.durations import Duration
+from tailsampler.collector.split import split_request
+from tailsampler.policies import Engine, PolicyContext, TailSamplingConfig, TraceView, build_engine
 
 TRACE_ID = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
 MS = 1_000_000

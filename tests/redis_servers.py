@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 import redis
 
-from loadgen.processes import free_port, redis_binary
+from tailsampler.loadgen.processes import free_port, redis_binary
 from tests.waiting import wait_until
 
 _START_DEADLINE = 15.0

@@ -11,8 +11,8 @@ import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 from prometheus_client import CollectorRegistry
 
-from collector.buffer import BufferFull, Settlement, TraceBuffer, make_buffer
-from collector.config import Config, decode
+from tailsampler.collector.buffer import BufferFull, Settlement, TraceBuffer, make_buffer
+from tailsampler.collector.config import Config, decode
 from tests.otlp_data import fragments, new_trace_id
 
 T0 = 1_800_000_000.0

@@ -8,9 +8,9 @@ from typing import Any
 
 import yaml
 
-from collector.app import Collector
-from collector.config import parse_config
-from collector.split import Fragment
+from tailsampler.collector.app import Collector
+from tailsampler.collector.config import parse_config
+from tailsampler.collector.split import Fragment
 from tests.collectors import collector_config
 from tests.otlp_data import fragments, new_trace_id
 

@@ -16,7 +16,7 @@ import yaml
 import pytest
 from opentelemetry.trace import Status, StatusCode
 
-from storage import list_traces
+from tailsampler.storage import list_traces
 from tests.collectors import REPO, StartCollector, collector_config
 from tests.waiting import eventually, wait_until
 from tests.sdk import SdkClient, remote_parent
@@ -156,7 +156,7 @@ def test_sigterm_settles_pending_traces_before_exiting(agent_process: Any, tmp_p
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "collector.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "tailsampler.collector.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
 def test_validate_accepts_the_example_configs() -> None:

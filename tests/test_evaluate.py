@@ -9,8 +9,8 @@ import json
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
-from collector import evaluate
-from collector.otlp_json import to_json
+from tailsampler.collector import evaluate
+from tailsampler.collector.otlp_json import to_json
 
 from .policy_traces import resource_spans, span
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from loadgen.bench import profile_summary
-from loadgen.cli import main
+from tailsampler.loadgen.bench import profile_summary
+from tailsampler.loadgen.cli import main
 
 _METRICS = {
     "memory": {"ingest_spans_per_second", "ingest_ratio_to_null", "ingest_cpu_us_per_span",
@@ -71,7 +71,7 @@ def test_profile_summary_lists_hot_functions(tmp_path: Path) -> None:
 
 
 def _closed_port() -> int:
-    from loadgen.processes import free_port
+    from tailsampler.loadgen.processes import free_port
 
     return free_port()
 

@@ -13,13 +13,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 
-from loadgen.cli import main
-from loadgen.model import TrafficShape
-from loadgen.processes import CollectorProcess, collector_config, free_port
-from loadgen.quality import QualityReport, head_outcome, tail_outcome
-from loadgen.report import ReportOptions, run_report
-from loadgen.sink import Sink
-from loadgen.traffic import SentTrace, TrafficConfig
+from tailsampler.loadgen.cli import main
+from tailsampler.loadgen.model import TrafficShape
+from tailsampler.loadgen.processes import CollectorProcess, collector_config, free_port
+from tailsampler.loadgen.quality import QualityReport, head_outcome, tail_outcome
+from tailsampler.loadgen.report import ReportOptions, run_report
+from tailsampler.loadgen.sink import Sink
+from tailsampler.loadgen.traffic import SentTrace, TrafficConfig
 from tests.waiting import eventually
 
 

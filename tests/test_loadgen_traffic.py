@@ -14,15 +14,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from loadgen.batching import Batcher
-from loadgen.cli import main
-from loadgen.model import SERVICES, TraceGenerator, TrafficShape
-from loadgen.processes import NullServerProcess
-from loadgen.sink import Sink
-from loadgen.traffic import TrafficConfig, build_payloads, run_traffic
-from loadgen.transport import GrpcTransport, Outcome
-from collector.otlp_json import to_json
-from policies.trace import TraceView, attribute
+from tailsampler.loadgen.batching import Batcher
+from tailsampler.loadgen.cli import main
+from tailsampler.loadgen.model import SERVICES, TraceGenerator, TrafficShape
+from tailsampler.loadgen.processes import NullServerProcess
+from tailsampler.loadgen.sink import Sink
+from tailsampler.loadgen.traffic import TrafficConfig, build_payloads, run_traffic
+from tailsampler.loadgen.transport import GrpcTransport, Outcome
+from tailsampler.collector.otlp_json import to_json
+from tailsampler.policies.trace import TraceView, attribute
 
 
 def _trace_view(trace) -> TraceView:

@@ -23,7 +23,7 @@ import pytest
 import redis
 from opentelemetry.trace import Status, StatusCode
 
-from collector.buffer.redis import shard_of
+from tailsampler.collector.buffer.redis import shard_of
 from tests.collectors import AgentProcess, collector_config
 from tests.otlp_sink import GrpcSink
 from tests.redis_servers import RedisCluster
@@ -166,7 +166,7 @@ async def test_spans_spread_over_three_agents_are_decided_once_and_delivered_who
 
     await eventually(fleet_counts_every_trace, timeout=15, message="fleet-wide stats add up every agent")
     printed = subprocess.run(
-        [sys.executable, "-m", "collector.cli", "stats", "--admin", fleet.agents[2].admin_endpoint],
+        [sys.executable, "-m", "tailsampler.collector.cli", "stats", "--admin", fleet.agents[2].admin_endpoint],
         capture_output=True, text=True, timeout=30,
     )
     assert "fleet of 3 agent(s)" in printed.stdout

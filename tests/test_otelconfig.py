@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collector.config import parse_config
-from collector.errors import ConfigError
-from collector.otelconfig import convert_otel_collector_config, validate_otel_collector_config
-from policies import PolicyContext, build_engine
+from tailsampler.collector.config import parse_config
+from tailsampler.collector.errors import ConfigError
+from tailsampler.collector.otelconfig import convert_otel_collector_config, validate_otel_collector_config
+from tailsampler.policies import PolicyContext, build_engine
 
 from .policy_traces import FakeClock
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from policies import Decision
-from policies.ottl import OttlSyntaxError, Target, parse_condition
+from tailsampler.policies import Decision
+from tailsampler.policies.ottl import OttlSyntaxError, Target, parse_condition
 
 from .policy_traces import engine, resource_spans, span, view, with_map_attribute
 

@@ -6,8 +6,8 @@ from fractions import Fraction
 
 import pytest
 
-from policies import Decision
-from policies.probabilistic import fnv1a_64, threshold
+from tailsampler.policies import Decision
+from tailsampler.policies.probabilistic import fnv1a_64, threshold
 
 from .policy_traces import TRACE_ID, engine, resource_spans, span, view
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from policies import Decision
+from tailsampler.policies import Decision
 
 from .policy_traces import FakeClock, engine, resource_spans, span, view, with_map_attribute
 
@@ -129,8 +129,8 @@ def test_composite_trace_larger_than_its_share_is_never_kept():
 
 
 def test_composite_uses_context_token_buckets_with_stable_unique_keys():
-    from policies import PolicyContext, build_engine
-    from policies.base import LocalTokenBucket
+    from tailsampler.policies import PolicyContext, build_engine
+    from tailsampler.policies.base import LocalTokenBucket
 
     from .policy_traces import ts_config
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collector.config import parse_config
-from collector.errors import ConfigError
-from policies import PolicyContext, Verdict, build_engine, record
-from policies.config import RecordingConfig
-from policies.recording import threshold_for, with_threshold
+from tailsampler.collector.config import parse_config
+from tailsampler.collector.errors import ConfigError
+from tailsampler.policies import PolicyContext, Verdict, build_engine, record
+from tailsampler.policies.config import RecordingConfig
+from tailsampler.policies.recording import threshold_for, with_threshold
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from .policy_traces import FakeClock, resource_spans, span, view

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from policies.dynamic import spread_rates
+from tailsampler.policies.dynamic import spread_rates
 
 from .policy_traces import FakeClock, engine, resource_spans, span, view
 
@@ -57,7 +57,7 @@ def test_dynamic_keeps_rare_keys_more_often_and_overall_near_goal():
 
 
 def test_dynamic_status_class_groups_codes():
-    from policies.keys import KeyBuilder
+    from tailsampler.policies.keys import KeyBuilder
 
     builder = KeyBuilder(("http.response.status_code",), status_class=True)
     assert builder.key(view(span(root=True, attributes={"http.response.status_code": 503}))) == "5xx"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from policies import Decision, Engine
+from tailsampler.policies import Decision, Engine
 
 from .policy_traces import FakeClock, engine, span, view
 

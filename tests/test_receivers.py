@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from collector.otlp_json import to_json
+from tailsampler.collector.otlp_json import to_json
 from tests.collectors import StartCollector, collector_config
 from tests.waiting import eventually
 from tests.otlp_data import new_trace_id, request

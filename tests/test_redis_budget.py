@@ -8,8 +8,8 @@ from typing import AsyncIterator
 
 import pytest
 
-from collector.buffer.redis import connect
-from collector.buffer.redis_budget import SharedBudgets, SharedTokenBucket
+from tailsampler.collector.buffer.redis import connect
+from tailsampler.collector.buffer.redis_budget import SharedBudgets, SharedTokenBucket
 
 RATE = 300.0
 CAPACITY = 60.0

@@ -20,10 +20,10 @@ from typing import AsyncIterator
 import pytest
 import redis
 
-from collector.buffer import BufferFull, BufferStats, BufferUnavailable, Settlement
-from collector.buffer.redis import RedisTraceBuffer, shard_of
-from collector.config import BufferConfig, decode
-from policies import TailSamplingConfig
+from tailsampler.collector.buffer import BufferFull, BufferStats, BufferUnavailable, Settlement
+from tailsampler.collector.buffer.redis import RedisTraceBuffer, shard_of
+from tailsampler.collector.config import BufferConfig, decode
+from tailsampler.policies import TailSamplingConfig
 from tests.otlp_data import fragments, new_trace_id
 from tests.redis_servers import RedisCluster, RedisProcess
 from tests.waiting import eventually
@@ -197,9 +197,9 @@ async def test_a_live_agent_keeps_its_claims_by_renewing_them(make_buffer: Buffe
 
 CLAIMER = """
 import asyncio, json, sys, time
-from collector.buffer.redis import RedisTraceBuffer
-from collector.config import BufferConfig, decode
-from policies import TailSamplingConfig
+from tailsampler.collector.buffer.redis import RedisTraceBuffer
+from tailsampler.collector.config import BufferConfig, decode
+from tailsampler.policies import TailSamplingConfig
 
 async def main():
     cfg = json.loads(sys.argv[1])

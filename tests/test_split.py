@@ -10,7 +10,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, TracesData
 
-from collector.split import field, split_body, split_request
+from tailsampler.collector.split import field, split_body, split_request
 
 
 def mixed_request(traces: list[bytes]) -> ExportTraceServiceRequest:

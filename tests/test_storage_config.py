@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from collector.config import ConfigError, parse_config
-from storage import FileSpec, OtlpHttpSpec, OtlpSpec, SqliteSpec, build_exporters, exporter_names
+from tailsampler.collector.config import ConfigError, parse_config
+from tailsampler.storage import FileSpec, OtlpHttpSpec, OtlpSpec, SqliteSpec, build_exporters, exporter_names
 
 
 def exporters(yaml_text: str):

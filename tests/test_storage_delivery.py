@@ -6,9 +6,9 @@ import asyncio
 from email.utils import formatdate
 import time
 
-from storage.delivery import Backoff, CircuitBreaker, RetryBudget
-from storage.otlp_http import retry_after_seconds
-from storage.specs import CircuitConfig, RetryConfig
+from tailsampler.storage.delivery import Backoff, CircuitBreaker, RetryBudget
+from tailsampler.storage.otlp_http import retry_after_seconds
+from tailsampler.storage.specs import CircuitConfig, RetryConfig
 from tests.otlp_sink import wait_for
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from collector.otlp_json import request_from_json
-from storage import KeptTrace
-from storage.jsonl_file import json_lines
+from tailsampler.collector.otlp_json import request_from_json
+from tailsampler.storage import KeptTrace
+from tailsampler.storage.jsonl_file import json_lines
 from tests.test_storage_support import kept, metric, running, spec
 
 

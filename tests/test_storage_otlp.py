@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from prometheus_client import CollectorRegistry
 
-from storage import ExporterSetupError
+from tailsampler.storage import ExporterSetupError
 from tests.otlp_sink import GrpcSink, HttpSink, ServerTls, wait_for
 from tests.test_storage_support import fast_retry, kept, metric, running, spec
 

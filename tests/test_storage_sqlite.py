@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
-from storage import TraceStoreError, get_trace, list_traces
-from storage.specs import RetentionConfig
-from storage.sqlite_store import apply_retention, open_writer, write_batch
+from tailsampler.storage import TraceStoreError, get_trace, list_traces
+from tailsampler.storage.specs import RetentionConfig
+from tailsampler.storage.sqlite_store import apply_retention, open_writer, write_batch
 from tests.otlp_sink import wait_for
 from tests.test_storage_support import START, kept, running, spec
 
@@ -122,7 +122,7 @@ def test_queries_explain_a_missing_store_or_bad_id(tmp_path: Path) -> None:
 
 
 async def test_unusable_path_fails_at_start(tmp_path: Path) -> None:
-    from storage import ExporterSetupError
+    from tailsampler.storage import ExporterSetupError
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(ExporterSetupError, match="exporter sqlite: path"):

@@ -11,9 +11,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client import CollectorRegistry
 
-from collector.config import decode
-from collector.split import split_request
-from storage import Exporter, ExporterSpec, KeptTrace, build_exporters
+from tailsampler.collector.config import decode
+from tailsampler.collector.split import split_request
+from tailsampler.storage import Exporter, ExporterSpec, KeptTrace, build_exporters
 
 START = 1_700_000_000_000_000_000
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from collector import traces_cmd
+from tailsampler.collector import traces_cmd
 from tests.test_storage_support import START, kept, running, spec
 
 

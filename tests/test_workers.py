@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from storage import TraceStoreError, list_traces
+from tailsampler.storage import TraceStoreError, list_traces
 from tests.collectors import REPO, collector_config
 from tests.sdk import SdkClient
 from tests.test_end_to_end import POLICIES, make_trace
@@ -44,7 +44,7 @@ def test_workers_need_the_shared_buffer(tmp_path: Path) -> None:
     path = tmp_path / "memory.yaml"
     path.write_text(yaml.safe_dump(collector_config([{"type": "sqlite", "path": str(tmp_path / "k.db")}], ports=True)))
     result = subprocess.run(
-        [sys.executable, "-m", "collector.cli", "serve", "--config", str(path), "--workers", "2"],
+        [sys.executable, "-m", "tailsampler.collector.cli", "serve", "--config", str(path), "--workers", "2"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2

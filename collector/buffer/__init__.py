@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from collector.config import Config
+from tailsampler.collector.config import Config
 
 from .base import (
     AppendResult,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 
-from collector.split import Fragment
-from policies.base import BucketFactory
+from tailsampler.collector.split import Fragment
+from tailsampler.policies.base import BucketFactory
 
 
 class BufferFull(Exception):

@@ -11,8 +11,8 @@ import heapq
 import math
 from collections import deque
 
-from collector.split import Fragment
-from policies import TailSamplingConfig
+from tailsampler.collector.split import Fragment
+from tailsampler.policies import TailSamplingConfig
 
 from .base import AppendResult, BufferFull, BufferStats, Claimed, Settlement, TraceBuffer
 from .decision_cache import DecisionCache

@@ -52,13 +52,13 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from collector.config import BufferConfig
-from collector.split import Fragment
-from policies import TailSamplingConfig
-from policies.base import BucketFactory
+from tailsampler.collector.config import BufferConfig
+from tailsampler.collector.split import Fragment
+from tailsampler.policies import TailSamplingConfig
+from tailsampler.policies.base import BucketFactory
 
 from .base import AppendResult, BufferFull, BufferStats, BufferUnavailable, Claimed, Settlement, TraceBuffer
-from collector.periodic import Periodic
+from tailsampler.collector.periodic import Periodic
 
 from .redis_budget import UNREACHABLE, SharedBudgets
 

@@ -23,7 +23,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, TimeoutError as RedisTimeoutError
 
-from collector.periodic import Periodic
+from tailsampler.collector.periodic import Periodic
 
 log = logging.getLogger(__name__)
 

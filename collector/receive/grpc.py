@@ -14,8 +14,8 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from collector.buffer import BufferFull, BufferUnavailable
-from collector.ingest import Ingest
+from tailsampler.collector.buffer import BufferFull, BufferUnavailable
+from tailsampler.collector.ingest import Ingest
 
 log = logging.getLogger(__name__)
 

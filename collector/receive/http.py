@@ -14,9 +14,9 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from collector.buffer import BufferFull, BufferUnavailable
-from collector.ingest import Ingest
-from collector.otlp_json import JsonDecodeError, request_from_json, to_json
+from tailsampler.collector.buffer import BufferFull, BufferUnavailable
+from tailsampler.collector.ingest import Ingest
+from tailsampler.collector.otlp_json import JsonDecodeError, request_from_json, to_json
 
 _PROTOBUF = "application/x-protobuf"
 _JSON = "application/json"
