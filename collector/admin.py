@@ -1,5 +1,8 @@
 """The admin listener: liveness, readiness per component, Prometheus metrics, sampling stats.
 
+``/metrics`` reads the registry and nothing else: a scrape never reaches the buffer's store (the
+buffer gauges are refreshed by the agent's own periodic task).
+
 Readiness turns false as soon as shutdown starts, so a load balancer stops sending spans before
 the receivers close.
 """
@@ -12,6 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tailsampler.collector.metrics import Metrics
+from tailsampler.common.endpoints import Endpoint
 
 Readiness = Callable[[], Awaitable[tuple[bool, dict[str, object]]]]
 StatsSource = Callable[[], Awaitable[dict[str, object]]]
@@ -20,14 +24,13 @@ StatsSource = Callable[[], Awaitable[dict[str, object]]]
 class AdminServer:
     def __init__(
         self,
-        endpoint: str,
+        endpoint: Endpoint,
         metrics: Metrics,
         readiness: Readiness,
         stats: StatsSource,
         extra_routes: list[web.RouteDef] | None = None,
     ) -> None:
-        self._host, _, port = endpoint.rpartition(":")
-        self._port = int(port)
+        self._endpoint = endpoint
         self._metrics = metrics
         self._readiness = readiness
         self._stats = stats
@@ -48,7 +51,7 @@ class AdminServer:
         )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host.strip("[]") or "127.0.0.1", self._port)
+        site = web.TCPSite(self._runner, self._endpoint.listen_host, self._endpoint.port)
         await site.start()
         self.port = self._runner.addresses[0][1]
 
@@ -67,7 +70,6 @@ class AdminServer:
         )
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
-        await self._stats()  # refreshes the buffer gauges before they are read
         return web.Response(body=generate_latest(self._metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _stats_page(self, request: web.Request) -> web.Response:

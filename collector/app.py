@@ -11,11 +11,9 @@ import asyncio
 import logging
 import time
 
-import msgspec
-
 from tailsampler.collector import trace_api
 from tailsampler.collector.admin import AdminServer
-from tailsampler.collector.buffer import BufferStats, BufferUnavailable, make_buffer
+from tailsampler.collector.buffer import BufferUnavailable, Occupancy, make_buffer
 from tailsampler.collector.config import Config
 from tailsampler.collector.decide import DecisionLoop
 from tailsampler.collector.forward import Forwarder
@@ -30,7 +28,7 @@ from tailsampler.storage import SqliteSpec, build_exporters
 log = logging.getLogger(__name__)
 
 _READINESS_TIMEOUT = 1.0
-_STATS_INTERVAL = 2.0  # how often an agent publishes its counters for fleet-wide stats
+_STATS_INTERVAL = 2.0  # how often the buffer gauges are read and the fleet's counters published
 
 
 class Collector:
@@ -38,8 +36,8 @@ class Collector:
         self.config = config
         self._reuse_port = reuse_port
         self.metrics = Metrics()
-        self.buffer = make_buffer(config, self.metrics.registry)
-        self.engine = build_engine(config.tail_sampling, PolicyContext(clock=time.monotonic, bucket=self.buffer.bucket_factory()))
+        self.buffer, self.shared = make_buffer(config, self.metrics.registry)
+        self.engine = build_engine(config.tail_sampling, PolicyContext(clock=time.monotonic, bucket=self.shared.bucket))
         self.exporters = build_exporters(config.exporters, self.metrics.registry)
         self.forwarder = Forwarder(self.exporters, config.tail_sampling.recording)
         self.ingest = Ingest(self.buffer, self.forwarder, self.metrics)
@@ -54,16 +52,15 @@ class Collector:
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self.stopped = False
-        self._buffered = BufferStats(0, 0)
-        self._stats_publisher = Periodic("fleet-stats", _STATS_INTERVAL, self._publish_stats)
+        self._occupancy = Occupancy(0, 0)
+        self._refresher = Periodic("occupancy-and-fleet-stats", _STATS_INTERVAL, self._refresh)
 
     async def start(self) -> None:
-        await self.buffer.start()
+        await self.shared.start()
         for exporter in self.exporters:
             await exporter.start()
         self._loop_task = asyncio.create_task(self.loop.run(), name="decision-loop")
-        if self.buffer.shared:
-            await self._stats_publisher.start()
+        await self._refresher.start()
         await self.admin.start()
         for receiver in (self.grpc, self.http):
             if receiver is not None:
@@ -83,7 +80,7 @@ class Collector:
             if receiver is not None:
                 await receiver.stop(grace=min(5.0, max(0.0, deadline - time.monotonic())))
         self.loop.stop()
-        await self._stats_publisher.stop()
+        await self._refresher.stop()
         if self._loop_task is not None:
             await self._loop_task
         drop = self.config.tail_sampling.drop_pending_traces_on_shutdown
@@ -96,12 +93,13 @@ class Collector:
             await exporter.close(max(0.1, deadline - time.monotonic()))
         await self.loop.settled()
         await self.buffer.close()
+        await self.shared.close()
         await self.admin.stop()
         self.stopped = True
 
     async def readiness(self) -> tuple[bool, dict[str, object]]:
         try:  # probes have short timeouts of their own: answer "not ready" rather than hang
-            ready, detail = await asyncio.wait_for(self.buffer.check(), _READINESS_TIMEOUT)
+            ready, detail = await asyncio.wait_for(self.shared.check(), _READINESS_TIMEOUT)
         except asyncio.TimeoutError:
             ready, detail = False, f"no answer from the buffer's store within {_READINESS_TIMEOUT}s"
         components: dict[str, object] = {"buffer": {"type": self.config.buffer.type, "ready": ready, "detail": detail}}
@@ -117,32 +115,36 @@ class Collector:
 
     async def stats(self) -> dict[str, object]:
         """This agent's sampling stats and, with a shared buffer, the fleet's (every live agent's
-        counters added up; each agent publishes its own every few seconds). While the buffer's
-        store is away, the last buffer figures stand and the fleet is left out."""
+        counters added up, this agent's as of now). While the buffer's store is away, the last
+        buffer figures stand and the fleet is left out."""
+        await self._read_occupancy()
+        own = snapshot(self.metrics, self._occupancy)
         try:
-            self._buffered = await self.buffer.stats()
+            await self._publish()
+            fleet = await self.shared.fleet()
         except BufferUnavailable as exc:
-            log.warning("buffer stats unavailable: %s", exc)
-        self.metrics.buffer_traces.set(self._buffered.traces)
-        self.metrics.buffer_bytes.set(self._buffered.bytes)
-        own = snapshot(self.metrics, self._buffered)
-        try:
-            await self._share_stats()
-            published = await self.buffer.fleet_stats()
-        except BufferUnavailable:
+            log.debug("fleet stats unavailable: %s", exc)
             return own
-        if published is not None:
-            fleet = merge([msgspec.json.decode(p) for p in published])
-            own["fleet"] = {**fleet, "buffer": own["buffer"], "agents": len(published)}
+        if fleet is not None:
+            own["fleet"] = {**merge(fleet), "buffer": own["buffer"], "agents": len(fleet)}
         return own
 
-    async def _publish_stats(self) -> None:
+    async def _refresh(self) -> None:
+        await self._read_occupancy()
         try:
-            await self._share_stats()
+            await self._publish()
         except BufferUnavailable as exc:
             log.debug("fleet stats not published: %s", exc)
 
-    async def _share_stats(self) -> None:
-        counters = snapshot(self.metrics, BufferStats(0, 0))
+    async def _read_occupancy(self) -> None:
+        try:
+            self._occupancy = await self.buffer.occupancy()
+        except BufferUnavailable as exc:
+            log.debug("buffer occupancy unavailable: %s", exc)
+        self.metrics.buffer_traces.set(self._occupancy.traces)
+        self.metrics.buffer_bytes.set(self._occupancy.bytes)
+
+    async def _publish(self) -> None:
+        counters = snapshot(self.metrics, Occupancy(0, 0))
         del counters["buffer"]  # the buffer is shared: its figures are already fleet-wide
-        await self.buffer.share_stats(msgspec.json.encode(counters))
+        await self.shared.publish(counters)

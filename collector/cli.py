@@ -12,15 +12,21 @@ import sys
 import urllib.error
 import urllib.request
 
-from tailsampler.collector.config import ConfigError, load_config, split_endpoint
+from tailsampler.collector.config import load_config
+from tailsampler.common.errors import ConfigError
 from tailsampler.storage import ExporterSetupError
+
+
+def _print_problems(exc: ConfigError) -> None:
+    """A bad config, one problem a line, as ``serve`` and ``validate`` both report it."""
+    print(exc, file=sys.stderr)
 
 
 def _serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"tailsampler: {exc}", file=sys.stderr)
+        _print_problems(exc)
         return 2
     logging.basicConfig(
         level=getattr(logging, config.service.log_level.upper()),
@@ -31,8 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         return run_workers(args.config, config, args.workers)
     if args.worker is not None:
-        host, port = split_endpoint(config.admin.endpoint)
-        config.admin.endpoint = f"{host}:{port + args.worker}"
+        config.admin.endpoint = config.admin.endpoint.with_port(config.admin.endpoint.port + args.worker)
     return asyncio.run(_run(config, reuse_port=args.worker is not None))
 
 
@@ -65,7 +70,7 @@ def _validate(args: argparse.Namespace) -> int:
     try:
         load_config(args.config)
     except ConfigError as exc:
-        print(f"invalid: {exc}", file=sys.stderr)
+        _print_problems(exc)
         return 1
     print(f"{args.config}: ok")
     return 0

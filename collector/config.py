@@ -1,34 +1,39 @@
-"""The collector's YAML config: shaped like an OpenTelemetry Collector config, decoded strictly.
+"""The collector's YAML config: shaped like an OpenTelemetry Collector config, checked whole.
 
-Every error names the file, the key path inside it and what was expected, so that
-``tailsampler validate`` and ``serve`` can refuse a bad file with a message an SRE can act on.
+Every problem in a file is reported at once, each naming the file, the key path inside it and
+what was expected, so that ``tailsampler validate`` and ``serve`` refuse a bad file with messages
+an SRE can act on in one round.
+
+The ``tail_sampling`` section keeps the OpenTelemetry Collector processor's keys, but most of them
+steer the buffer and the decision loop rather than the policies: they are decoded here, and the
+buffers receive them resolved into one ``BufferLimits`` value.
 """
 
 from __future__ import annotations
 
-import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import msgspec
 import yaml
 
-from tailsampler.collector.durations import Duration
-from tailsampler.collector.errors import ConfigError
-from tailsampler.policies import PolicyContext, TailSamplingConfig, build_engine
+from tailsampler.common.durations import Duration
+from tailsampler.common.endpoints import Endpoint
+from tailsampler.common.errors import ConfigError, Problem
+from tailsampler.common.settings import INVALID, collect
+from tailsampler.policies import PolicyContext, PolicySpec, RecordingConfig, policy_problems
 from tailsampler.storage import ExporterSpec, exporter_names
-
-T = TypeVar("T")
 
 
 class GrpcReceiverConfig(msgspec.Struct, forbid_unknown_fields=True):
-    endpoint: str = "0.0.0.0:4317"
+    endpoint: Endpoint = Endpoint("0.0.0.0", 4317)
     max_recv_msg_size_mib: float = 4.0
 
 
 class HttpReceiverConfig(msgspec.Struct, forbid_unknown_fields=True):
-    endpoint: str = "0.0.0.0:4318"
+    endpoint: Endpoint = Endpoint("0.0.0.0", 4318)
     max_request_body_size_mib: float = 20.0
 
 
@@ -41,6 +46,33 @@ class ReceiversConfig(msgspec.Struct, forbid_unknown_fields=True):
     otlp: OtlpReceiverConfig = msgspec.field(default_factory=OtlpReceiverConfig)
 
 
+class DecisionCacheConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Kept and dropped decisions remembered for late spans; the reference's keys plus a TTL."""
+
+    sampled_cache_size: int = 100_000
+    non_sampled_cache_size: int = 1_000_000
+    ttl: Duration = Duration(300.0)
+
+
+class TailSamplingConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The OpenTelemetry Collector tail_sampling processor's keys, with its defaults."""
+
+    decision_wait: Duration = Duration(30.0)
+    decision_wait_after_root_received: Duration = Duration(0.0)
+    num_traces: int = 50_000
+    expected_new_traces_per_sec: int = 0
+    maximum_trace_size_bytes: int = 0
+    sample_on_first_match: bool = False
+    block_on_overflow: bool = False
+    drop_pending_traces_on_shutdown: bool = False
+    decision_cache: DecisionCacheConfig = msgspec.field(default_factory=DecisionCacheConfig)
+    recording: RecordingConfig = msgspec.field(default_factory=RecordingConfig)
+    policies: list[PolicySpec] = msgspec.field(default_factory=list)
+
+
+Overflow = Literal["decide_early", "backpressure"]
+
+
 class BufferConfig(msgspec.Struct, forbid_unknown_fields=True):
     """Where spans wait. ``overflow`` says what a full buffer does: ``decide_early`` decides the
     oldest traces at once, ``backpressure`` refuses new traces with a retryable error.
@@ -49,7 +81,7 @@ class BufferConfig(msgspec.Struct, forbid_unknown_fields=True):
     type: Literal["memory", "redis"] = "memory"
     tick: Duration = Duration(0.1)
     max_bytes: int = 512 * 1024 * 1024
-    overflow: Literal["decide_early", "backpressure"] = "decide_early"
+    overflow: Overflow = "decide_early"
     url: str = "redis://127.0.0.1:6379/0"
     cluster: bool = False
     shards: int | None = None  # 1 on a single server, 16 on a cluster: see __post_init__
@@ -65,7 +97,7 @@ class BufferConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class AdminConfig(msgspec.Struct, forbid_unknown_fields=True):
-    endpoint: str = "127.0.0.1:13133"
+    endpoint: Endpoint = Endpoint("127.0.0.1", 13133)
 
 
 class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -85,85 +117,112 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     service: ServiceConfig = msgspec.field(default_factory=ServiceConfig)
 
-    @property
-    def overflow(self) -> str:
-        return "backpressure" if self.tail_sampling.block_on_overflow else self.buffer.overflow
+
+@dataclass(frozen=True, slots=True)
+class BufferLimits:
+    """Everything a buffer bounds and times, resolved from ``tail_sampling`` and ``buffer``: both
+    buffers are built from this one value."""
+
+    decision_wait: float
+    decision_wait_after_root: float  # 0: off
+    max_traces: int
+    max_trace_bytes: int  # 0: off
+    max_bytes: int
+    overflow: Overflow
+    tick: float
+    decision_cache: DecisionCacheConfig
+
+    @classmethod
+    def of(cls, config: Config) -> "BufferLimits":
+        ts = config.tail_sampling
+        return cls(
+            decision_wait=float(ts.decision_wait),
+            decision_wait_after_root=float(ts.decision_wait_after_root_received),
+            max_traces=ts.num_traces,
+            max_trace_bytes=ts.maximum_trace_size_bytes,
+            max_bytes=config.buffer.max_bytes,
+            overflow="backpressure" if ts.block_on_overflow else config.buffer.overflow,
+            tick=float(config.buffer.tick),
+            decision_cache=ts.decision_cache,
+        )
 
 
-def _dec_hook(type_: type, obj: Any) -> Any:
-    if type_ is Duration:
-        return Duration.parse(obj)
-    raise NotImplementedError(f"cannot decode {type_!r}")
-
-
-_PATH = re.compile(r" - at `\$(.*)`$")
-
-
-def decode(data: Any, type_: type[T], source: str, root: str = "") -> T:
-    """Convert plain YAML data into ``type_``; errors read ``source: root.path: problem``."""
+def _yaml(text: str, source: str) -> Any:
     try:
-        return msgspec.convert(data, type_, dec_hook=_dec_hook, strict=False)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        match = _PATH.search(text)
-        path = root
-        if match:
-            text = text[: match.start()]
-            path = (root + match.group(1)).lstrip(".")
-        raise ConfigError(f"{source}: {path or '(top level)'}: {text}") from None
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"{where}not valid YAML: {exc.problem or exc.context}", source=source) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", source=source) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's data; a file that cannot be read or parsed is a ConfigError naming it (and,
+    for a syntax error, the line and column)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from None
+    return _yaml(text, str(path))
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: (top level): expected a mapping of sections, got {type(data).__name__}")
-    config = decode(data, Config, source)
-    _check(config, source)
-    return config
+    return check_config(_yaml(text, source), source)
 
 
 def load_config(path: str | Path) -> Config:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    return parse_config(text, str(path))
+    return check_config(read_yaml(path), str(path))
 
 
-def _check(config: Config, source: str) -> None:
+def check_config(data: Any, source: str) -> Config:
+    """Decode and check a whole config, raising one ConfigError with every problem in it."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"(top level): expected a mapping of sections, got {type(data).__name__}", source=source)
+    problems: list[Problem] = []
+    config = collect(data, Config, "", problems)
+    section = data.get("tail_sampling")
+    if isinstance(section, dict) and isinstance(section.get("policies"), list):
+        # each policy that decodes is built on its own, so one bad policy does not hide another's problems
+        problems += policy_problems(section["policies"], "tail_sampling.policies", PolicyContext(clock=time.monotonic))
+    if config is not INVALID:
+        problems += _cross_checks(config)
+    if problems:
+        raise ConfigError(*problems, source=source)
+    return config
+
+
+def _cross_checks(config: Config) -> list[Problem]:
     """Rules that span several keys, beyond what the types say."""
     ts = config.tail_sampling
-    problems: list[tuple[str, str]] = []
+    problems: list[Problem] = []
     if ts.decision_wait <= 0:
-        problems.append(("tail_sampling.decision_wait", "must be greater than 0"))
+        problems.append(Problem("tail_sampling.decision_wait", "must be greater than 0"))
     if ts.num_traces <= 0:
-        problems.append(("tail_sampling.num_traces", "must be greater than 0"))
+        problems.append(Problem("tail_sampling.num_traces", "must be greater than 0"))
     if ts.maximum_trace_size_bytes < 0:
-        problems.append(("tail_sampling.maximum_trace_size_bytes", "must be 0 (off) or positive"))
+        problems.append(Problem("tail_sampling.maximum_trace_size_bytes", "must be 0 (off) or positive"))
     if config.buffer.tick <= 0:
-        problems.append(("buffer.tick", "must be greater than 0"))
+        problems.append(Problem("buffer.tick", "must be greater than 0"))
     if config.buffer.max_bytes <= 0:
-        problems.append(("buffer.max_bytes", "must be greater than 0"))
+        problems.append(Problem("buffer.max_bytes", "must be greater than 0"))
     if config.buffer.type == "redis":
         for key in ("shards", "lease", "timeout"):
             if getattr(config.buffer, key) <= 0:
-                problems.append((f"buffer.{key}", "must be greater than 0"))
+                problems.append(Problem(f"buffer.{key}", "must be greater than 0"))
         scheme = config.buffer.url.partition("://")[0]
         if scheme not in ("redis", "rediss", "unix"):
-            problems.append(("buffer.url", f"expected a redis://, rediss:// or unix:// URL, got {config.buffer.url!r}"))
+            problems.append(Problem("buffer.url", f"expected a redis://, rediss:// or unix:// URL, got {config.buffer.url!r}"))
     if not config.exporters:
-        problems.append(("exporters", "at least one exporter is required, or kept traces go nowhere"))
+        problems.append(Problem("exporters", "at least one exporter is required, or kept traces go nowhere"))
     try:
         exporter_names(config.exporters)
     except ValueError as exc:
         key, _, problem = str(exc).partition(": ")
-        problems.append((key, problem))
+        problems.append(Problem(key, problem))
     otlp = config.receivers.otlp
     listeners = [
         (key, endpoint)
@@ -176,28 +235,8 @@ def _check(config: Config, source: str) -> None:
     ]
     ports: list[tuple[str, int]] = []
     for key, endpoint in listeners:
-        if not _valid_endpoint(endpoint):
-            problems.append((key, f"expected host:port, got {endpoint!r}"))
-            continue
-        port = split_endpoint(endpoint)[1]
-        clash = next((other for other, used in ports if used == port and port != 0), None)
+        clash = next((other for other, used in ports if used == endpoint.port and endpoint.port != 0), None)
         if clash:
-            problems.append((key, f"port {port} is already used by {clash}"))
-        ports.append((key, port))
-    if problems:
-        key, problem = problems[0]
-        raise ConfigError(f"{source}: {key}: {problem}")
-    try:
-        build_engine(ts, PolicyContext(clock=time.monotonic))  # semantic checks of every policy
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-
-
-def _valid_endpoint(endpoint: str) -> bool:
-    host, sep, port = endpoint.rpartition(":")
-    return bool(sep) and port.isdigit() and 0 <= int(port) <= 65535
-
-
-def split_endpoint(endpoint: str) -> tuple[str, int]:
-    host, _, port = endpoint.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
+            problems.append(Problem(key, f"port {endpoint.port} is already used by {clash}"))
+        ports.append((key, endpoint.port))
+    return problems

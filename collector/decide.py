@@ -16,11 +16,14 @@ from itertools import chain
 from tailsampler.collector.buffer import Claimed, Settlement, TraceBuffer
 from tailsampler.collector.forward import Forwarder
 from tailsampler.collector.metrics import Metrics
-from tailsampler.policies import Decision, Engine, TraceView, Verdict
+from tailsampler.collector.periodic import Periodic
+from tailsampler.common.verdict import DROPPED, Verdict
+from tailsampler.policies import Decision, Engine, TraceView
 
 log = logging.getLogger(__name__)
 
-_ERROR_POLICY = "evaluation_error"
+# a trace that cannot be evaluated is kept, so that a bug or a bad byte costs storage rather than data
+_EVALUATION_FAILED = Verdict(True, "evaluation_error")
 
 
 class DecisionLoop:
@@ -41,53 +44,60 @@ class DecisionLoop:
         self._batch = batch
         self._stopping = asyncio.Event()
         self._settling: set[asyncio.Task[None]] = set()
+        # claims are kept on a task of their own: a round waiting on a full exporter queue must
+        # not let the leases of the traces it holds run out
+        self._renewal = Periodic("claim-renewal", tick, lambda: buffer.renew(time.time()))
 
     async def run(self) -> None:
         """Decide due traces until ``stop``; a failing round is logged and retried next tick."""
-        while not self._stopping.is_set():
-            try:
-                claimed = await self._buffer.claim_due(time.time(), self._batch)
-                if claimed:
-                    await self.decide(claimed)
-                    if len(claimed) == self._batch:
-                        continue
-            except Exception:
-                log.exception("decision round failed; retrying next tick")
-            try:  # wake on the next tick boundary, where the next slot of deadlines falls due
-                await asyncio.wait_for(self._stopping.wait(), self._tick - time.time() % self._tick)
-            except asyncio.TimeoutError:
-                pass
+        await self._renewal.start()
+        try:
+            while not self._stopping.is_set():
+                try:
+                    claimed = await self._buffer.claim_due(time.time(), self._batch)
+                    if claimed:
+                        await self.decide(claimed)
+                        if len(claimed) == self._batch:
+                            continue
+                except Exception:
+                    log.exception("decision round failed; retrying next tick")
+                try:  # wake on the next tick boundary, where the next slot of deadlines falls due
+                    await asyncio.wait_for(self._stopping.wait(), self._tick - time.time() % self._tick)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            await self._renewal.stop()
 
     def stop(self) -> None:
         self._stopping.set()
 
-    def _verdict(self, claimed: Claimed) -> tuple[Verdict, int]:
-        """The engine's verdict and the span count; a trace that cannot be evaluated is kept,
-        so that a bug or a bad byte costs storage rather than data."""
+    def _evaluate(self, claimed: Claimed) -> tuple[Verdict, dict[str, Decision], int]:
+        """The verdict, every policy's vote and the span count."""
         try:
             view = TraceView(claimed.trace_id, claimed.data)
-            return self._engine.decide(view), view.span_count
+            evaluation = self._engine.decide(view)
+            return evaluation.verdict, evaluation.votes, view.span_count
         except Exception:
             log.exception("policy evaluation failed for trace %s; keeping it", claimed.trace_id.hex())
             self._metrics.decision_errors.inc()
-            return Verdict(True, _ERROR_POLICY), 0
+            return _EVALUATION_FAILED, {}, 0
 
     async def decide(self, batch: list[Claimed]) -> None:
         """Decide a batch: dropped traces settle now, kept ones once every exporter has them."""
         dropped: list[Settlement] = []
-        deliveries: list[tuple[Settlement, Verdict, list[asyncio.Future[bool]]]] = []
+        deliveries: list[tuple[Settlement, list[asyncio.Future[bool]]]] = []
         tally = _Tally()
         started = time.perf_counter()
         now = time.time()
         for claimed in batch:
             if claimed.due:
                 self._metrics.decision_lag.observe(max(0.0, now - claimed.due))
-            verdict, span_count = self._verdict(claimed)
-            tally.add(claimed, verdict, span_count)
-            settlement = Settlement(claimed.trace_id, verdict.keep, verdict.policy)
+            verdict, votes, span_count = self._evaluate(claimed)
+            tally.add(claimed, verdict, votes, span_count)
+            settlement = Settlement(claimed.trace_id, verdict)
             if verdict.keep:
                 done = await self._forwarder.forward(claimed.trace_id, claimed.data, verdict, span_count)
-                deliveries.append((settlement, verdict, done))
+                deliveries.append((settlement, done))
             else:
                 dropped.append(settlement)
         tally.publish(self._metrics)
@@ -99,16 +109,15 @@ class DecisionLoop:
             self._settling.add(task)
             task.add_done_callback(self._settling.discard)
 
-    async def _settle_delivered(self, deliveries: list[tuple[Settlement, Verdict, list[asyncio.Future[bool]]]]) -> None:
+    async def _settle_delivered(self, deliveries: list[tuple[Settlement, list[asyncio.Future[bool]]]]) -> None:
         """Settle kept traces once delivered and forward what arrived meanwhile; a trace whose
         delivery shutdown cut short stays claimed, for another agent to decide after its lease."""
         try:
-            await asyncio.gather(*(future for _, _, done in deliveries for future in done))
-            finished = [(s, v) for s, v, done in deliveries if all(f.result() for f in done)]
-            stragglers = await self._buffer.settle([s for s, _ in finished], time.time())
-            verdicts = {s.trace_id: v for s, v in finished}
+            await asyncio.gather(*(future for _, done in deliveries for future in done))
+            finished = {s.trace_id: s for s, done in deliveries if all(f.result() for f in done)}
+            stragglers = await self._buffer.settle(list(finished.values()), time.time())
             for trace_id, data in stragglers.items():
-                await self._forwarder.forward(trace_id, data, verdicts[trace_id], late=True)
+                await self._forwarder.forward(trace_id, data, finished[trace_id].verdict, late=True)
         except Exception:
             log.exception("settling %d delivered traces failed; they will be decided again", len(deliveries))
 
@@ -118,12 +127,12 @@ class DecisionLoop:
             await asyncio.gather(*self._settling)
 
     async def drain(self, drop: bool) -> int:
-        """Decide (or, with ``drop``, discard) everything still buffered; returns traces handled."""
+        """Decide (or, with ``drop``, discard) what stopping would lose; returns traces handled."""
         handled = 0
-        while batch := await self._buffer.claim_all(self._batch):
+        while batch := await self._buffer.claim_due(time.time(), self._batch, draining=True):
             handled += len(batch)
             if drop:
-                await self._buffer.settle([Settlement(c.trace_id, False, None) for c in batch], time.time())
+                await self._buffer.settle([Settlement(c.trace_id, DROPPED) for c in batch], time.time())
             else:
                 await self.decide(batch)
         return handled
@@ -138,11 +147,11 @@ class _Tally:
         self.votes: list[dict[str, Decision]] = []  # each trace's, counted once per batch
         self.early: Counter[str] = Counter()
 
-    def add(self, claimed: Claimed, verdict: Verdict, span_count: int) -> None:
+    def add(self, claimed: Claimed, verdict: Verdict, votes: dict[str, Decision], span_count: int) -> None:
         decision = "kept" if verdict.keep else "dropped"
         self.traces[decision, verdict.policy or ""] += 1
         self.spans[decision] += span_count
-        self.votes.append(verdict.votes)
+        self.votes.append(votes)
         if claimed.reason != "deadline":
             self.early[claimed.reason] += 1
 

@@ -20,10 +20,10 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tailsampler.collector.config import load_config
-from tailsampler.collector.errors import ConfigError
-from tailsampler.collector.otlp_json import JsonDecodeError, request_from_json
+from tailsampler.common.errors import ConfigError
+from tailsampler.common.otlp_json import JsonDecodeError, request_from_json
 from tailsampler.collector.split import split_request
-from tailsampler.policies import PolicyContext, TraceView, Verdict, build_engine
+from tailsampler.policies import Evaluation, PolicyContext, TraceView, build_engine
 
 
 class InputError(Exception):
@@ -80,12 +80,13 @@ class SpanClock:
         return self.now
 
 
-def verdict_record(trace: TraceView, verdict: Verdict, names: list[str]) -> dict:
+def verdict_record(trace: TraceView, evaluation: Evaluation, names: list[str]) -> dict:
+    verdict, votes = evaluation.verdict, evaluation.votes
     return {
         "trace_id": trace.trace_id.hex(),
         "decision": "keep" if verdict.keep else "drop",
         "policy": verdict.policy,
-        "votes": {name: verdict.votes[name].value for name in names if name in verdict.votes},
+        "votes": {name: votes[name].value for name in names if name in votes},
         "sample_rate": verdict.sample_rate,
         "spans": trace.span_count,
     }

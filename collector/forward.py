@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
-from tailsampler.policies import RecordingConfig, Verdict, record
+from tailsampler.common.verdict import Verdict
+from tailsampler.policies import RecordingConfig, record
 from tailsampler.storage import Exporter, KeptTrace
 
 
@@ -28,5 +29,5 @@ class Forwarder:
         for exporter in self.exporters:
             future: asyncio.Future[bool] = loop.create_future()
             done.append(future)
-            await exporter.submit(KeptTrace(trace_id, data, verdict.policy, late, span_count, future))
+            await exporter.submit(KeptTrace(trace_id, data, verdict, late, span_count, future))
         return done

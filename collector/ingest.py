@@ -1,26 +1,51 @@
 """The path every export request takes, whatever its transport: split, buffer, forward late spans.
 
-Both receivers call ``Ingest.accept`` and only translate its outcome to their wire: a result with
-refused spans becomes ``partial_success``; ``BufferFull`` / ``BufferUnavailable`` become retryable
-errors, so the client keeps the spans and nothing accepted is lost.
+Both receivers call ``Ingest.accept`` and only translate the ``Outcome`` to their wire:
+accepted (with refused spans as ``partial_success``), invalid (not an OTLP request), or
+unavailable (buffer full or unreachable: a retryable error, so the client keeps the spans and
+nothing accepted is lost).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Literal
+
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from tailsampler.collector.buffer import BufferFull, BufferUnavailable, TraceBuffer
 from tailsampler.collector.forward import Forwarder
 from tailsampler.collector.metrics import Metrics
 from tailsampler.collector.split import split_body
-from tailsampler.policies import Verdict
 
 
 @dataclass(frozen=True, slots=True)
-class Accepted:
-    rejected_spans: int
-    error_message: str
+class Outcome:
+    """What became of one export request.
+
+    ``accepted``: buffered (``rejected_spans`` of its spans refused for invalid IDs, said in
+    ``message``); ``invalid``: not an ExportTraceServiceRequest, nothing taken; ``unavailable``:
+    nothing taken now, try again after ``retry_after`` seconds.
+    """
+
+    status: Literal["accepted", "invalid", "unavailable"]
+    message: str = ""
+    rejected_spans: int = 0
+    retry_after: float = 0.0
+
+    @classmethod
+    def not_a_request(cls, reason: object) -> "Outcome":
+        return cls("invalid", f"request is not an ExportTraceServiceRequest: {reason}")
+
+    def response(self) -> ExportTraceServiceResponse:
+        """The OTLP answer to an accepted request: ``partial_success`` only when spans were refused."""
+        response = ExportTraceServiceResponse()
+        if self.rejected_spans:
+            response.partial_success.rejected_spans = self.rejected_spans
+            response.partial_success.error_message = self.message
+        return response
 
 
 class Ingest:
@@ -29,32 +54,35 @@ class Ingest:
         self._forwarder = forwarder
         self._metrics = metrics
 
-    async def accept(self, body: bytes, transport: str) -> Accepted:
-        """Take an ExportTraceServiceRequest body; one that is not valid raises ``DecodeError``
-        before anything is buffered."""
+    async def accept(self, body: bytes, transport: str) -> Outcome:
+        """Take an ExportTraceServiceRequest body: buffer its spans, forward those of traces
+        already kept, count those of traces already dropped."""
         metrics = self._metrics
-        split = split_body(body)
+        try:
+            split = split_body(body)
+        except DecodeError as exc:
+            metrics.requests.labels(transport, "invalid").inc()
+            return Outcome.not_a_request(exc)
         if split.rejected_spans:
             metrics.spans_refused.labels("invalid_id").inc(split.rejected_spans)
         if split.fragments:
             try:
                 result = await self._buffer.append(split.fragments, time.time())
-            except BufferFull:
+            except BufferFull as exc:
                 metrics.overflow_refusals.inc()
                 metrics.spans_refused.labels("buffer_full").inc(split.span_count)
                 metrics.requests.labels(transport, "buffer_full").inc()
-                raise
-            except BufferUnavailable:
+                return Outcome("unavailable", exc.reason, retry_after=exc.retry_after)
+            except BufferUnavailable as exc:
                 metrics.spans_refused.labels("buffer_unavailable").inc(split.span_count)
                 metrics.requests.labels(transport, "buffer_unavailable").inc()
-                raise
+                return Outcome("unavailable", f"trace buffer unavailable: {exc}", retry_after=1.0)
             if result.late_dropped_spans:
                 metrics.late_spans.labels("dropped").inc(result.late_dropped_spans)
-            for trace_id, data in result.late_kept.items():
-                span_count = split.fragments[trace_id].span_count
-                metrics.late_spans.labels("kept").inc(span_count)
-                verdict = Verdict(True, result.late_kept_policy.get(trace_id))
-                await self._forwarder.forward(trace_id, data, verdict, span_count, late=True)
+            for trace_id, verdict in result.late_kept.items():
+                fragment = split.fragments[trace_id]
+                metrics.late_spans.labels("kept").inc(fragment.span_count)
+                await self._forwarder.forward(trace_id, fragment.data, verdict, fragment.span_count, late=True)
             metrics.spans_received.labels(transport).inc(split.span_count)
         metrics.requests.labels(transport, "partial" if split.rejected_spans else "ok").inc()
-        return Accepted(split.rejected_spans, split.error_message)
+        return Outcome("accepted", split.error_message, split.rejected_spans)

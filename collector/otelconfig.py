@@ -14,27 +14,17 @@ from typing import Any
 
 import yaml
 
-from tailsampler.collector.config import decode
-from tailsampler.collector.errors import ConfigError
-from tailsampler.policies import PolicyContext, TailSamplingConfig, build_engine
+from tailsampler.collector.config import TailSamplingConfig, read_yaml
+from tailsampler.common.errors import ConfigError, Problem
+from tailsampler.common.settings import INVALID, collect
+from tailsampler.policies import PolicyContext, policy_problems
 
 _PROCESSOR = "tail_sampling"
 
 
-def _load(path: str | Path) -> Any:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-
-
 def tail_sampling_blocks(path: str | Path) -> dict[str, Any]:
     """``{processor id: block}`` for every tail_sampling processor in the file."""
-    data = _load(path)
+    data = read_yaml(path)
     processors = data.get("processors") if isinstance(data, dict) else None
     if not isinstance(processors, dict):
         raise ConfigError(f"{path}: processors: no processors section; is this an OpenTelemetry Collector config?")
@@ -53,29 +43,27 @@ def check_block(block: Any, processor: str, source: str) -> TailSamplingConfig:
     root = f"processors.{processor}"
     if not isinstance(block, dict):
         raise ConfigError(f"{source}: {root}: expected a mapping, got {type(block).__name__}")
-    ts = decode(block, TailSamplingConfig, source, root)
-    try:
-        build_engine(ts, PolicyContext(clock=lambda: 0.0))
-    except ConfigError as exc:
-        message = str(exc)
-        if message.startswith(_PROCESSOR):
-            message = root + message[len(_PROCESSOR):]
-        raise ConfigError(f"{source}: {message}") from None
+    problems: list[Problem] = []
+    ts = collect(block, TailSamplingConfig, root, problems)
+    if isinstance(block.get("policies"), list):
+        problems += policy_problems(block["policies"], f"{root}.policies", PolicyContext(clock=lambda: 0.0))
+    if problems or ts is INVALID:
+        raise ConfigError(*problems, source=source)
     return ts
 
 
 def validate_otel_collector_config(path: str | Path) -> list[str]:
-    """One message per tail_sampling block that would not load here; an empty list means OK."""
+    """One message per problem in the file's tail_sampling blocks; an empty list means OK."""
     try:
         blocks = tail_sampling_blocks(path)
     except ConfigError as exc:
-        return [str(exc)]
+        return str(exc).splitlines()
     problems = []
     for processor, block in blocks.items():
         try:
             check_block(block, processor, str(path))
         except ConfigError as exc:
-            problems.append(str(exc))
+            problems += str(exc).splitlines()
     return problems
 
 

@@ -31,7 +31,7 @@ from operator import getitem, ne
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tailsampler.policies.columns import FIELD, declare
+from tailsampler.common.proto_types import FIELD, SPAN_FIELDS, FieldSpec, declare
 
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
@@ -48,44 +48,23 @@ _TYPES = declare(
     "tailsampler.split",
     [
         # OTLP's Span with every field repeated: a scope's spans merge into one message of columns
-        ("SpanColumns", [
-            (1, "trace_id", FIELD.TYPE_BYTES, True, ""),
-            (2, "span_id", FIELD.TYPE_BYTES, True, ""),
-            (3, "trace_state", FIELD.TYPE_STRING, True, ""),
-            (4, "parent_span_id", FIELD.TYPE_BYTES, True, ""),
-            (5, "name", FIELD.TYPE_STRING, True, ""),
-            (6, "kind", FIELD.TYPE_ENUM, True, _OTLP + "trace.v1.Span.SpanKind"),
-            (7, "start_time_unix_nano", FIELD.TYPE_FIXED64, True, ""),
-            (8, "end_time_unix_nano", FIELD.TYPE_FIXED64, True, ""),
-            (9, "attributes", FIELD.TYPE_MESSAGE, True, _OTLP + "common.v1.KeyValue"),
-            (10, "dropped_attributes_count", FIELD.TYPE_UINT32, True, ""),
-            (11, "events", FIELD.TYPE_MESSAGE, True, _OTLP + "trace.v1.Span.Event"),
-            (12, "dropped_events_count", FIELD.TYPE_UINT32, True, ""),
-            (13, "links", FIELD.TYPE_MESSAGE, True, _OTLP + "trace.v1.Span.Link"),
-            (14, "dropped_links_count", FIELD.TYPE_UINT32, True, ""),
-            (15, "status", FIELD.TYPE_MESSAGE, True, _OTLP + "trace.v1.Status"),
-            (16, "flags", FIELD.TYPE_FIXED32, True, ""),
-        ]),
+        ("SpanColumns", [field._replace(repeated=True) for field in SPAN_FIELDS]),
         ("CheckedScopeSpans", [
-            (1, "scope", FIELD.TYPE_MESSAGE, False, _OTLP + "common.v1.InstrumentationScope"),
-            (2, "spans", FIELD.TYPE_MESSAGE, False, "SpanColumns"),
-            (3, "schema_url", FIELD.TYPE_STRING, False, ""),
+            FieldSpec(1, "scope", FIELD.TYPE_MESSAGE, False, _OTLP + "common.v1.InstrumentationScope"),
+            FieldSpec(2, "spans", FIELD.TYPE_MESSAGE, False, "SpanColumns"),
+            FieldSpec(3, "schema_url", FIELD.TYPE_STRING),
         ]),
         ("CheckedResourceSpans", [
-            (1, "resource", FIELD.TYPE_MESSAGE, False, _OTLP + "resource.v1.Resource"),
-            (2, "scope_spans", FIELD.TYPE_MESSAGE, True, "CheckedScopeSpans"),
-            (3, "schema_url", FIELD.TYPE_STRING, False, ""),
+            FieldSpec(1, "resource", FIELD.TYPE_MESSAGE, False, _OTLP + "resource.v1.Resource"),
+            FieldSpec(2, "scope_spans", FIELD.TYPE_MESSAGE, True, "CheckedScopeSpans"),
+            FieldSpec(3, "schema_url", FIELD.TYPE_STRING),
         ]),
-        ("CheckedRequest", [(1, "resource_spans", FIELD.TYPE_MESSAGE, True, "CheckedResourceSpans")]),
+        ("CheckedRequest", [FieldSpec(1, "resource_spans", FIELD.TYPE_MESSAGE, True, "CheckedResourceSpans")]),
         # each span's bytes, nothing else
-        ("SpanBytesScope", [(2, "spans", FIELD.TYPE_BYTES, True, "")]),
-        ("SpanBytesResource", [(2, "scope_spans", FIELD.TYPE_MESSAGE, True, "SpanBytesScope")]),
-        ("SpanBytesRequest", [(1, "resource_spans", FIELD.TYPE_MESSAGE, True, "SpanBytesResource")]),
-        ("SpanIds", [
-            (1, "trace_id", FIELD.TYPE_BYTES, False, ""),
-            (2, "span_id", FIELD.TYPE_BYTES, False, ""),
-            (4, "parent_span_id", FIELD.TYPE_BYTES, False, ""),
-        ]),
+        ("SpanBytesScope", [FieldSpec(2, "spans", FIELD.TYPE_BYTES, True)]),
+        ("SpanBytesResource", [FieldSpec(2, "scope_spans", FIELD.TYPE_MESSAGE, True, "SpanBytesScope")]),
+        ("SpanBytesRequest", [FieldSpec(1, "resource_spans", FIELD.TYPE_MESSAGE, True, "SpanBytesResource")]),
+        ("SpanIds", [field for field in SPAN_FIELDS if field.name in ("trace_id", "span_id", "parent_span_id")]),
     ],
     ["opentelemetry/proto/trace/v1/trace.proto"],
 )

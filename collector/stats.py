@@ -7,7 +7,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from tailsampler.collector.buffer import BufferStats
+from tailsampler.collector.buffer import Occupancy
 from tailsampler.collector.metrics import Metrics
 
 
@@ -27,7 +27,7 @@ def _by(counter: Counter, label: str) -> dict[str, int]:
     return dict(out)
 
 
-def snapshot(metrics: Metrics, buffer: BufferStats) -> dict[str, object]:
+def snapshot(metrics: Metrics, buffer: Occupancy) -> dict[str, object]:
     by_policy: dict[str, dict[str, int]] = defaultdict(lambda: {"kept": 0, "dropped": 0})
     for labels, value in _samples(metrics.traces_decided):
         by_policy[labels["policy"] or "(none)"][labels["decision"]] += int(value)

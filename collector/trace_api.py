@@ -8,7 +8,7 @@ import msgspec
 from aiohttp import web
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
-from tailsampler.collector.otlp_json import to_json
+from tailsampler.common.otlp_json import to_json
 from tailsampler.storage import TraceStoreError, get_trace, list_traces
 
 

@@ -12,7 +12,8 @@ from datetime import datetime, timezone
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status, TracesData
 
-from tailsampler.collector.config import ConfigError, load_config
+from tailsampler.collector.config import load_config
+from tailsampler.common.errors import ConfigError
 from tailsampler.storage import SqliteSpec, TraceStoreError, get_trace, list_traces
 from tailsampler.storage.summary import service_name
 

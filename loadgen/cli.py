@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from tailsampler.collector.durations import Duration
+from tailsampler.common.durations import Duration
 from tailsampler.loadgen.hotpath import STAGES
 from tailsampler.loadgen.model import TrafficShape
 from tailsampler.loadgen.processes import ProcessFailed

@@ -22,6 +22,7 @@ import msgspec
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tailsampler.collector.buffer import MemoryTraceBuffer
+from tailsampler.collector.config import BufferConfig, BufferLimits, Config, TailSamplingConfig
 from tailsampler.collector.decide import DecisionLoop
 from tailsampler.collector.forward import Forwarder
 from tailsampler.collector.ingest import Ingest
@@ -30,7 +31,7 @@ from tailsampler.collector.split import split_body
 from tailsampler.loadgen.model import TrafficShape
 from tailsampler.loadgen.processes import example_policies
 from tailsampler.loadgen.traffic import build_payloads
-from tailsampler.policies import Engine, PolicyContext, PolicySpec, RecordingConfig, TailSamplingConfig, TraceView, build_engine
+from tailsampler.policies import Engine, PolicyContext, PolicySpec, RecordingConfig, TraceView, build_engine
 
 STAGES = ("parse", "split", "decide", "pipeline")
 
@@ -53,8 +54,8 @@ def _stage(stage: str, spans: int, seed: int) -> tuple[Callable[[], object], int
     if stage == "split":
         return lambda: [split_body(body) for body in bodies], count
     policies = msgspec.convert(example_policies(slow_threshold_ms=1000), list[PolicySpec])
-    config = TailSamplingConfig(policies=policies)
-    engine = build_engine(config, PolicyContext(clock=time.monotonic))
+    config = Config(tail_sampling=TailSamplingConfig(policies=policies), buffer=BufferConfig(max_bytes=1 << 40))
+    engine = build_engine(config.tail_sampling, PolicyContext(clock=time.monotonic))
     if stage == "pipeline":
         return _pipeline(bodies, config, engine), count
     pieces: dict[bytes, list[bytes]] = {}
@@ -65,24 +66,24 @@ def _stage(stage: str, spans: int, seed: int) -> tuple[Callable[[], object], int
     return lambda: [engine.decide(TraceView(trace_id, data)) for trace_id, data in traces], count
 
 
-def _pipeline(bodies: list[bytes], config: TailSamplingConfig, engine: Engine) -> Callable[[], object]:
+def _pipeline(bodies: list[bytes], config: Config, engine: Engine) -> Callable[[], object]:
     """Every request through ``Ingest.accept`` into a fresh memory buffer (so that no decision
     is cached from an earlier pass), then every trace claimed as due, decided and settled; no
     exporter, no transport."""
     forwarder = Forwarder([], RecordingConfig())
     metrics = Metrics()
-    tick = 0.1
+    limits = BufferLimits.of(config)
 
     async def one_pass() -> None:
-        buffer = MemoryTraceBuffer(config, tick=tick, max_bytes=1 << 40, overflow="decide_early")
+        buffer = MemoryTraceBuffer(limits, config.buffer, metrics.registry)
         ingest = Ingest(buffer, forwarder, metrics)
-        decider = DecisionLoop(buffer, engine, forwarder, metrics, tick)
+        decider = DecisionLoop(buffer, engine, forwarder, metrics, limits.tick)
         for body in bodies:
             await ingest.accept(body, "grpc")
-        while claimed := await buffer.claim_due(time.time() + float(config.decision_wait) + tick, 2000):
+        while claimed := await buffer.claim_due(time.time() + limits.decision_wait + limits.tick, 2000):
             await decider.decide(claimed)
         await decider.settled()
-        if (left := await buffer.stats()).traces:  # a pass that skipped work would count too little
+        if (left := await buffer.occupancy()).traces:  # a pass that skipped work would count too little
             raise RuntimeError(f"{left.traces} traces left undecided after a pass")
 
     return lambda: asyncio.run(one_pass())

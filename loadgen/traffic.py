@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tailsampler.collector.otlp_json import to_json
+from tailsampler.common.otlp_json import to_json
 from tailsampler.loadgen.batching import Batcher, Payload
 from tailsampler.loadgen.model import Trace, TraceGenerator, TrafficShape
 from tailsampler.loadgen.transport import PROTOCOLS, Transport, loopback_endpoint, make_transport

@@ -1,32 +1,34 @@
 """The policy engine: the OpenTelemetry Collector tail_sampling policies and more, one module per
 policy type, and the engine that combines their votes.
 
-Public surface: ``PolicySpec`` (config union), ``TailSamplingConfig``, ``DecisionCacheConfig``,
-``RecordingConfig``, ``build_engine`` / ``Engine``, ``record`` (optional rewrite of kept traces)
-and the vocabulary in ``base`` and ``trace``.
+Public surface: ``PolicySpec`` (config union), ``RecordingConfig``, ``build_engine`` / ``Engine``
+/ ``Evaluation``, ``policy_problems`` (checking a config's policy list), ``record`` (optional
+rewrite of kept traces) and the vocabulary in ``base`` and ``trace``.
 """
 
-from .base import Decision, LocalTokenBucket, Policy, PolicyContext, TokenBucket, Verdict
-from .config import DecisionCacheConfig, RecordingConfig, TailSamplingConfig
-from .engine import Engine, build_engine
-from .recording import record
+from tailsampler.common.verdict import Verdict
+
+from .base import Decision, LocalTokenBucket, Policy, PolicyContext, TokenBucket
+from .engine import Engine, EngineSettings, Evaluation, build_engine, policy_problems
+from .recording import RecordingConfig, record
 from .specs import PolicySpec
 from .trace import SpanRef, TraceView
 
 __all__ = [
     "Decision",
-    "DecisionCacheConfig",
     "Engine",
+    "EngineSettings",
+    "Evaluation",
     "LocalTokenBucket",
     "Policy",
     "PolicyContext",
     "PolicySpec",
     "RecordingConfig",
     "SpanRef",
-    "TailSamplingConfig",
     "TokenBucket",
     "TraceView",
     "Verdict",
     "build_engine",
+    "policy_problems",
     "record",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .base import Decision
-from .registry import Builder, PolicyKind, SpecBase
+from .kind import Builder, PolicyKind, SpecBase
 from .trace import TraceView
 
 

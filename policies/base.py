@@ -7,7 +7,7 @@ OpenTelemetry Collector's tail_sampling processor does (drop beats sampled beats
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from .trace import TraceView
@@ -17,7 +17,7 @@ class Decision(enum.Enum):
     NOT_SAMPLED = "not_sampled"
     SAMPLED = "sampled"
     DROPPED = "dropped"
-    ERROR = "error"
+    ERROR = "error"  # only the engine records it: a policy that fails raises
 
     # Members are singletons, so identity is equality; Enum's own hash is a Python call hashing
     # the member's name, and every decision's votes are counted by member
@@ -38,29 +38,15 @@ class Policy(Protocol):
 
 
 class PolicyError(Exception):
-    """A policy could not judge a trace; the engine counts it and skips the policy's vote."""
-
-
-def evaluate_strict(policy: Policy, trace: TraceView) -> Decision:
-    """A sub-policy's vote, with ``ERROR`` turned into ``PolicyError`` so it reaches the engine."""
-    decision = policy.evaluate(trace)
-    if decision is Decision.ERROR:
-        raise PolicyError(f"policy {policy.name!r} failed")
-    return decision
+    """A policy could not judge a trace; the engine counts it as an ``ERROR`` vote and skips it.
+    Any exception does the same; this one says the policy failed on purpose (a failing OTTL
+    condition with ``error_mode: propagate``)."""
 
 
 class TokenBucket(Protocol):
     """A budget that refills at a rate; shared across agents when the buffer is Redis."""
 
     def take(self, amount: float) -> bool: ...
-
-
-@dataclass(slots=True)
-class Verdict:
-    keep: bool
-    policy: str | None
-    votes: dict[str, Decision] = field(default_factory=dict)
-    sample_rate: float | None = None
 
 
 class LocalTokenBucket:

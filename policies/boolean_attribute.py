@@ -10,7 +10,7 @@ import msgspec
 
 from .attributes import match_value
 from .base import Decision
-from .registry import Builder, PolicyKind, SpecBase, invalid
+from .kind import Builder, PolicyKind, SpecBase, invalid
 from .trace import TraceView
 
 

@@ -18,61 +18,29 @@ valid span has a span ID (ingest refuses the others), so ``span_id`` counts the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from tailsampler.common.proto_types import FIELD, SPAN_FIELDS, FieldSpec, declare, read_past
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-FIELD = descriptor_pb2.FieldDescriptorProto
-# (message, [(number, name, type, repeated, message or enum type)]); a type name starting with a
-# dot is absolute, any other is a message of the same declaration
-Messages = Sequence[tuple[str, Sequence[tuple[int, str, int, bool, str]]]]
+_B = FIELD.TYPE_BYTES
+# the span fields policies read, as columns; every other field is read past
+_COLUMNS = {"span_id", "trace_state", "start_time_unix_nano", "end_time_unix_nano", "flags"}
 
 
-def declare(package: str, messages: Messages, dependencies: Sequence[str] = ()) -> dict[str, type]:
-    """Message classes for ``messages``, added to the default pool as ``package`` (whose
-    ``dependencies``, .proto files already imported, provide the absolute type names)."""
-    file = descriptor_pb2.FileDescriptorProto(name=f"{package.replace('.', '/')}.proto", package=package, syntax="proto3")
-    file.dependency.extend(dependencies)
-    for name, fields in messages:
-        message = file.message_type.add(name=name)
-        for number, field_name, kind, repeated, type_name in fields:
-            label = FIELD.LABEL_REPEATED if repeated else FIELD.LABEL_OPTIONAL
-            field = message.field.add(name=field_name, number=number, type=kind, label=label)
-            if type_name:
-                field.type_name = type_name if type_name.startswith(".") else f".{package}.{type_name}"
-    pool = descriptor_pool.Default()
-    pool.Add(file)
-    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.{name}")) for name, _ in messages}
-
-
-_B, _V = FIELD.TYPE_BYTES, FIELD.TYPE_UINT64  # the types of the fields read past: any length-delimited / varint
+def _span_column(field: FieldSpec) -> FieldSpec:
+    if field.name == "status":
+        return FieldSpec(field.number, field.name, FIELD.TYPE_MESSAGE, False, "Status")
+    if field.name in _COLUMNS:
+        return field._replace(repeated=True)
+    return read_past(field)
 
 
 TraceColumns = declare("tailsampler.columns", [
-    ("Status", [(2, "message", _B, False, ""), (3, "code", FIELD.TYPE_INT32, True, "")]),
-    ("Spans", [
-        (1, "trace_id", _B, False, ""),
-        (2, "span_id", FIELD.TYPE_BYTES, True, ""),
-        (3, "trace_state", FIELD.TYPE_STRING, True, ""),
-        (4, "parent_span_id", _B, False, ""),
-        (5, "name", _B, False, ""),
-        (6, "kind", _V, False, ""),
-        (7, "start_time_unix_nano", FIELD.TYPE_FIXED64, True, ""),
-        (8, "end_time_unix_nano", FIELD.TYPE_FIXED64, True, ""),
-        (9, "attributes", _B, False, ""),
-        (10, "dropped_attributes_count", _V, False, ""),
-        (11, "events", _B, False, ""),
-        (12, "dropped_events_count", _V, False, ""),
-        (13, "links", _B, False, ""),
-        (14, "dropped_links_count", _V, False, ""),
-        (15, "status", FIELD.TYPE_MESSAGE, False, "Status"),
-        (16, "flags", FIELD.TYPE_FIXED32, True, ""),
-    ]),
-    ("ScopeSpans", [(1, "scope", _B, False, ""), (2, "spans", FIELD.TYPE_MESSAGE, False, "Spans"), (3, "schema_url", _B, False, "")]),
+    ("Status", [FieldSpec(2, "message", _B), FieldSpec(3, "code", FIELD.TYPE_INT32, True)]),
+    ("Spans", [_span_column(field) for field in SPAN_FIELDS]),
+    ("ScopeSpans", [FieldSpec(1, "scope", _B), FieldSpec(2, "spans", FIELD.TYPE_MESSAGE, False, "Spans"), FieldSpec(3, "schema_url", _B)]),
     ("ResourceSpans", [
-        (1, "resource", _B, False, ""),
-        (2, "scope_spans", FIELD.TYPE_MESSAGE, False, "ScopeSpans"),
-        (3, "schema_url", _B, False, ""),
+        FieldSpec(1, "resource", _B),
+        FieldSpec(2, "scope_spans", FIELD.TYPE_MESSAGE, False, "ScopeSpans"),
+        FieldSpec(3, "schema_url", _B),
     ]),
-    ("TracesData", [(1, "resource_spans", FIELD.TYPE_MESSAGE, False, "ResourceSpans")]),
+    ("TracesData", [FieldSpec(1, "resource_spans", FIELD.TYPE_MESSAGE, False, "ResourceSpans")]),
 ])["TracesData"]

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import msgspec
 
-import tailsampler.policies.specs  # noqa: F401  (sub-policy annotations resolve through it)
+import tailsampler.policies  # noqa: F401  (sub-policy annotations name tailsampler.policies.specs, resolved at first decode)
 
-from .base import Decision, Policy, evaluate_strict
-from .registry import Builder, PolicyKind, SpecBase, invalid
+from .base import Decision, Policy
+from .kind import Builder, PolicyKind, SpecBase, invalid
 from .trace import TraceView
 
 
@@ -46,7 +46,7 @@ class NotSpec(SpecBase, tag="not"):
 
 
 def all_sample(subs: list[Policy], trace: TraceView) -> bool:
-    return all(evaluate_strict(sub, trace) is Decision.SAMPLED for sub in subs)
+    return all(sub.evaluate(trace) is Decision.SAMPLED for sub in subs)
 
 
 @dataclass
@@ -79,7 +79,7 @@ class Not:
     sub: Policy
 
     def evaluate(self, trace: TraceView) -> Decision:
-        decision = evaluate_strict(self.sub, trace)
+        decision = self.sub.evaluate(trace)
         if decision is Decision.SAMPLED:
             return Decision.NOT_SAMPLED
         if decision is Decision.NOT_SAMPLED:

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import msgspec
 
-import tailsampler.policies.specs  # noqa: F401  (sub-policy annotations resolve through it)
+import tailsampler.policies  # noqa: F401  (sub-policy annotations name tailsampler.policies.specs, resolved at first decode)
 
-from .base import Decision, Policy, TokenBucket, evaluate_strict
-from .registry import Builder, PolicyKind, SpecBase, invalid
+from .base import Decision, Policy, TokenBucket
+from .kind import Builder, PolicyKind, SpecBase, invalid
 from .trace import TraceView
 
 
@@ -54,7 +54,7 @@ class Composite:
 
     def evaluate(self, trace: TraceView) -> Decision:
         for sub in self.subs:
-            if evaluate_strict(sub.policy, trace) is Decision.SAMPLED:
+            if sub.policy.evaluate(trace) is Decision.SAMPLED:
                 if sub.bucket is not None and sub.bucket.take(trace.span_count):
                     return Decision.SAMPLED
                 return Decision.NOT_SAMPLED

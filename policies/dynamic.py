@@ -19,12 +19,12 @@ from typing import Callable
 
 import msgspec
 
-from tailsampler.collector.durations import Duration
+from tailsampler.common.durations import Duration
 
 from .base import Decision
 from .keys import KeyBuilder
 from .probabilistic import fnv1a_64
-from .registry import Builder, PolicyKind, SpecBase, invalid
+from .kind import Builder, PolicyKind, SpecBase, invalid
 from .trace import TraceView
 
 _HASH_SPACE = float(1 << 64)

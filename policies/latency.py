@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import msgspec
 
 from .base import Decision
-from .registry import Builder, PolicyKind, SpecBase, invalid
+from .kind import Builder, PolicyKind, SpecBase, invalid
 from .trace import TraceView
 
 

@@ -15,7 +15,7 @@ import msgspec
 
 from .base import Decision, PolicyError
 from .ottl import Condition, OttlEvalError, OttlSyntaxError, Target, parse_condition
-from .registry import Builder, PolicyKind, SpecBase, invalid
+from .kind import Builder, PolicyKind, SpecBase, invalid
 from .trace import TraceView
 
 

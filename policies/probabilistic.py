@@ -15,7 +15,7 @@ from fractions import Fraction
 import msgspec
 
 from .base import Decision
-from .registry import Builder, PolicyKind, SpecBase, invalid
+from .kind import Builder, PolicyKind, SpecBase, invalid
 from .trace import TraceView
 
 DEFAULT_HASH_SALT = "default-hash-seed"

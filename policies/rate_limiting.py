@@ -14,7 +14,7 @@ from typing import Callable
 import msgspec
 
 from .base import Decision, TokenBucket
-from .registry import Builder, PolicyKind, SpecBase, invalid
+from .kind import Builder, PolicyKind, SpecBase, invalid
 from .trace import TraceView
 
 

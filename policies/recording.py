@@ -11,11 +11,32 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import msgspec
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
-from .base import Verdict
-from .config import RecordingConfig
+from tailsampler.common.verdict import Verdict
+
+
+class RecordingConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """What kept traces carry about their sampling; all off, so kept bytes leave untouched.
+
+    ``policy_attribute``: ``sampling.policy`` (the deciding policy) on every scope.
+    ``sample_rate_attribute``: ``sampling.sample_rate`` (1-in-N) on every scope, when the deciding
+    policy knows its rate (``probabilistic``, ``dynamic``).
+    ``tracestate_threshold``: the OpenTelemetry ``ot=th:`` threshold in every span's tracestate
+    when the rate is known, keeping a stricter threshold already there, so backends can
+    extrapolate counts.
+    """
+
+    policy_attribute: bool = False
+    sample_rate_attribute: bool = False
+    tracestate_threshold: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.policy_attribute or self.sample_rate_attribute or self.tracestate_threshold
+
 
 POLICY_ATTRIBUTE = "sampling.policy"
 RATE_ATTRIBUTE = "sampling.sample_rate"

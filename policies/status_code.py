@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import msgspec
 
 from .base import Decision
-from .registry import Builder, PolicyKind, SpecBase, invalid
+from .kind import Builder, PolicyKind, SpecBase, invalid
 from .trace import TraceView
 
 STATUS_CODES = {"UNSET": 0, "OK": 1, "ERROR": 2}

@@ -18,7 +18,7 @@ import msgspec
 
 from .attributes import match_resource_or_span
 from .base import Decision
-from .registry import Builder, PolicyKind, SpecBase, invalid
+from .kind import Builder, PolicyKind, SpecBase, invalid
 from .trace import TraceView
 
 DEFAULT_CACHE_SIZE = 128

@@ -16,11 +16,11 @@ from typing import Callable
 
 import msgspec
 
-from tailsampler.collector.durations import Duration
+from tailsampler.common.durations import Duration
 
 from .base import Decision, TokenBucket
 from .keys import KeyBuilder
-from .registry import Builder, PolicyKind, SpecBase, invalid
+from .kind import Builder, PolicyKind, SpecBase, invalid
 from .trace import TraceView
 
 _OVERFLOW_KEY = "\x00other"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Iterator
+from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
@@ -109,13 +109,3 @@ class TraceView:
     def root(self) -> SpanRef | None:
         """The span without a parent, if it has arrived."""
         return next((ref for ref in self.spans if not ref.span.parent_span_id), None)
-
-    def iter_attribute(self, key: str) -> Iterator[Any]:
-        """Every value ``key`` takes on a span or on a span's resource, span attributes first."""
-        for ref in self.spans:
-            value = attribute(ref.span.attributes, key)
-            if value is not None:
-                yield value
-            value = attribute(ref.resource.attributes, key)
-            if value is not None:
-                yield value

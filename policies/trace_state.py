@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import msgspec
 
 from .base import Decision
-from .registry import Builder, PolicyKind, SpecBase, invalid
+from .kind import Builder, PolicyKind, SpecBase, invalid
 from .trace import TraceView
 
 _MAX_KEY_LENGTH = 256

@@ -6,6 +6,8 @@ import abc
 import asyncio
 from dataclasses import dataclass
 
+from tailsampler.common.verdict import Verdict
+
 
 class ExporterSetupError(Exception):
     """An exporter cannot start: unreadable certificate, unusable file or database path, ..."""
@@ -13,7 +15,8 @@ class ExporterSetupError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class KeptTrace:
-    """A kept trace as the collector received it: ``data`` is a valid ``TracesData`` body.
+    """A kept trace as the collector received it: ``data`` is a valid ``TracesData`` body, and
+    ``verdict`` says which policy kept it and at what rate.
 
     ``late`` marks spans that arrived after their trace was kept and are forwarded on their own.
     ``span_count`` (0 = unknown) saves the exporter a parse when the caller already knows it.
@@ -24,7 +27,7 @@ class KeptTrace:
 
     trace_id: bytes
     data: bytes
-    policy: str | None
+    verdict: Verdict
     late: bool = False
     span_count: int = 0
     done: "asyncio.Future[bool] | None" = None

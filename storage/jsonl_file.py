@@ -9,7 +9,7 @@ from typing import BinaryIO
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tailsampler.collector.otlp_json import to_json
+from tailsampler.common.otlp_json import to_json
 
 from .base import ExporterSetupError, KeptTrace
 from .delivery import Delivered, SendFailed

@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from tailsampler.collector.durations import Duration
+from tailsampler.common.durations import Duration
+from tailsampler.common.endpoints import Endpoint
 
 
 class RetryConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -99,8 +100,11 @@ class OtlpSpec(_Network, tag="otlp", kw_only=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        host, sep, port = self.endpoint.rpartition(":")
-        if not (host and sep and port.isdigit()):
+        try:
+            host = Endpoint.parse(self.endpoint).host
+        except ValueError as exc:
+            raise ValueError(f"endpoint: {exc}") from None
+        if not host:
             raise ValueError(f"endpoint: expected host:port, got {self.endpoint!r}")
         if self.insecure and (self.ca_file or self.cert_file):
             raise ValueError("insecure: true cannot be combined with ca_file / cert_file")

@@ -93,7 +93,7 @@ def write_batch(conn: sqlite3.Connection, batch: list[KeptTrace], now: float) ->
                 s.end_unix_nano,
                 s.span_count,
                 int(s.error),
-                trace.policy,
+                trace.verdict.policy,
                 s.root_service,
                 s.root_name,
                 now,

@@ -6,15 +6,15 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-import msgspec
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from tailsampler.collector.durations import Duration
 from tailsampler.collector.split import split_request
-from tailsampler.policies import Engine, PolicyContext, TailSamplingConfig, TraceView, build_engine
+from tailsampler.collector.config import TailSamplingConfig
+from tailsampler.common.settings import decode
+from tailsampler.policies import Engine, PolicyContext, TraceView, build_engine
 
 TRACE_ID = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
 MS = 1_000_000
@@ -90,14 +90,8 @@ def view(*groups: ResourceSpans | Span, trace_id: bytes = TRACE_ID) -> TraceView
     return TraceView(trace_id, fragment.data if fragment else b"")
 
 
-def _dec_hook(type_: type, obj: Any) -> Any:
-    if type_ is Duration:
-        return Duration.parse(obj)
-    raise NotImplementedError
-
-
 def ts_config(policies: list[dict], **top: Any) -> TailSamplingConfig:
-    return msgspec.convert({"policies": policies, **top}, TailSamplingConfig, dec_hook=_dec_hook)
+    return decode({"policies": policies, **top}, TailSamplingConfig, "tail_sampling")
 
 
 class FakeClock:

@@ -12,7 +12,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 from prometheus_client import CollectorRegistry
 
 from tailsampler.collector.buffer import BufferFull, Settlement, TraceBuffer, make_buffer
-from tailsampler.collector.config import Config, decode
+from tailsampler.collector.config import Config
+from tailsampler.common.settings import decode
+from tailsampler.common.verdict import DROPPED, Verdict
 from tests.otlp_data import fragments, new_trace_id
 
 T0 = 1_800_000_000.0
@@ -38,9 +40,8 @@ async def make(request: pytest.FixtureRequest) -> Any:
         else:
             cfg.pop("key_prefix", None)
         data = {"tail_sampling": {"decision_wait": "10s", **(tail_sampling or {})}, "buffer": cfg}
-        config = decode(data, Config, "contract")
-        made = make_buffer(config, CollectorRegistry())
-        await made.start()
+        config = decode(data, Config)
+        made, _ = make_buffer(config, CollectorRegistry())
         created.append(made)
         return made
 
@@ -94,14 +95,13 @@ async def test_late_spans_follow_the_cached_decision(make: MakeBuffer) -> None:
     await buffer.append({**fragments(kept), **fragments(dropped)}, T0)
     claimed = await buffer.claim_due(T0 + 11, 100)
     assert {c.trace_id for c in claimed} == {kept, dropped}
-    await buffer.settle([Settlement(kept, True, "errors"), Settlement(dropped, False, None)], T0 + 11)
+    await buffer.settle([Settlement(kept, Verdict(True, "errors", 10.0)), Settlement(dropped, DROPPED)], T0 + 11)
     late_kept, late_dropped = fragments(kept, 2), fragments(dropped, 3)
     result = await buffer.append({**late_kept, **late_dropped}, T0 + 12)
-    assert result.late_kept == {kept: late_kept[kept].data}
-    assert result.late_kept_policy[kept] == "errors"
+    assert result.late_kept == {kept: Verdict(True, "errors", 10.0)}
     assert result.late_dropped_spans == 3
     assert await buffer.claim_due(T0 + 60, 100) == []
-    assert (await buffer.stats()).traces == 0
+    assert (await buffer.occupancy()).traces == 0
 
 
 async def test_spans_arriving_while_a_trace_is_being_decided_come_back_from_settle(make: MakeBuffer) -> None:
@@ -112,20 +112,20 @@ async def test_spans_arriving_while_a_trace_is_being_decided_come_back_from_sett
     straggler = fragments(tid, 2)
     result = await buffer.append(straggler, T0 + 11.05)
     assert result.late_kept == {} and result.late_dropped_spans == 0
-    assert await buffer.settle([Settlement(tid, True, "p")], T0 + 11.1) == {tid: straggler[tid].data}
+    assert await buffer.settle([Settlement(tid, Verdict(True, "p"))], T0 + 11.1) == {tid: straggler[tid].data}
 
 
-async def test_stats_count_buffered_traces_and_bytes(make: MakeBuffer) -> None:
+async def test_occupancy_counts_buffered_traces_and_bytes(make: MakeBuffer) -> None:
     buffer = await make()
     a, b = new_trace_id(), new_trace_id()
     frags = {**fragments(a, 3), **fragments(b, 1)}
     await buffer.append(frags, T0)
-    stats = await buffer.stats()
+    stats = await buffer.occupancy()
     assert stats.traces == 2
     assert stats.bytes == sum(len(f.data) for f in frags.values())
     claimed = await buffer.claim_due(T0 + 11, 100)
-    await buffer.settle([Settlement(c.trace_id, False, None) for c in claimed], T0 + 11)
-    assert await buffer.stats() == type(stats)(0, 0)
+    await buffer.settle([Settlement(c.trace_id, DROPPED) for c in claimed], T0 + 11)
+    assert await buffer.occupancy() == type(stats)(0, 0)
 
 
 async def test_backpressure_refuses_new_traces_whole_and_keeps_the_buffered_ones(make: MakeBuffer) -> None:

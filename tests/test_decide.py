@@ -20,7 +20,7 @@ async def test_a_trace_that_cannot_be_evaluated_is_kept_not_lost(start_collector
     collector: Collector = await start_collector(collector_config([{"type": "file", "path": str(out)}]))
     broken, fine = new_trace_id(), new_trace_id()
     await collector.buffer.append({broken: Fragment([b"\x0a\x05\xff\xff"], 1, True), **fragments(fine)}, time.time())
-    await collector.loop.decide(await collector.buffer.claim_all(10))
+    await collector.loop.decide(await collector.buffer.claim_due(time.time(), 10, draining=True))
     await collector.loop.settled()
     stats = await collector.stats()
     assert stats["traces"]["by_policy"]["evaluation_error"]["kept"] == 1
@@ -42,11 +42,11 @@ async def test_kept_traces_stay_in_the_buffer_until_the_exporter_is_done(
     try:
         trace_id = new_trace_id()
         await collector.buffer.append(fragments(trace_id, 3), time.time())
-        await collector.loop.decide(await collector.buffer.claim_all(10))
-        assert (await collector.buffer.stats()).traces == 1  # handed over, not yet delivered
+        await collector.loop.decide(await collector.buffer.claim_due(time.time(), 10, draining=True))
+        assert (await collector.buffer.occupancy()).traces == 1  # handed over, not yet delivered
         await collector.loop.settled()
         assert trace_id.hex() in otlp_grpc_sink.spans_by_trace()
-        assert (await collector.buffer.stats()).traces == 0
+        assert (await collector.buffer.occupancy()).traces == 0
     finally:
         await collector.stop()
 
@@ -62,7 +62,7 @@ async def test_a_decision_round_counts_traces_spans_and_votes(start_collector: A
     await collector.buffer.append(
         {**fragments(failed, 2, error=True), **fragments(slow, 3, duration_ms=500), **fragments(fine, 4)}, time.time()
     )
-    await collector.loop.decide(await collector.buffer.claim_all(10))
+    await collector.loop.decide(await collector.buffer.claim_due(time.time(), 10, draining=True))
     await collector.loop.settled()
     value = collector.metrics.registry.get_sample_value
     assert value("tailsampler_traces_decided_total", {"decision": "kept", "policy": "errors"}) == 1

@@ -10,7 +10,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from tailsampler.collector import evaluate
-from tailsampler.collector.otlp_json import to_json
+from tailsampler.common.otlp_json import to_json
 
 from .policy_traces import resource_spans, span
 

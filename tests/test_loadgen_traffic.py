@@ -21,7 +21,7 @@ from tailsampler.loadgen.processes import NullServerProcess
 from tailsampler.loadgen.sink import Sink
 from tailsampler.loadgen.traffic import TrafficConfig, build_payloads, run_traffic
 from tailsampler.loadgen.transport import GrpcTransport, Outcome
-from tailsampler.collector.otlp_json import to_json
+from tailsampler.common.otlp_json import to_json
 from tailsampler.policies.trace import TraceView, attribute
 
 
@@ -60,8 +60,8 @@ def test_traces_are_w3c_valid_and_carry_semantic_conventions() -> None:
                                    trace.spans[-1][1][2:]).parent_span_id
         assert not trace.error and not trace.slow
     assert {"db-query", "SELECT shop.products", "POST /api/v1/checkout", "publish order-events"} <= names
-    statements = {v for trace in [generator.next_trace(0) for _ in range(50)]
-                  for v in _trace_view(trace).iter_attribute("db.system")}
+    statements = {attribute(ref.span.attributes, "db.system") for trace in [generator.next_trace(0) for _ in range(50)]
+                  for ref in _trace_view(trace).spans} - {None}
     assert statements == {"postgresql", "redis"}
 
 

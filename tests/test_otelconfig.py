@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tailsampler.collector.config import parse_config
-from tailsampler.collector.errors import ConfigError
+from tailsampler.common.errors import ConfigError
 from tailsampler.collector.otelconfig import convert_otel_collector_config, validate_otel_collector_config
 from tailsampler.policies import PolicyContext, build_engine
 
@@ -42,12 +42,14 @@ def test_reference_readme_example_validates(tmp_path):
     assert validate_otel_collector_config(README_EXAMPLE) == []
 
 
-def test_one_message_per_bad_block_with_file_and_key_path(tmp_path):
+def test_one_message_per_problem_with_file_and_key_path(tmp_path):
     path = tmp_path / "otel.yaml"
     path.write_text(COLLECTOR)
     assert validate_otel_collector_config(path) == [
         f"{path}: processors.tail_sampling/edge.policies[0].latency.upper_threshold_ms: "
-        "must be greater than threshold_ms (100), got 50"
+        "must be greater than threshold_ms (100), got 50",
+        f"{path}: processors.tail_sampling/edge.policies[1].ottl_condition.span[0]: "
+        "cannot parse OTTL condition 'name == ': column 9: expected a value, a path or a function call, found end of condition",
     ]
 
 

@@ -136,7 +136,7 @@ def test_error_mode(mode, vote, errors):
     eng = engine([ottl(['IsMatch(attributes["m"], "a")', 'name == "target"'], mode=mode)])
     verdict = eng.decide(trace)
     assert verdict.votes["o"] is vote
-    assert eng.errors == errors
+    assert list(verdict.votes.values()).count(E) == errors
 
 
 def test_nested_map_index():

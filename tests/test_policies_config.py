@@ -9,9 +9,8 @@ import pytest
 import yaml
 
 from tailsampler.collector.config import parse_config
-from tailsampler.collector.errors import ConfigError
-from tailsampler.policies import PolicyContext, Verdict, build_engine, record
-from tailsampler.policies.config import RecordingConfig
+from tailsampler.common.errors import ConfigError
+from tailsampler.policies import PolicyContext, RecordingConfig, Verdict, build_engine, record
 from tailsampler.policies.recording import threshold_for, with_threshold
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
@@ -103,12 +102,12 @@ def test_recording_is_off_by_default_and_bytes_pass_through():
     trace = view(span())
     options = parse_config("", "x.yaml").tail_sampling.recording
     assert not options.enabled
-    assert record(trace.data, Verdict(True, "p", {}, 10.0), options) is trace.data
+    assert record(trace.data, Verdict(True, "p", 10.0), options) is trace.data
 
 
 def test_recording_policy_and_rate_on_scope_attributes():
     trace = view(resource_spans([span(), span()]), resource_spans([span()], {"service.name": "b"}))
-    data = record(trace.data, Verdict(True, "slow", {}, 4.0), RecordingConfig(policy_attribute=True, sample_rate_attribute=True))
+    data = record(trace.data, Verdict(True, "slow", 4.0), RecordingConfig(policy_attribute=True, sample_rate_attribute=True))
     parsed = TracesData.FromString(data)
     scopes = [ss.scope for rs in parsed.resource_spans for ss in rs.scope_spans]
     assert len(scopes) == 2
@@ -131,6 +130,6 @@ def test_recording_threshold_keeps_stricter_incoming_and_other_entries():
 def test_recording_threshold_only_for_known_rates():
     trace = view(span(trace_state="ot=th:4"))
     options = RecordingConfig(tracestate_threshold=True)
-    assert record(trace.data, Verdict(True, "errors", {}, None), options) is trace.data
-    rewritten = TracesData.FromString(record(trace.data, Verdict(True, "p", {}, 10.0), options))
+    assert record(trace.data, Verdict(True, "errors", None), options) is trace.data
+    rewritten = TracesData.FromString(record(trace.data, Verdict(True, "p", 10.0), options))
     assert rewritten.resource_spans[0].scope_spans[0].spans[0].trace_state == "ot=th:e6666666666666"

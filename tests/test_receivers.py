@@ -6,6 +6,7 @@ Every bad request is followed by a good one, to show the server keeps serving.
 from __future__ import annotations
 
 import gzip
+import time
 import json
 import zlib
 from typing import Any
@@ -19,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from tailsampler.collector.otlp_json import to_json
+from tailsampler.common.otlp_json import to_json
 from tests.collectors import StartCollector, collector_config
 from tests.waiting import eventually
 from tests.otlp_data import new_trace_id, request
@@ -113,7 +114,7 @@ async def test_http_json_hex_ids_are_decoded_and_invalid_ones_refused_in_json(co
     assert await received(collector) == 1
     # the one valid span was decoded with the trace ID the JSON named in hex
     valid_trace = req.resource_spans[0].scope_spans[0].spans[2].trace_id
-    assert [c.trace_id for c in await collector.buffer.claim_all(10)] == [valid_trace]
+    assert [c.trace_id for c in await collector.buffer.claim_due(time.time(), 10, draining=True)] == [valid_trace]
 
 
 @pytest.mark.parametrize(

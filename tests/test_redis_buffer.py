@@ -20,10 +20,14 @@ from typing import AsyncIterator
 import pytest
 import redis
 
-from tailsampler.collector.buffer import BufferFull, BufferStats, BufferUnavailable, Settlement
+from prometheus_client import CollectorRegistry
+
+from tailsampler.collector.buffer import BufferFull, BufferUnavailable, Occupancy, Settlement
 from tailsampler.collector.buffer.redis import RedisTraceBuffer, shard_of
-from tailsampler.collector.config import BufferConfig, decode
-from tailsampler.policies import TailSamplingConfig
+from tailsampler.collector.buffer.redis_state import RedisState
+from tailsampler.collector.config import BufferConfig, BufferLimits, Config
+from tailsampler.common.settings import decode
+from tailsampler.common.verdict import DROPPED, Verdict
 from tests.otlp_data import fragments, new_trace_id
 from tests.redis_servers import RedisCluster, RedisProcess
 from tests.waiting import eventually
@@ -55,30 +59,39 @@ def standalone(clean_redis_url: str) -> Target:
     return Target(clean_redis_url, False, [redis.Redis.from_url(clean_redis_url)])
 
 
-def buffer_config(target: Target, **buffer: object) -> BufferConfig:
-    return decode({"type": "redis", "url": target.url, "cluster": target.cluster, "lease": "2s", **buffer}, BufferConfig, "test")
+def agent_config(target: Target, overflow: str = "decide_early", ts: dict | None = None, **buffer: object) -> Config:
+    return decode({
+        "tail_sampling": {"decision_wait": "1s", **(ts or {})},
+        "buffer": {"type": "redis", "url": target.url, "cluster": target.cluster, "lease": "2s", "overflow": overflow, **buffer},
+    }, Config)
 
 
-def tail_sampling(**keys: object) -> TailSamplingConfig:
-    return decode({"decision_wait": "1s", **keys}, TailSamplingConfig, "test")
+def redis_buffer(config: Config) -> RedisTraceBuffer:
+    return RedisTraceBuffer(BufferLimits.of(config), config.buffer, CollectorRegistry())
 
 
 class Buffers:
-    """Started buffers (agents) on one target; each is closed at teardown."""
+    """Buffers (agents) on one target, and the state an agent shares beside its buffer; all are
+    closed at teardown."""
 
     def __init__(self, target: Target) -> None:
         self.target = target
-        self.made: list[RedisTraceBuffer] = []
+        self.made: list[RedisTraceBuffer | RedisState] = []
 
     async def __call__(self, overflow: str = "decide_early", ts: dict | None = None, **buffer: object) -> RedisTraceBuffer:
-        buf = RedisTraceBuffer(buffer_config(self.target, **buffer), tail_sampling(**(ts or {})), overflow=overflow)
-        await buf.start()
+        buf = redis_buffer(agent_config(self.target, overflow, ts, **buffer))
         self.made.append(buf)
         return buf
 
+    async def shared(self, **buffer: object) -> RedisState:
+        state = RedisState(agent_config(self.target, **buffer).buffer)
+        await state.start()
+        self.made.append(state)
+        return state
+
     async def close(self) -> None:
-        for buf in self.made:
-            await buf.close()
+        for made in self.made:
+            await made.close()
 
 
 @pytest.fixture
@@ -132,15 +145,14 @@ async def test_each_trace_goes_to_one_agent_and_late_spans_follow_the_decision(m
 
     kept = sorted(first)[:10]
     for buf, batch in zip((a, b), by_agent):
-        assert await buf.settle([Settlement(t, t in kept, "errors" if t in kept else None) for t in batch], now + 2) == {}
-    assert await a.stats() == await b.stats() == BufferStats(0, 0)
+        assert await buf.settle([Settlement(t, Verdict(True, "errors", 4.0) if t in kept else DROPPED) for t in batch], now + 2) == {}
+    assert await a.occupancy() == await b.occupancy() == Occupancy(0, 0)
 
     late = {tid: fragments(tid, 4)[tid] for tid in first}
     result = await b.append(late, now + 3)
-    assert result.late_kept == {t: late[t].data for t in kept}
-    assert result.late_kept_policy == {t: "errors" for t in kept}
+    assert result.late_kept == {t: Verdict(True, "errors", 4.0) for t in kept}
     assert result.late_dropped_spans == 4 * (len(first) - len(kept))
-    assert (await b.stats()).traces == 0
+    assert (await b.occupancy()).traces == 0
 
 
 async def test_spans_appended_while_a_trace_is_decided_are_returned_by_settle(make_buffer: Buffers) -> None:
@@ -151,19 +163,19 @@ async def test_spans_appended_while_a_trace_is_decided_are_returned_by_settle(ma
     [claimed] = await a.claim_due(now + 2, 10)
     straggler = fragments(tid, 1)
     assert (await b.append(straggler, now + 2.1)).late_kept == {}
-    assert await a.settle([Settlement(tid, True, "slow")], now + 2.2) == {tid: straggler[tid].data}
-    assert await b.stats() == BufferStats(0, 0)
+    assert await a.settle([Settlement(tid, Verdict(True, "slow"))], now + 2.2) == {tid: straggler[tid].data}
+    assert await b.occupancy() == Occupancy(0, 0)
 
 
 @pytest.mark.parametrize("given,expected", [({}, 1), ({"cluster": True}, 16), ({"shards": 4}, 4), ({"cluster": True, "shards": 48}, 48)])
 def test_shards_default_to_one_on_a_server_and_sixteen_on_a_cluster(given: dict, expected: int) -> None:
-    assert decode({"type": "redis", **given}, BufferConfig, "test").shards == expected
+    assert decode({"type": "redis", **given}, BufferConfig).shards == expected
 
 
 def test_shards_are_the_same_in_every_process() -> None:
     ids = [new_trace_id() for _ in range(50)]
     code = (
-        "import json, sys; from collector.buffer.redis import shard_of; "
+        "import json, sys; from tailsampler.collector.buffer.redis import shard_of; "
         "print(json.dumps([shard_of(bytes.fromhex(h), 16) for h in json.load(sys.stdin)]))"
     )
     # another process, with another str hash seed than this one, must agree
@@ -191,20 +203,21 @@ async def test_a_live_agent_keeps_its_claims_by_renewing_them(make_buffer: Buffe
     assert [c.trace_id for c in await a.claim_due(time.time(), 10)] == [tid]
     deadline = time.monotonic() + 2.5  # more than two leases
     while time.monotonic() < deadline:
+        await a.renew(time.time())  # what the decision loop does every tick
         assert await b.claim_due(time.time(), 10) == [], "a renewed claim was taken over"
         await asyncio.sleep(0.2)
 
 
 CLAIMER = """
 import asyncio, json, sys, time
+from prometheus_client import CollectorRegistry
 from tailsampler.collector.buffer.redis import RedisTraceBuffer
-from tailsampler.collector.config import BufferConfig, decode
-from tailsampler.policies import TailSamplingConfig
+from tailsampler.collector.config import BufferLimits, Config
+from tailsampler.common.settings import decode
 
 async def main():
-    cfg = json.loads(sys.argv[1])
-    buf = RedisTraceBuffer(decode(cfg, BufferConfig, "argv"), TailSamplingConfig(), overflow="decide_early")
-    await buf.start()
+    config = decode({"buffer": json.loads(sys.argv[1])}, Config)
+    buf = RedisTraceBuffer(BufferLimits.of(config), config.buffer, CollectorRegistry())
     claimed = await buf.claim_due(time.time(), 1000)
     print(json.dumps([c.trace_id.hex() for c in claimed]), flush=True)
     await asyncio.sleep(3600)
@@ -235,18 +248,18 @@ async def test_traces_of_a_killed_agent_are_reclaimed_after_the_lease(make_buffe
     assert reclaimed == {tid: f.data for tid, f in sent.items()}
 
 
-async def test_closing_hands_claims_back_and_claim_all_takes_nothing(make_buffer: Buffers) -> None:
+async def test_closing_hands_claims_back_and_draining_takes_nothing(make_buffer: Buffers) -> None:
     a, b = await make_buffer(lease="60s"), await make_buffer(lease="60s")
     tid = new_trace_id()
     await a.append(fragments(tid), time.time() - 5)
     assert len(await a.claim_due(time.time(), 10)) == 1
     await a.append(fragments(new_trace_id()), time.time())
-    assert await a.claim_all(100) == [], "pending traces belong to the fleet, not to a stopping agent"
+    assert await a.claim_due(time.time(), 100, draining=True) == [], "pending traces belong to the fleet, not to a stopping agent"
     await a.close()
     assert [c.trace_id for c in await b.claim_due(time.time(), 10)] == [tid]
 
 
-async def test_stats_are_cluster_wide(make_buffer: Buffers) -> None:
+async def test_occupancy_is_cluster_wide(make_buffer: Buffers) -> None:
     a, b = await make_buffer(), await make_buffer()
     now = time.time()
     sent_a = {tid: f for _ in range(5) for tid, f in fragments(new_trace_id(), 2).items()}
@@ -254,7 +267,7 @@ async def test_stats_are_cluster_wide(make_buffer: Buffers) -> None:
     await a.append(sent_a, now)
     await b.append(sent_b, now)
     total = sum(len(f.data) for f in (*sent_a.values(), *sent_b.values()))
-    assert await a.stats() == await b.stats() == BufferStats(12, total)
+    assert await a.occupancy() == await b.occupancy() == Occupancy(12, total)
 
 
 async def test_decide_early_hands_the_oldest_traces_to_the_decider(make_standalone: Buffers) -> None:
@@ -267,7 +280,7 @@ async def test_decide_early_hands_the_oldest_traces_to_the_decider(make_standalo
     assert (await buf.append(fragments(ids[2]), now + 2)).early == 1
     claimed = await buf.claim_due(now + 3, 10)
     assert [(c.trace_id, c.reason) for c in claimed] == [(ids[0], "overflow")]
-    assert (await buf.stats()).traces == 3
+    assert (await buf.occupancy()).traces == 3
 
 
 async def test_decide_early_bounds_bytes_too(make_standalone: Buffers) -> None:
@@ -286,14 +299,14 @@ async def test_backpressure_refuses_the_whole_request(make_standalone: Buffers) 
     full, empty = ids_in_distinct_shards(2, 4)
     now = time.time()
     await buf.append(fragments(full), now)
-    before = await buf.stats()
+    before = await buf.occupancy()
     request = {**fragments(empty), **fragments(same_shard_as(full, 4))}
     with pytest.raises(BufferFull) as refused:
         await buf.append(request, now)
     assert "num_traces" in refused.value.reason and refused.value.retry_after >= 1
-    assert await buf.stats() == before, "part of a refused request was buffered"
+    assert await buf.occupancy() == before, "part of a refused request was buffered"
     await buf.append(fragments(full, 2), now)  # more spans of a buffered trace still fit
-    assert (await buf.stats()).traces == 1
+    assert (await buf.occupancy()).traces == 1
 
 
 async def test_a_trace_over_maximum_trace_size_is_decided_at_once(make_standalone: Buffers) -> None:
@@ -319,22 +332,22 @@ async def test_scripts_are_reloaded_after_script_flush(make_buffer: Buffers, tar
     [claimed] = await buf.claim_due(now + 2, 10)
     for node in target.nodes:
         node.script_flush()
-    assert await buf.settle([Settlement(tid, True, None)], now + 2) == {}
+    assert await buf.settle([Settlement(tid, Verdict(True, None))], now + 2) == {}
     assert len(claimed.data) == len(fragments(tid)[tid].data) + len(fragments(tid, 2)[tid].data)
 
 
 async def test_every_key_has_a_ttl(make_buffer: Buffers, target: Target) -> None:
-    buf = await make_buffer()
-    bucket = buf.bucket_factory()("rate:test", 100, 200)
-    await buf.budgets.sync()
+    buf, shared = await make_buffer(), await make_buffer.shared()
+    bucket = shared.bucket("rate:test", 100, 200)
+    await shared.budgets.sync()
     assert bucket.take(10)
     now = time.time()
     sent = {tid: f for _ in range(20) for tid, f in fragments(new_trace_id(), 2).items()}
     await buf.append(sent, now)
     claimed = await buf.claim_due(now + 2, 10)
-    await buf.settle([Settlement(c.trace_id, True, "p") for c in claimed[:5]], now + 2)
-    await buf.settle([Settlement(c.trace_id, False, None) for c in claimed[5:8]], now + 2)  # 2 stay claimed
-    await buf.budgets.sync()
+    await buf.settle([Settlement(c.trace_id, Verdict(True, "p")) for c in claimed[:5]], now + 2)
+    await buf.settle([Settlement(c.trace_id, DROPPED) for c in claimed[5:8]], now + 2)  # 2 stay claimed
+    await shared.budgets.sync()
     keys = {key: node.pttl(key) for node in target.nodes for key in node.scan_iter(count=1000)}
     kinds = {key.decode().split(":")[2] for key in keys}
     assert {"s", "due", "claims", "meta", "d", "agents", "b"} <= kinds
@@ -343,31 +356,33 @@ async def test_every_key_has_a_ttl(make_buffer: Buffers, target: Target) -> None
 
 async def test_a_paused_redis_pushes_back_and_the_buffer_recovers(fresh_redis: RedisProcess) -> None:
     server = Target(fresh_redis.url, False, [fresh_redis.client])
-    buf = RedisTraceBuffer(buffer_config(server, timeout="500ms"), tail_sampling(), overflow="decide_early")
-    await buf.start()
+    config = agent_config(server, timeout="500ms")
+    buf, shared = redis_buffer(config), RedisState(config.buffer)
+    await shared.start()
     try:
         tid = new_trace_id()
         first, retried = fragments(tid, 1, root=True), fragments(tid, 3)
         now = time.time()
         await buf.append(first, now)
-        assert (await buf.check())[0]
+        assert (await shared.check())[0]
         fresh_redis.pause()
         try:
             started = time.monotonic()
             with pytest.raises(BufferUnavailable):
                 await buf.append(retried, now)
             assert time.monotonic() - started < 3, "a hung Redis must fail fast"
-            ready, detail = await buf.check()
+            ready, detail = await shared.check()
             assert not ready and "unavailable" in detail
         finally:
             fresh_redis.resume()
-        await eventually(lambda: _ready(buf), 10, "the buffer recovers after Redis came back")
+        await eventually(lambda: _ready(shared), 10, "the buffer recovers after Redis came back")
         await buf.append(retried, now)  # the client's retry of the refused request
         [claimed] = await buf.claim_due(now + 2, 10)
         assert claimed.data == first[tid].data + retried[tid].data, "the request refused while Redis was paused ran later"
     finally:
         await buf.close()
+        await shared.close()
 
 
-async def _ready(buf: RedisTraceBuffer) -> bool:
-    return (await buf.check())[0]
+async def _ready(shared: RedisState) -> bool:
+    return (await shared.check())[0]

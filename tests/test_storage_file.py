@@ -7,10 +7,11 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from tailsampler.collector.otlp_json import request_from_json
+from tailsampler.common.otlp_json import request_from_json
+from tailsampler.common.verdict import Verdict
 from tailsampler.storage import KeptTrace
 from tailsampler.storage.jsonl_file import json_lines
-from tests.test_storage_support import kept, metric, running, spec
+from tests.storage_support import kept, metric, running, spec
 
 
 async def test_one_otlp_json_request_per_trace_with_hex_ids(tmp_path: Path) -> None:
@@ -68,7 +69,7 @@ async def test_an_unparsable_trace_is_refused_and_the_exporter_carries_on(tmp_pa
     path = tmp_path / "traces.jsonl"
     registry = CollectorRegistry()
     good = kept(1)
-    broken = KeptTrace(good.trace_id, b"\xff\xff\xff", "baseline")
+    broken = KeptTrace(good.trace_id, b"\xff\xff\xff", Verdict(True, "baseline"))
     async with running(spec(type="file", path=str(path), batch_max_traces=1), registry=registry) as [exporter]:
         await exporter.submit(broken)
         await exporter.submit(good)

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from tailsampler.storage import ExporterSetupError
 from tests.otlp_sink import GrpcSink, HttpSink, ServerTls, wait_for
-from tests.test_storage_support import fast_retry, kept, metric, running, spec
+from tests.storage_support import fast_retry, kept, metric, running, spec
 
 EXPORTED = "tailsampler_exporter_traces_exported_total"
 FAILED = "tailsampler_exporter_traces_failed_total"

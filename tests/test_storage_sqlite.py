@@ -13,7 +13,7 @@ from tailsampler.storage import TraceStoreError, get_trace, list_traces
 from tailsampler.storage.specs import RetentionConfig
 from tailsampler.storage.sqlite_store import apply_retention, open_writer, write_batch
 from tests.otlp_sink import wait_for
-from tests.test_storage_support import START, kept, running, spec
+from tests.storage_support import START, kept, running, spec
 
 
 def _span_ids(data: bytes) -> list[bytes]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tailsampler.collector import traces_cmd
-from tests.test_storage_support import START, kept, running, spec
+from tests.storage_support import START, kept, running, spec
 
 
 def run(*argv: str) -> int:

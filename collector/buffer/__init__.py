@@ -1,47 +1,45 @@
-"""Trace buffers: the interface, the embedded memory buffer, and the shared Redis buffer."""
+"""Trace buffers (the embedded memory buffer, the shared Redis buffer) and what agents sharing
+one share beside it."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from tailsampler.collector.config import Config
+from tailsampler.collector.config import BufferLimits, Config
 
 from .base import (
     AppendResult,
     BufferFull,
-    BufferStats,
     BufferUnavailable,
-    CachedDecision,
     Claimed,
+    Occupancy,
     Settlement,
+    SharedState,
     TraceBuffer,
 )
-from .memory import MemoryTraceBuffer
+from .memory import LocalState, MemoryTraceBuffer
 
 __all__ = [
     "AppendResult",
     "BufferFull",
-    "BufferStats",
     "BufferUnavailable",
-    "CachedDecision",
     "Claimed",
+    "LocalState",
     "MemoryTraceBuffer",
+    "Occupancy",
     "Settlement",
+    "SharedState",
     "TraceBuffer",
     "make_buffer",
 ]
 
 
-def make_buffer(config: Config, registry: CollectorRegistry) -> TraceBuffer:
+def make_buffer(config: Config, registry: CollectorRegistry) -> tuple[TraceBuffer, SharedState]:
+    """The configured buffer and the state its agents share beside it."""
+    limits = BufferLimits.of(config)
     if config.buffer.type == "redis":
         from .redis import RedisTraceBuffer
+        from .redis_state import RedisState
 
-        return RedisTraceBuffer(
-            config.buffer, config.tail_sampling, overflow=config.overflow, registry=registry
-        )
-    return MemoryTraceBuffer(
-        config.tail_sampling,
-        tick=float(config.buffer.tick),
-        max_bytes=config.buffer.max_bytes,
-        overflow=config.overflow,
-    )
+        return RedisTraceBuffer(limits, config.buffer, registry), RedisState(config.buffer)
+    return MemoryTraceBuffer(limits, config.buffer, registry), LocalState()

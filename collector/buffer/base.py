@@ -1,17 +1,25 @@
-"""The TraceBuffer interface: where spans wait, per trace, until their trace is decided.
+"""Where spans wait, and what agents sharing that place share beside it.
 
-Two implementations (memory, redis) pass one contract suite (``tests/test_buffer_contract.py``).
-The buffer also holds the decision cache, because a late span must follow its trace's decision
-wherever the buffer lives: in process for memory, in Redis for agents that share one buffer.
+``TraceBuffer`` does buffering only: it takes fragments, hands out due traces, keeps the claims
+of traces still being delivered, and records their verdicts. Two implementations (memory, redis)
+pass one contract suite (``tests/test_buffer_contract.py``). It holds the decision cache, because
+a late span must follow its trace's verdict wherever the buffer lives: in process for memory, in
+Redis for agents that share one buffer.
+
+``SharedState`` is the rest of what agents sharing a buffer share: the readiness of the store,
+the rate-limiting budgets, and every agent's published counters. It has its own contract suite
+(``tests/test_shared_state.py``).
 """
 
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 from tailsampler.collector.split import Fragment
-from tailsampler.policies.base import BucketFactory
+from tailsampler.common.verdict import Verdict
+from tailsampler.policies import TokenBucket
 
 
 class BufferFull(Exception):
@@ -27,23 +35,16 @@ class BufferUnavailable(Exception):
     """The buffer's backing store cannot be reached; ingest answers retryable errors."""
 
 
-@dataclass(frozen=True, slots=True)
-class CachedDecision:
-    keep: bool
-    policy: str | None
-
-
 @dataclass(slots=True)
 class AppendResult:
     """What happened to a request's fragments beyond plain buffering.
 
-    ``late_kept`` holds fragments of traces already kept (forward them now); ``late_dropped_spans``
-    counts spans of traces already dropped (discarded); ``early`` counts traces pushed to an
-    early decision because a bound was hit.
+    ``late_kept`` holds the verdicts of traces already kept: their fragments in this request go
+    out now with that verdict. ``late_dropped_spans`` counts spans of traces already dropped
+    (discarded); ``early`` counts traces pushed to an early decision because a bound was hit.
     """
 
-    late_kept: dict[bytes, bytes] = field(default_factory=dict)
-    late_kept_policy: dict[bytes, str | None] = field(default_factory=dict)
+    late_kept: dict[bytes, Verdict]
     late_dropped_spans: int = 0
     early: int = 0
 
@@ -65,12 +66,11 @@ class Claimed:
 @dataclass(frozen=True, slots=True)
 class Settlement:
     trace_id: bytes
-    keep: bool
-    policy: str | None
+    verdict: Verdict
 
 
 @dataclass(frozen=True, slots=True)
-class BufferStats:
+class Occupancy:
     traces: int
     bytes: int
 
@@ -80,12 +80,6 @@ class TraceBuffer(abc.ABC):
 
     shared = False  # True when several agents use this buffer at once
 
-    async def start(self) -> None:
-        """Connect and prepare; called once before any other method."""
-
-    async def close(self) -> None:
-        """Release connections; buffered data stays where the implementation keeps it."""
-
     @abc.abstractmethod
     async def append(self, fragments: dict[bytes, Fragment], now: float) -> AppendResult:
         """Buffer fragments keyed by trace ID; raise BufferFull or BufferUnavailable to push back.
@@ -94,32 +88,53 @@ class TraceBuffer(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def claim_due(self, now: float, limit: int) -> list[Claimed]:
-        """Take up to ``limit`` traces whose deadline has passed; each goes to exactly one caller."""
+    async def claim_due(self, now: float, limit: int, *, draining: bool = False) -> list[Claimed]:
+        """Take up to ``limit`` traces whose deadline has passed; each goes to exactly one caller.
+
+        ``draining`` (shutdown): take instead the pending traces that would be lost when this
+        agent stops, whatever their deadline (all of them in memory, none in a shared buffer,
+        where another agent decides them at their deadline).
+        """
+
+    @abc.abstractmethod
+    async def renew(self, now: float) -> None:
+        """Keep this agent's claims on traces it has not settled yet (cheap to call every tick)."""
 
     @abc.abstractmethod
     async def settle(self, settlements: list[Settlement], now: float) -> dict[bytes, bytes]:
-        """Record decisions and free the traces; return bytes appended after they were claimed."""
+        """Record verdicts and free the traces; return bytes appended after they were claimed."""
 
     @abc.abstractmethod
-    async def claim_all(self, limit: int) -> list[Claimed]:
-        """Take pending traces regardless of deadline (shutdown drains the buffer this way)."""
-
-    @abc.abstractmethod
-    async def stats(self) -> BufferStats:
+    async def occupancy(self) -> Occupancy:
         """Traces and bytes currently buffered (cluster-wide for a shared buffer)."""
 
+    async def close(self) -> None:
+        """Release connections and hand back unsettled claims; buffered data stays where the
+        implementation keeps it."""
+
+
+class SharedState(abc.ABC):
+    """What agents using one buffer share beside it: in process for memory, the same Redis for redis."""
+
+    async def start(self) -> None:
+        """Begin exchanging with the store (budgets); called once before use."""
+
+    async def close(self) -> None:
+        """Stop exchanging and release connections."""
+
+    @abc.abstractmethod
     async def check(self) -> tuple[bool, str]:
         """Readiness of the backing store: (ready, detail)."""
-        return True, "ok"
 
-    def bucket_factory(self) -> BucketFactory | None:
-        """Token buckets for rate-limiting policies; None means each agent keeps its own."""
-        return None
+    @abc.abstractmethod
+    def bucket(self, key: str, rate: float, capacity: float) -> TokenBucket:
+        """The token bucket named ``key`` for a rate-limiting policy, shared by every agent of
+        the fleet (each policy asks once per key and keeps what it gets)."""
 
-    async def share_stats(self, snapshot: bytes) -> None:
-        """Publish this agent's counters where the fleet can read them (shared buffers only)."""
+    @abc.abstractmethod
+    async def publish(self, counters: dict[str, Any]) -> None:
+        """Publish this agent's counters where the fleet can read them."""
 
-    async def fleet_stats(self) -> list[bytes] | None:
-        """Every live agent's last published counters; None when the buffer is not shared."""
-        return None
+    @abc.abstractmethod
+    async def fleet(self) -> list[dict[str, Any]] | None:
+        """Every live agent's last published counters; None when no other agent can share them."""

@@ -1,22 +1,23 @@
-"""Kept and dropped decisions remembered per trace, so late spans follow their trace's fate.
+"""Kept and dropped verdicts remembered per trace, so late spans follow their trace's fate.
 
 Two bounded LRUs (kept traces are rarer and matter more, so they get their own room) with a
-TTL, in process; the Redis buffer keeps the same facts as keys with a TTL instead.
+TTL, in process; the Redis buffer keeps the same verdicts as keys with a TTL instead.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
-from .base import CachedDecision
+from tailsampler.collector.config import DecisionCacheConfig
+from tailsampler.common.verdict import Verdict
 
 
 class _Lru:
     def __init__(self, size: int) -> None:
         self.size = size
-        self._entries: OrderedDict[bytes, tuple[float, str | None]] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[float, Verdict]] = OrderedDict()
 
-    def get(self, key: bytes, now: float) -> tuple[float, str | None] | None:
+    def get(self, key: bytes, now: float) -> Verdict | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -24,34 +25,25 @@ class _Lru:
             del self._entries[key]
             return None
         self._entries.move_to_end(key)
-        return entry
+        return entry[1]
 
-    def put(self, key: bytes, expires: float, policy: str | None) -> None:
+    def put(self, key: bytes, expires: float, verdict: Verdict) -> None:
         if self.size <= 0:
             return
-        self._entries[key] = (expires, policy)
+        self._entries[key] = (expires, verdict)
         self._entries.move_to_end(key)
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
 
 class DecisionCache:
-    def __init__(self, kept_size: int, dropped_size: int, ttl: float) -> None:
-        self.ttl = ttl
-        self._kept = _Lru(kept_size)
-        self._dropped = _Lru(dropped_size)
+    def __init__(self, config: DecisionCacheConfig) -> None:
+        self.ttl = float(config.ttl)
+        self._kept = _Lru(config.sampled_cache_size)
+        self._dropped = _Lru(config.non_sampled_cache_size)
 
-    def get(self, trace_id: bytes, now: float) -> CachedDecision | None:
-        entry = self._kept.get(trace_id, now)
-        if entry is not None:
-            return CachedDecision(True, entry[1])
-        entry = self._dropped.get(trace_id, now)
-        if entry is not None:
-            return CachedDecision(False, entry[1])
-        return None
+    def get(self, trace_id: bytes, now: float) -> Verdict | None:
+        return self._kept.get(trace_id, now) or self._dropped.get(trace_id, now)
 
-    def put(self, trace_id: bytes, keep: bool, policy: str | None, now: float) -> None:
-        (self._kept if keep else self._dropped).put(trace_id, now + self.ttl, policy)
+    def put(self, trace_id: bytes, verdict: Verdict, now: float) -> None:
+        (self._kept if verdict.keep else self._dropped).put(trace_id, now + self.ttl, verdict)

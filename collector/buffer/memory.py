@@ -11,10 +11,16 @@ import heapq
 import math
 from collections import deque
 
-from tailsampler.collector.split import Fragment
-from tailsampler.policies import TailSamplingConfig
+import time
+from typing import Any
 
-from .base import AppendResult, BufferFull, BufferStats, Claimed, Settlement, TraceBuffer
+from prometheus_client import CollectorRegistry
+
+from tailsampler.collector.config import BufferConfig, BufferLimits
+from tailsampler.collector.split import Fragment
+from tailsampler.policies import LocalTokenBucket
+
+from .base import AppendResult, BufferFull, Claimed, Occupancy, Settlement, SharedState, TraceBuffer
 from .decision_cache import DecisionCache
 
 
@@ -31,35 +37,24 @@ class _Trace:
 
 
 class MemoryTraceBuffer(TraceBuffer):
-    def __init__(
-        self,
-        ts: TailSamplingConfig,
-        *,
-        tick: float,
-        max_bytes: int,
-        overflow: str,
-    ) -> None:
-        self._wait = float(ts.decision_wait)
-        self._wait_after_root = float(ts.decision_wait_after_root_received)
-        self._max_traces = ts.num_traces
+    def __init__(self, limits: BufferLimits, config: BufferConfig, registry: CollectorRegistry) -> None:
+        self._wait = limits.decision_wait
+        self._wait_after_root = limits.decision_wait_after_root
+        self._max_traces = limits.max_traces
         # traces handed to an early decision still hold memory until the decider takes them; a
         # decider that falls this far behind turns decide_early into backpressure
-        self._max_early = max(ts.num_traces, 1024)
-        self._max_trace_bytes = ts.maximum_trace_size_bytes
-        self._max_bytes = max_bytes
-        self._backpressure = overflow == "backpressure"
-        self._tick = tick
+        self._max_early = max(limits.max_traces, 1024)
+        self._max_trace_bytes = limits.max_trace_bytes
+        self._max_bytes = limits.max_bytes
+        self._backpressure = limits.overflow == "backpressure"
+        self._tick = limits.tick
         self._traces: dict[bytes, _Trace] = {}
         self._slots: dict[int, dict[bytes, None]] = {}
         self._slot_heap: list[int] = []
         self._early: deque[bytes] = deque()
         self._early_bytes = 0
         self._bytes = 0
-        self._cache = DecisionCache(
-            ts.decision_cache.sampled_cache_size,
-            ts.decision_cache.non_sampled_cache_size,
-            float(ts.decision_cache.ttl),
-        )
+        self._cache = DecisionCache(limits.decision_cache)
 
     def _slot_of(self, deadline: float) -> int:
         return math.ceil(deadline / self._tick)
@@ -86,9 +81,9 @@ class MemoryTraceBuffer(TraceBuffer):
         self._early_bytes += trace.nbytes
 
     async def append(self, fragments: dict[bytes, Fragment], now: float) -> AppendResult:
-        result = AppendResult()
+        result = AppendResult({})
         traces = self._traces
-        # traces not buffered: already decided (a cached decision) or new (None)
+        # traces not buffered: already decided (a cached verdict) or new (None)
         unbuffered = {tid: self._cache.get(tid, now) for tid in fragments if tid not in traces}
         new = sum(1 for cached in unbuffered.values() if cached is None)
         incoming = sum(f.size for f in fragments.values())
@@ -106,8 +101,7 @@ class MemoryTraceBuffer(TraceBuffer):
                 cached = unbuffered[trace_id]
                 if cached is not None:
                     if cached.keep:
-                        result.late_kept[trace_id] = fragment.data
-                        result.late_kept_policy[trace_id] = cached.policy
+                        result.late_kept[trace_id] = cached
                     else:
                         result.late_dropped_spans += fragment.span_count
                     continue
@@ -159,7 +153,10 @@ class MemoryTraceBuffer(TraceBuffer):
         trace.pieces.clear()
         return Claimed(trace_id, data, reason)
 
-    async def claim_due(self, now: float, limit: int) -> list[Claimed]:
+    async def claim_due(self, now: float, limit: int, *, draining: bool = False) -> list[Claimed]:
+        if draining:
+            pending = [tid for tid, trace in self._traces.items() if not trace.claimed][:limit]
+            return [self._hand_out(trace_id, "shutdown") for trace_id in pending]
         out: list[Claimed] = []
         while self._early and len(out) < limit:
             trace_id = self._early.popleft()
@@ -178,9 +175,8 @@ class MemoryTraceBuffer(TraceBuffer):
             out.append(claimed)
         return out
 
-    async def claim_all(self, limit: int) -> list[Claimed]:
-        pending = [tid for tid, trace in self._traces.items() if not trace.claimed][:limit]
-        return [self._hand_out(trace_id, "shutdown") for trace_id in pending]
+    async def renew(self, now: float) -> None:
+        """Nothing to do: claims in process memory do not expire."""
 
     async def settle(self, settlements: list[Settlement], now: float) -> dict[bytes, bytes]:
         stragglers: dict[bytes, bytes] = {}
@@ -191,8 +187,24 @@ class MemoryTraceBuffer(TraceBuffer):
             self._bytes -= trace.nbytes
             if trace.pieces:
                 stragglers[settlement.trace_id] = b"".join(trace.pieces)
-            self._cache.put(settlement.trace_id, settlement.keep, settlement.policy, now)
+            self._cache.put(settlement.trace_id, settlement.verdict, now)
         return stragglers
 
-    async def stats(self) -> BufferStats:
-        return BufferStats(len(self._traces), self._bytes)
+    async def occupancy(self) -> Occupancy:
+        return Occupancy(len(self._traces), self._bytes)
+
+
+class LocalState(SharedState):
+    """An agent on its own shares nothing: its store is its own memory and its budgets local."""
+
+    async def check(self) -> tuple[bool, str]:
+        return True, "in process"
+
+    def bucket(self, key: str, rate: float, capacity: float) -> LocalTokenBucket:
+        return LocalTokenBucket(rate, capacity, time.monotonic)
+
+    async def publish(self, counters: dict[str, Any]) -> None:
+        """Nowhere to publish: the agent's own counters are the whole fleet's."""
+
+    async def fleet(self) -> None:
+        return None

@@ -12,7 +12,7 @@ Key layout, per shard ``{n}`` (``ts`` is ``key_prefix``)::
     ts:{n}:due                ZSET    trace -> decision deadline (1 = too big, 2 = overflow: decide now)
     ts:{n}:claims             ZSET    trace -> lease deadline of the agent deciding it
     ts:{n}:meta               HASH    tb: bytes stored, eb: bytes of traces marked for early decision
-    ts:{n}:d:<trace_id_hex>   STRING  "1"/"0" (kept/dropped) + policy, TTL decision_cache.ttl
+    ts:{n}:d:<trace_id_hex>   STRING  the trace's verdict (``Verdict.encode``: "1"/"0" first), TTL decision_cache.ttl
 
 A claimed trace is leased: the agent renews its leases every lease/3 while deciding and exporting;
 an agent that dies stops renewing and another agent reclaims the trace when the lease runs out.
@@ -52,15 +52,12 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from tailsampler.collector.config import BufferConfig
+from tailsampler.collector.config import BufferConfig, BufferLimits
 from tailsampler.collector.split import Fragment
-from tailsampler.policies import TailSamplingConfig
-from tailsampler.policies.base import BucketFactory
+from tailsampler.common.verdict import Verdict
 
-from .base import AppendResult, BufferFull, BufferStats, BufferUnavailable, Claimed, Settlement, TraceBuffer
-from tailsampler.collector.periodic import Periodic
-
-from .redis_budget import UNREACHABLE, SharedBudgets
+from .base import AppendResult, BufferFull, BufferUnavailable, Claimed, Occupancy, Settlement, TraceBuffer
+from .redis_budget import UNREACHABLE
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +71,6 @@ _TRANSIENT = (OutOfMemoryError, ClusterDownError, TryAgainError, MasterDownError
 def _read(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text()
 
-_FLEET_STALE = 30.0  # seconds without a published snapshot before an agent leaves the fleet stats
 
 class _Scripts:
     """The buffer's Lua scripts (each prefixed with the shared functions) and their SHA1s."""
@@ -128,29 +124,19 @@ class _Call:
 class RedisTraceBuffer(TraceBuffer):
     shared = True
 
-    def __init__(
-        self,
-        config: BufferConfig,
-        ts: TailSamplingConfig,
-        *,
-        overflow: str,
-        registry: CollectorRegistry | None = None,
-    ) -> None:
-        if config.shards <= 0:
-            raise ValueError(f"buffer.shards must be greater than 0, got {config.shards}")
-        if config.lease <= 0:
-            raise ValueError(f"buffer.lease must be greater than 0, got {config.lease}")
+    def __init__(self, limits: BufferLimits, config: BufferConfig, registry: CollectorRegistry) -> None:
+        assert config.shards is not None
         self._timeout = float(config.timeout)
         self._lease = float(config.lease)
-        self._wait = float(ts.decision_wait)
-        self._wait_after_root = float(ts.decision_wait_after_root_received)
-        self._max_trace_bytes = ts.maximum_trace_size_bytes
-        self._max_traces = math.ceil(ts.num_traces / config.shards)
-        self._max_bytes = math.ceil(config.max_bytes / config.shards)
-        self._backpressure = overflow == "backpressure"
-        self._retry_after = max(1.0, self._wait_after_root or float(config.tick))
+        self._wait = limits.decision_wait
+        self._wait_after_root = limits.decision_wait_after_root
+        self._max_trace_bytes = limits.max_trace_bytes
+        self._max_traces = math.ceil(limits.max_traces / config.shards)
+        self._max_bytes = math.ceil(limits.max_bytes / config.shards)
+        self._backpressure = limits.overflow == "backpressure"
+        self._retry_after = max(1.0, self._wait_after_root or limits.tick)
         self._hold_ms = int(max(_MIN_HOLD, 2 * (self._wait + self._lease)) * 1000)
-        cache = ts.decision_cache
+        cache = limits.decision_cache
         ttl_ms = int(float(cache.ttl) * 1000)
         self._kept_ttl_ms = ttl_ms if cache.sampled_cache_size > 0 else 0
         self._dropped_ttl_ms = ttl_ms if cache.non_sampled_cache_size > 0 else 0
@@ -169,16 +155,9 @@ class RedisTraceBuffer(TraceBuffer):
         )]
         self._early_seen = [0] * config.shards
         self._client = connect(config.url, config.cluster, self._timeout)
-        self._cluster = config.cluster
         self._clock_offset_ms: float | None = None
-        self._now_offset = 0.0
         self._held: dict[bytes, tuple[int, int]] = {}
-        self._renewer = Periodic("redis-lease-renewal", self._lease / 3, self._renew_held)
-        self.budgets = SharedBudgets(self._client, config.key_prefix, interval=float(config.tick))
-        # one slot (hash tag {fleet}) holds every agent's published counters
-        self._fleet_stats = f"{config.key_prefix}:{{fleet}}:stats"
-        self._fleet_seen = f"{config.key_prefix}:{{fleet}}:seen"
-        registry = registry if registry is not None else CollectorRegistry()
+        self._renewed_at = 0.0
         self._reclaimed = Counter(
             "tailsampler_redis_reclaimed_traces", "Traces taken over after their agent's lease ran out",
             registry=registry,
@@ -192,43 +171,8 @@ class RedisTraceBuffer(TraceBuffer):
             registry=registry,
         )
 
-    async def share_stats(self, snapshot: bytes) -> None:
-        now = time.time()
-        async with self._reaching("share_stats"):
-            pipe = self._client.pipeline(transaction=False)
-            pipe.hset(self._fleet_stats, self.budgets.agent_id, snapshot)
-            pipe.zadd(self._fleet_seen, {self.budgets.agent_id: now})
-            pipe.zrangebyscore(self._fleet_seen, "-inf", now - _FLEET_STALE)
-            pipe.expire(self._fleet_stats, int(_FLEET_STALE * 10))
-            pipe.expire(self._fleet_seen, int(_FLEET_STALE * 10))
-            stale = (await pipe.execute())[2]
-            if stale:
-                await self._client.hdel(self._fleet_stats, *stale)
-                await self._client.zrem(self._fleet_seen, *stale)
-
-    async def fleet_stats(self) -> list[bytes] | None:
-        async with self._reaching("fleet_stats"):
-            live = await self._client.zrangebyscore(self._fleet_seen, time.time() - _FLEET_STALE, "+inf")
-            if not live:
-                return []
-            return [v for v in await self._client.hmget(self._fleet_stats, live) if v is not None]
-
-    def bucket_factory(self) -> BucketFactory:
-        return self.budgets.bucket
-
-    async def start(self) -> None:
-        try:
-            await self._sync_clock()
-            await self._load_scripts()
-        except UNREACHABLE as exc:
-            log.warning("redis buffer: %s unreachable at start (%s); retrying on use", _where(self._client), exc)
-        await self._renewer.start()
-        await self.budgets.start()
-
     async def close(self) -> None:
         """Hand this agent's unsettled claims back at once, so other agents need not wait out the lease."""
-        await self.budgets.close()
-        await self._renewer.stop()
         if self._held:
             try:
                 await self._renew(0.0)
@@ -272,7 +216,7 @@ class RedisTraceBuffer(TraceBuffer):
         self._unavailable.labels(operation).inc()
         # Redis may come back as another server (restart, failover) with another clock
         self._clock_offset_ms = None
-        raise BufferUnavailable(f"redis {_where(self._client)} unavailable during {operation}: {exc}") from exc
+        raise BufferUnavailable(f"redis {where(self._client)} unavailable during {operation}: {exc}") from exc
 
     async def _run(self, calls: list[_Call]) -> list[object]:
         """Run script calls in one pipeline; calls refused with NOSCRIPT run again after a reload."""
@@ -306,7 +250,7 @@ class RedisTraceBuffer(TraceBuffer):
 
     async def append(self, fragments: dict[bytes, Fragment], now: float) -> AppendResult:
         groups = self._by_shard(fragments)
-        result = AppendResult()
+        result = AppendResult({})
         async with self._reaching("append"):
             await self._admit(groups, fragments)
             fence = self._fence()
@@ -329,12 +273,11 @@ class RedisTraceBuffer(TraceBuffer):
             for trace_id, status in zip(trace_ids, reply[2:]):
                 if status == 0:
                     continue
-                fragment = fragments[trace_id]
-                if status[:1] == b"1":
-                    result.late_kept[trace_id] = fragment.data
-                    result.late_kept_policy[trace_id] = status[1:].decode() or None
+                verdict = Verdict.decode(status)
+                if verdict.keep:
+                    result.late_kept[trace_id] = verdict
                 else:
-                    result.late_dropped_spans += fragment.span_count
+                    result.late_dropped_spans += fragments[trace_id].span_count
         return result
 
     async def _admit(self, groups: dict[int, list[bytes]], fragments: dict[bytes, Fragment]) -> None:
@@ -367,10 +310,16 @@ class RedisTraceBuffer(TraceBuffer):
                         retry_after=self._retry_after,
                     )
 
-    async def claim_due(self, now: float, limit: int) -> list[Claimed]:
+    async def claim_due(self, now: float, limit: int, *, draining: bool = False) -> list[Claimed]:
         """Claim from every shard, starting at a random one so agents spread over the shards;
-        shards not asked yet, and shards that filled their quota, share what the others left."""
-        self._now_offset = now - time.monotonic()
+        shards not asked yet, and shards that filled their quota, share what the others left.
+
+        Draining claims nothing: other agents, or this one after a restart, decide pending
+        traces at their deadline with every span in hand. Deciding them now would cut traces
+        short for the whole fleet. This agent's own unsettled claims are handed back by ``close``.
+        """
+        if draining:
+            return []
         claimed: list[Claimed] = []
         count = len(self._shards)
         start = random.randrange(count)
@@ -425,7 +374,7 @@ class RedisTraceBuffer(TraceBuffer):
                 shard = self._shards[index]
                 args: list[object] = [fence, shard.prefix, self._kept_ttl_ms, self._dropped_ttl_ms]
                 for s, offset in group:
-                    args += (s.trace_id.hex(), offset, ("1" if s.keep else "0") + (s.policy or ""))
+                    args += (s.trace_id.hex(), offset, s.verdict.encode())
                 calls.append(_Call("settle", shard, args))
             replies = await self._run(calls)
         return {
@@ -435,14 +384,8 @@ class RedisTraceBuffer(TraceBuffer):
             if data
         }
 
-    async def claim_all(self, limit: int) -> list[Claimed]:
-        """Nothing: other agents, or this one after a restart, decide pending traces at their
-        deadline with every span in hand. Deciding them now would cut traces short for the whole
-        fleet. This agent's own unsettled claims are handed back by ``close``."""
-        return []
-
-    async def stats(self) -> BufferStats:
-        async with self._reaching("stats"):
+    async def occupancy(self) -> Occupancy:
+        async with self._reaching("occupancy"):
             pipe = self._client.pipeline(transaction=False)
             for shard in self._shards:
                 due, claims, meta = shard.keys
@@ -452,26 +395,18 @@ class RedisTraceBuffer(TraceBuffer):
             replies = await pipe.execute()
         traces = sum(replies[i] + replies[i + 1] for i in range(0, len(replies), 3))
         nbytes = sum(int(replies[i + 2] or 0) for i in range(0, len(replies), 3))
-        return BufferStats(traces, nbytes)
-
-    async def check(self) -> tuple[bool, str]:
-        try:
-            async with self._reaching("check"):
-                if self._cluster:
-                    await self._client.ping(target_nodes=RedisCluster.PRIMARIES)
-                else:
-                    await self._client.ping()
-        except (BufferUnavailable, RedisError) as exc:
-            return False, str(exc)
-        return True, f"redis {_where(self._client)} ok"
+        return Occupancy(traces, nbytes)
 
     # -- leases -------------------------------------------------------------------------------
 
-    async def _renew_held(self) -> None:
-        if not self._held:
+    async def renew(self, now: float) -> None:
+        """Extend the leases of this agent's unsettled claims once a third of a lease has passed
+        since the last time, so a claim never runs out while its agent lives."""
+        if not self._held or now < self._renewed_at + self._lease / 3:
             return
+        self._renewed_at = now
         try:
-            await self._renew(time.monotonic() + self._now_offset + self._lease)
+            await self._renew(now + self._lease)
         except (BufferUnavailable, RedisError) as exc:
             log.warning("redis buffer: lease renewal failed (%s); retrying", exc)
 
@@ -487,7 +422,8 @@ class RedisTraceBuffer(TraceBuffer):
             await self._run(calls)
 
 
-def _where(client: Redis | RedisCluster) -> str:
+def where(client: Redis | RedisCluster) -> str:
+    """The server a client talks to, for messages (no credentials)."""
     if isinstance(client, RedisCluster):
         node = client.get_default_node()
         return f"cluster via {node.host}:{node.port}" if node else "cluster"

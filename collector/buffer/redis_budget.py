@@ -78,10 +78,6 @@ class SharedBudgets:
         self._exchange = Periodic("shared-budgets", interval, self._step)
         self._script = client.register_script(_SCRIPT)
 
-    @property
-    def live_agents(self) -> int:
-        return self._live
-
     def bucket(self, key: str, rate: float, capacity: float) -> SharedTokenBucket:
         found = self._buckets.get(key)
         if found is None:

@@ -1,23 +1,19 @@
 """OTLP/gRPC ``TraceService/Export`` on grpcio's asyncio server.
 
-The method is registered with a raw-bytes deserializer so the body is parsed exactly once, by
-upb, and a body that does not parse gets INVALID_ARGUMENT instead of an opaque internal error.
+The method is registered with a raw-bytes deserializer so the body is parsed exactly once, by the
+ingest's split, and a body that does not parse gets INVALID_ARGUMENT instead of an opaque
+internal error.
 """
 
 from __future__ import annotations
 
-import logging
-
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from tailsampler.collector.buffer import BufferFull, BufferUnavailable
 from tailsampler.collector.ingest import Ingest
-
-log = logging.getLogger(__name__)
+from tailsampler.common.endpoints import Endpoint
 
 _SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
@@ -32,7 +28,7 @@ def _retry_trailer(message: str, seconds: float) -> tuple[tuple[str, bytes], ...
 
 
 class GrpcReceiver:
-    def __init__(self, ingest: Ingest, endpoint: str, max_recv_msg_size_mib: float) -> None:
+    def __init__(self, ingest: Ingest, endpoint: Endpoint, max_recv_msg_size_mib: float) -> None:
         self._ingest = ingest
         self._endpoint = endpoint
         self._max = int(max_recv_msg_size_mib * 1024 * 1024)
@@ -57,7 +53,7 @@ class GrpcReceiver:
             },
         )
         self._server.add_generic_rpc_handlers((handler,))
-        self.port = self._server.add_insecure_port(self._endpoint)
+        self.port = self._server.add_insecure_port(self._endpoint.listen_address)
         if self.port == 0:
             raise OSError(f"cannot listen for OTLP/gRPC on {self._endpoint}")
         await self._server.start()
@@ -67,19 +63,12 @@ class GrpcReceiver:
             await self._server.stop(grace)
 
     async def _export(self, body: bytes, context: grpc.aio.ServicerContext) -> ExportTraceServiceResponse:
-        try:
-            accepted = await self._ingest.accept(body, "grpc")
-        except DecodeError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not an ExportTraceServiceRequest: {exc}")
-        except BufferFull as exc:
+        outcome = await self._ingest.accept(body, "grpc")
+        if outcome.status == "invalid":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, outcome.message)
+        if outcome.status == "unavailable":
             await context.abort(
-                grpc.StatusCode.UNAVAILABLE, exc.reason, trailing_metadata=_retry_trailer(exc.reason, exc.retry_after)
+                grpc.StatusCode.UNAVAILABLE, outcome.message,
+                trailing_metadata=_retry_trailer(outcome.message, outcome.retry_after),
             )
-        except BufferUnavailable as exc:
-            message = f"trace buffer unavailable: {exc}"
-            await context.abort(grpc.StatusCode.UNAVAILABLE, message, trailing_metadata=_retry_trailer(message, 1))
-        response = ExportTraceServiceResponse()
-        if accepted.rejected_spans:
-            response.partial_success.rejected_spans = accepted.rejected_spans
-            response.partial_success.error_message = accepted.error_message
-        return response
+        return outcome.response()

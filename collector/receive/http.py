@@ -10,13 +10,12 @@ import math
 import zlib
 
 from aiohttp import web
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 from google.rpc import status_pb2
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from tailsampler.collector.buffer import BufferFull, BufferUnavailable
-from tailsampler.collector.ingest import Ingest
-from tailsampler.collector.otlp_json import JsonDecodeError, request_from_json, to_json
+from tailsampler.collector.ingest import Ingest, Outcome
+from tailsampler.common.endpoints import Endpoint
+from tailsampler.common.otlp_json import JsonDecodeError, request_from_json, to_json
 
 _PROTOBUF = "application/x-protobuf"
 _JSON = "application/json"
@@ -50,10 +49,9 @@ def _encode(message: Message, content_type: str) -> bytes:
 
 
 class HttpReceiver:
-    def __init__(self, ingest: Ingest, endpoint: str, max_request_body_size_mib: float) -> None:
+    def __init__(self, ingest: Ingest, endpoint: Endpoint, max_request_body_size_mib: float) -> None:
         self._ingest = ingest
-        self._host, _, port = endpoint.rpartition(":")
-        self._port = int(port)
+        self._endpoint = endpoint
         self._max = int(max_request_body_size_mib * 1024 * 1024)
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -64,7 +62,7 @@ class HttpReceiver:
         # bodies are inflated here, not by aiohttp, which takes a truncated gzip stream as empty
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host.strip("[]") or "0.0.0.0", self._port, reuse_port=reuse_port)
+        site = web.TCPSite(self._runner, self._endpoint.listen_host, self._endpoint.port, reuse_port=reuse_port)
         await site.start()
         self.port = self._runner.addresses[0][1]
 
@@ -95,20 +93,17 @@ class HttpReceiver:
             )
         except zlib.error as exc:
             return self._error(400, _INVALID_ARGUMENT, f"cannot decompress {encoding} body: {exc}", content_type)
-        try:
-            if content_type == _JSON:
+        if content_type == _JSON:
+            try:
                 body = request_from_json(body).SerializeToString()
-            accepted = await self._ingest.accept(body, "http")
-        except (DecodeError, JsonDecodeError) as exc:
-            return self._error(400, _INVALID_ARGUMENT, f"request is not an ExportTraceServiceRequest: {exc}", content_type)
-        except BufferFull as exc:
-            return self._error(
-                503, _UNAVAILABLE, exc.reason, content_type, {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
-            )
-        except BufferUnavailable as exc:
-            return self._error(503, _UNAVAILABLE, f"trace buffer unavailable: {exc}", content_type, {"Retry-After": "1"})
-        response = ExportTraceServiceResponse()
-        if accepted.rejected_spans:
-            response.partial_success.rejected_spans = accepted.rejected_spans
-            response.partial_success.error_message = accepted.error_message
-        return web.Response(status=200, body=_encode(response, content_type), content_type=content_type)
+            except JsonDecodeError as exc:
+                return self._answer(Outcome.not_a_request(exc), content_type)
+        return self._answer(await self._ingest.accept(body, "http"), content_type)
+
+    def _answer(self, outcome: Outcome, content_type: str) -> web.Response:
+        if outcome.status == "invalid":
+            return self._error(400, _INVALID_ARGUMENT, outcome.message, content_type)
+        if outcome.status == "unavailable":
+            retry_after = str(max(1, math.ceil(outcome.retry_after)))
+            return self._error(503, _UNAVAILABLE, outcome.message, content_type, {"Retry-After": retry_after})
+        return web.Response(status=200, body=_encode(outcome.response(), content_type), content_type=content_type)

@@ -11,15 +11,16 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client import CollectorRegistry
 
-from tailsampler.collector.config import decode
+from tailsampler.common.settings import decode
 from tailsampler.collector.split import split_request
+from tailsampler.common.verdict import Verdict
 from tailsampler.storage import Exporter, ExporterSpec, KeptTrace, build_exporters
 
 START = 1_700_000_000_000_000_000
 
 
 def spec(**data: Any) -> ExporterSpec:
-    return decode(data, ExporterSpec, "x.yaml", "exporters[0]")
+    return decode(data, ExporterSpec, "exporters[0]")
 
 
 def fast_retry(**overrides: Any) -> dict[str, Any]:
@@ -56,7 +57,7 @@ def kept(
         if error and i == spans - 1:
             span.status.code = Status.STATUS_CODE_ERROR
     fragment = split_request(request).fragments[trace_id]
-    return KeptTrace(trace_id, fragment.data, policy, late=late, span_count=fragment.span_count)
+    return KeptTrace(trace_id, fragment.data, Verdict(True, policy), late=late, span_count=fragment.span_count)
 
 
 @contextlib.asynccontextmanager
