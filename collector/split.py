@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field as dataclass_field
+from typing import Any
 from itertools import accumulate, compress, count, islice, repeat
 from operator import getitem, ne
 
@@ -35,11 +36,14 @@ from tailsampler.common.proto_types import FIELD, SPAN_FIELDS, FieldSpec, declar
 
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
-_KEY_1 = 0x0A  # field 1, length-delimited: resource / scope / TracesData.resource_spans
-_KEY_2 = 0x12  # field 2, length-delimited: scope_spans / spans
-_KEY_3 = 0x1A  # field 3, length-delimited: schema_url
-_TAG_1 = bytes((_KEY_1,))
-_TAG_2 = bytes((_KEY_2,))
+# OTLP's ResourceSpans and ScopeSpans share one layout: field 1 is their envelope (the resource,
+# the scope), field 2 their content (scope_spans, spans), field 3 their schema_url; TracesData's
+# field 1 is resource_spans. All are length-delimited, so each key is one byte.
+_ENVELOPE = 0x0A
+_CONTENT = 0x12
+_SCHEMA_URL = 0x1A
+_ENVELOPE_TAG = bytes((_ENVELOPE,))
+_CONTENT_TAG = bytes((_CONTENT,))
 _PARENT = b"\x22\x08"  # parent_span_id, 8 bytes: a span's third field as encoders write it
 _PARENT_AT = slice(28, 30)  # after trace_id (2 + 16 bytes) and span_id (2 + 8)
 _OTLP = ".opentelemetry.proto."
@@ -154,9 +158,13 @@ Run = tuple[bytes, bytes, int]  # trace ID, span fields as they are on the wire,
 
 @dataclass(slots=True)
 class _Scope:
+    """One ScopeSpans, cut into runs of one trace each."""
+
     head: bytes  # the ScopeSpans' scope field(s), tag and length included
     tail: bytes  # its schema_url field(s)
     runs: list[Run]
+    roots: list[bytes]  # the trace of each root span found here
+    rejected: int = 0  # spans left out for invalid IDs
 
 
 @dataclass(slots=True)
@@ -172,6 +180,10 @@ class _Grouping:
         """Give each trace its share of one ResourceSpans: each run is wrapped in the scope and
         resource framing directly when every trace has one run here (the usual case), and the
         runs of a trace are gathered first otherwise, so that a resource appears once per trace."""
+        for scope in scopes:
+            self.roots.update(scope.roots)
+            self.rejected += scope.rejected
+        scopes = [scope for scope in scopes if scope.runs]
         pieces, counts = self.pieces, self.counts
         if len(scopes) == 1 and len(scopes[0].runs) == len({run[0] for run in scopes[0].runs}):
             scope = scopes[0]
@@ -181,8 +193,8 @@ class _Grouping:
             for trace_id, data, spans in scope.runs:
                 inner = inner_fixed + len(data)
                 inner_length = _length(inner)
-                outer = _TAG_1 + _length(outer_fixed + len(inner_length) + inner)
-                pieces[trace_id] += (outer, head, _TAG_2 + inner_length + scope.head, data, tails)
+                outer = _ENVELOPE_TAG + _length(outer_fixed + len(inner_length) + inner)
+                pieces[trace_id] += (outer, head, _CONTENT_TAG + inner_length + scope.head, data, tails)
                 counts[trace_id] += spans
             return
         shares: defaultdict[bytes, list[bytes]] = defaultdict(list)
@@ -192,10 +204,10 @@ class _Grouping:
                 runs[trace_id].append(data)
                 counts[trace_id] += spans
             for trace_id, parts in runs.items():
-                shares[trace_id].append(field(_TAG_2, b"".join((scope.head, *parts, scope.tail))))
+                shares[trace_id].append(field(_CONTENT_TAG, b"".join((scope.head, *parts, scope.tail))))
         for trace_id, parts in shares.items():
             share = b"".join(parts)
-            pieces[trace_id] += (_TAG_1 + _length(len(head) + len(share) + len(tail)), head, share, tail)
+            pieces[trace_id] += (_ENVELOPE_TAG + _length(len(head) + len(share) + len(tail)), head, share, tail)
 
     def result(self) -> SplitResult:
         counts, roots = self.counts, self.roots
@@ -206,85 +218,93 @@ class _Grouping:
         return SplitResult(fragments, sum(counts.values()), self.rejected, message)
 
 
-def _split(body: bytes, checked: object) -> SplitResult:
+def _split(body: bytes, checked: Any) -> SplitResult:
+    """``body`` cut into fragments, resource by resource, along upb's parse of it (``checked``)."""
     located = _SpanBytesRequest.FromString(body)
     grouping = _Grouping()
-    resources = _fields(body, 0, len(body))[_KEY_1]
-    checked_resources = checked.resource_spans[:]  # type: ignore[attr-defined]
+    resources = _layout_fields(body, 0, len(body))[_ENVELOPE]
+    checked_resources = checked.resource_spans[:]
     located_resources = located.resource_spans[:]
     if not len(resources) == len(checked_resources) == len(located_resources):
         raise _Misaligned()
     for (_, start, end), rs, rs_spans in zip(resources, checked_resources, located_resources):
-        fields = _fields(body, start, end)
-        scope_fields = fields[_KEY_2]
+        fields = _layout_fields(body, start, end)
+        scope_fields = fields[_CONTENT]
         checked_scopes = rs.scope_spans[:]
         located_scopes = rs_spans.scope_spans[:]
         if not len(scope_fields) == len(checked_scopes) == len(located_scopes):
             raise _Misaligned()
         scopes = [
-            _scope(body, s_start, s_end, ss.spans, ss_spans.spans[:], grouping)
+            _scope(body, s_start, s_end, ss.spans, ss_spans.spans[:])
             for (_, s_start, s_end), ss, ss_spans in zip(scope_fields, checked_scopes, located_scopes)
         ]
-        head, tail = _raw(body, fields[_KEY_1]), _raw(body, fields[_KEY_3])
-        grouping.add_resource(_shared(head), _shared(tail), [scope for scope in scopes if scope.runs])
+        head, tail = _as_on_wire(body, fields[_ENVELOPE]), _as_on_wire(body, fields[_SCHEMA_URL])
+        grouping.add_resource(_shared(head), _shared(tail), scopes)
     return grouping.result()
 
 
-def _scope(body: bytes, start: int, end: int, columns: object, spans: list[bytes], grouping: _Grouping) -> _Scope:
-    """One ScopeSpans' runs, cut from the body where the columns vouch for every span."""
+def _scope(body: bytes, start: int, end: int, columns: Any, spans: list[bytes]) -> _Scope:
+    """One ScopeSpans' runs, cut from the body where the columns vouch for every span, and span
+    by span where they do not."""
     n = len(spans)
-    ids = columns.trace_id[:]  # type: ignore[attr-defined]
-    span_ids = columns.span_id[:]  # type: ignore[attr-defined]
-    ones: list[bytes] = []
-    threes: list[bytes] = []
-    first = _scope_fields(body, start, end, ones, threes)
+    ids = columns.trace_id[:]
+    span_ids = columns.span_id[:]
+    framing = _ScopeFraming()
+    first = framing.read_to_spans(body, start, end)
     try:  # where each span field starts, if they lie together, and where they end
         begin = list(accumulate(map(_SPAN_FIELD_SIZES.__getitem__, map(len, spans)), initial=first))
     except IndexError:  # a span of 16 KiB or more
         begin = []
     if (
         not n or not begin or not body.endswith(spans[-1], first, begin[-1])
-        or _scope_fields(body, begin[-1], end, ones, threes) != end  # another span field follows
+        or framing.read_to_spans(body, begin[-1], end) != end  # another span field follows
         or len(ids) != n or len(span_ids) != n
         or _ZERO_TRACE in ids or _ZERO_SPAN in span_ids
         or set(map(len, ids)) != {16} or set(map(len, span_ids)) != {8}
     ):
-        fields = _fields(body, start, end)
-        return _Scope(_raw(body, fields[_KEY_1]), _raw(body, fields[_KEY_3]), _span_by_span(spans, grouping))
+        fields = _layout_fields(body, start, end)
+        return _span_by_span(_as_on_wire(body, fields[_ENVELOPE]), _as_on_wire(body, fields[_SCHEMA_URL]), spans)
     starts = [0, *compress(count(1), map(ne, islice(ids, 1, None), ids))]
     runs = [(ids[a], body[begin[a] : begin[b]], b - a) for a, b in zip(starts, [*islice(starts, 1, None), n])]
-    parents = columns.parent_span_id[:]  # type: ignore[attr-defined]
+    return _Scope(b"".join(framing.scope), b"".join(framing.schema_url), runs, _roots(ids, columns.parent_span_id[:], spans))
+
+
+def _roots(ids: list[bytes], parents: list[bytes], spans: list[bytes]) -> list[bytes]:
+    """The traces of a scope's root spans (those without a parent_span_id), from its columns.
+
+    The parent column counts the spans that have a parent; the roots are the spans without one
+    where encoders put it, unless others (a trace_state first) are among those, which their own
+    parse tells apart, or a root lays out its fields otherwise, when every span's parse is read."""
+    n = len(spans)
     parentless = n - len(parents) + parents.count(b"")
-    if parentless:
-        # The roots are the spans without a parent_span_id where encoders put it, unless others
-        # (a trace_state first) are among those, which their own parse tells apart, or a root
-        # lays out its fields otherwise, when every span's parse is read.
-        roots = list(compress(count(), map(ne, map(getitem, spans, repeat(_PARENT_AT)), repeat(_PARENT))))
+    if not parentless:
+        return []
+    roots = list(compress(count(), map(ne, map(getitem, spans, repeat(_PARENT_AT)), repeat(_PARENT))))
+    if len(roots) != parentless:
+        roots = _without_parent(spans, roots)
         if len(roots) != parentless:
-            roots = _parentless(spans, roots)
-            if len(roots) != parentless:
-                roots = _parentless(spans, range(n))
-        grouping.roots.update(map(ids.__getitem__, roots))
-    return _Scope(b"".join(ones), b"".join(threes), runs)
+            roots = _without_parent(spans, range(n))
+    return [ids[i] for i in roots]
 
 
-def _parentless(spans: list[bytes], indexes: Iterable[int]) -> list[int]:
+def _without_parent(spans: list[bytes], indexes: Iterable[int]) -> list[int]:
     return [i for i in indexes if not _SpanIds.FromString(spans[i]).parent_span_id]
 
 
-def _span_by_span(spans: list[bytes], grouping: _Grouping) -> list[Run]:
-    """Runs of one span each, read from each span's own parse; invalid IDs are counted and left out."""
-    runs: list[Run] = []
+def _span_by_span(head: bytes, tail: bytes, spans: list[bytes]) -> _Scope:
+    """A scope as runs of one span each, read from each span's own parse; spans with invalid IDs
+    are counted and left out."""
+    scope = _Scope(head, tail, [], [])
     for span in spans:
         ids = _SpanIds.FromString(span)
         trace_id, span_id = ids.trace_id, ids.span_id
         if len(trace_id) != 16 or len(span_id) != 8 or trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
-            grouping.rejected += 1
+            scope.rejected += 1
             continue
         if not ids.parent_span_id:
-            grouping.roots.add(trace_id)
-        runs.append((trace_id, field(_TAG_2, span), 1))
-    return runs
+            scope.roots.append(trace_id)
+        scope.runs.append((trace_id, field(_CONTENT_TAG, span), 1))
+    return scope
 
 
 _SHARED: dict[bytes, bytes] = {}
@@ -336,10 +356,10 @@ def _next_field(buf: bytes, pos: int) -> tuple[int, int, int]:
 Fields = dict[int, list[tuple[int, int, int]]]  # key -> (where the field starts, its value, its end)
 
 
-def _fields(buf: bytes, pos: int, end: int) -> Fields:
-    """The length-delimited fields 1, 2 and 3 of the message at ``buf[pos:end]``, in order;
+def _layout_fields(buf: bytes, pos: int, end: int) -> Fields:
+    """The envelope, content and schema_url fields of the message at ``buf[pos:end]``, in order;
     other fields, unknown to OTLP, are left out."""
-    found: Fields = {_KEY_1: [], _KEY_2: [], _KEY_3: []}
+    found: Fields = {_ENVELOPE: [], _CONTENT: [], _SCHEMA_URL: []}
     while pos < end:
         at = pos
         key, value, pos = _next_field(buf, pos)
@@ -350,20 +370,27 @@ def _fields(buf: bytes, pos: int, end: int) -> Fields:
     return found
 
 
-def _raw(buf: bytes, fields: list[tuple[int, int, int]]) -> bytes:
+def _as_on_wire(buf: bytes, fields: list[tuple[int, int, int]]) -> bytes:
     """Fields as they are on the wire: tag and length included, every occurrence in order."""
     return b"".join([buf[at:end] for at, _, end in fields])
 
 
-def _scope_fields(body: bytes, pos: int, end: int, ones: list[bytes], threes: list[bytes]) -> int:
-    """Walk a ScopeSpans' fields from ``pos`` to its next span field (or its end), adding its
-    scope and schema_url fields, as they are on the wire, to ``ones`` and ``threes``; returns
-    where the walk stopped."""
-    while pos < end and body[pos] != _KEY_2:
-        at = pos
-        key, _, pos = _next_field(body, pos)
-        if key == _KEY_1:
-            ones.append(body[at:pos])
-        elif key == _KEY_3:
-            threes.append(body[at:pos])
-    return pos
+@dataclass(slots=True)
+class _ScopeFraming:
+    """A ScopeSpans' own fields (scope, schema_url) as they are on the wire, wherever they sit
+    around its spans."""
+
+    scope: list[bytes] = dataclass_field(default_factory=list)
+    schema_url: list[bytes] = dataclass_field(default_factory=list)
+
+    def read_to_spans(self, body: bytes, pos: int, end: int) -> int:
+        """Take in the fields from ``pos`` up to the next span field (or the scope's end);
+        returns where that is."""
+        while pos < end and body[pos] != _CONTENT:
+            at = pos
+            key, _, pos = _next_field(body, pos)
+            if key == _ENVELOPE:
+                self.scope.append(body[at:pos])
+            elif key == _SCHEMA_URL:
+                self.schema_url.append(body[at:pos])
+        return pos

@@ -38,9 +38,6 @@ class Batcher:
         self._counts = [0] * targets
         self._roots: list[list[bytes]] = [[] for _ in range(targets)]
 
-    def target_of(self, service_index: int) -> int:
-        return service_index % self.targets
-
     def add(self, service_index: int, framed: bytes, root_of: bytes | None = None) -> Payload | None:
         """Add one span; ``root_of`` is its trace ID when it is the root. Returns a full request."""
         target = service_index % self.targets
