@@ -13,6 +13,7 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -22,13 +23,13 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 class SdkClient:
     """A TracerProvider exporting to a collector, plus a record of every span it ended."""
 
-    def __init__(self, transport: str, endpoint: str, service: str = "checkout") -> None:
+    def __init__(self, transport: str, endpoint: str, service: str = "checkout", id_generator: IdGenerator | None = None) -> None:
         if transport == "grpc":
             exporter = GrpcSpanExporter(endpoint=endpoint, insecure=True)
         else:
             exporter = HttpSpanExporter(endpoint=f"http://{endpoint}/v1/traces")
         self.memory = InMemorySpanExporter()
-        self.provider = TracerProvider(resource=Resource.create({"service.name": service}))
+        self.provider = TracerProvider(resource=Resource.create({"service.name": service}), id_generator=id_generator)
         self.provider.add_span_processor(SimpleSpanProcessor(self.memory))
         self.provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=50))
         self.tracer = self.provider.get_tracer("tailsampler.tests")
