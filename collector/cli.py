@@ -56,8 +56,16 @@ async def _run(config, reuse_port: bool) -> int:
         await collector.stop()
         return 2
     await stop.wait()
-    logging.getLogger("tailsampler").info("shutting down")
-    await collector.stop()
+    log = logging.getLogger("tailsampler")
+    log.info("shutting down (a second signal exits at once)")
+    stop.clear()
+    shutdown = asyncio.create_task(collector.stop())
+    second = asyncio.create_task(stop.wait())
+    await asyncio.wait({shutdown, second}, return_when=asyncio.FIRST_COMPLETED)
+    if not shutdown.done():
+        log.error("second signal: exiting before the shutdown finished")
+        return 1
+    second.cancel()
     return 0
 
 
