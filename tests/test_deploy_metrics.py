@@ -15,7 +15,7 @@ import re
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import promql_parser as promql
 import pytest
@@ -88,17 +88,36 @@ def _scrape(agent: AgentProcess) -> str:
         return response.read().decode()
 
 
-def _seen(agent: AgentProcess, *series: str) -> bool:
-    """Every ``name{label="value"}`` given is among the agent's samples right now."""
-    text = _scrape(agent)
-    return all(re.search(re.escape(s[:-1]) + r'[,}]', text) if s.endswith("}") else s in text for s in series)
+def _wait_for(
+    agent: AgentProcess, *series: str, timeout: float, what: str, resend: Callable[[], None] | None = None
+) -> None:
+    """Wait until every ``name{label="value"`` (a prefix of a sample line) is in a scrape;
+    ``resend`` is called again every second meanwhile, for traffic that counts only once the
+    collector is ready for it."""
+    missing: list[str] = list(series)
+    sent = [0.0]
+
+    def seen() -> bool:
+        if resend is not None and time.monotonic() - sent[0] > 1.0:
+            resend()
+            sent[0] = time.monotonic()
+        text = _scrape(agent)
+        missing[:] = [s for s in series if s not in text]
+        return not missing
+
+    try:
+        wait_until(seen, timeout=timeout, message=what, interval=0.1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: no {missing}\n{agent.log()[-3000:]}") from None
 
 
 def _local_config(tmp: Path, redis_url: str) -> dict[str, Any]:
-    data = on_this_machine(yaml.safe_load(kubernetes_config_file().read_text()), url=redis_url, timeout="300ms")
-    data["tail_sampling"].update(
-        decision_wait="1s", decision_wait_after_root_received="100ms", num_traces=8, maximum_trace_size_bytes=3000
+    data = on_this_machine(
+        yaml.safe_load(kubernetes_config_file().read_text()), url=redis_url, timeout="300ms", max_bytes=2000
     )
+    # no wait after the root: the traces of the first requests are still buffered when the
+    # second ones push the buffer over max_bytes, and the oldest are decided early (overflow)
+    data["tail_sampling"].update(decision_wait="3s", decision_wait_after_root_received="0", maximum_trace_size_bytes=3000)
     data["exporters"] = [
         {"name": "file", "type": "file", "path": str(tmp / "kept.jsonl")},
         {  # a backend that is down: failed sends, retries, an open circuit, traces given up
@@ -112,44 +131,48 @@ def _local_config(tmp: Path, redis_url: str) -> dict[str, Any]:
     return data
 
 
+def _late_span(client: SdkClient, trace_id: str) -> None:
+    with client.tracer.start_as_current_span("late retry", context=remote_parent(trace_id)):
+        pass
+    client.flush()
+
+
 def _drive(agent: AgentProcess, redis_server: RedisProcess) -> None:
     grpc_client = SdkClient("grpc", agent.grpc_endpoint)
     http_client = SdkClient("http", agent.http_endpoint)
     try:
-        # more traces than num_traces (overflow), one larger than maximum_trace_size_bytes (size)
         errors = [_trace(client, error=True) for client in (grpc_client, http_client)]
-        normal = [_trace(client) for client in (grpc_client, http_client) for _ in range(8)]
+        normal = [_trace(client) for client in (grpc_client, http_client) for _ in range(4)]
+        grpc_client.flush()
+        http_client.flush()
+        # over max_bytes with the first traces still buffered, and one over maximum_trace_size_bytes
+        normal += [_trace(client) for client in (grpc_client, http_client) for _ in range(4)]
         _trace(grpc_client, children=40)
         grpc_client.flush()
         http_client.flush()
-        wait_until(
-            lambda: _seen(agent, 'tailsampler_traces_decided_total{decision="kept"}', 'tailsampler_traces_decided_total{decision="dropped"}',
-                          'tailsampler_early_decisions_total{reason="overflow"}', 'tailsampler_early_decisions_total{reason="size"}'),
-            timeout=30, message="kept, dropped and early-decided traces",
-        )
-        # a kept trace is settled once every exporter is done with it, here once the down
-        # exporter gives it up: from then on its spans are late
-        wait_until(lambda: _seen(agent, "tailsampler_exporter_send_failures_total{", "tailsampler_exporter_traces_failed_total{"),
-                   timeout=30, message="the down exporter's failures")
-        for trace_id in errors[:1] + normal[:3]:  # spans of decided traces
-            with grpc_client.tracer.start_as_current_span("late retry", context=remote_parent(trace_id)):
-                pass
-        grpc_client.flush()
-        wait_until(lambda: _seen(agent, 'tailsampler_late_spans_total{decision="kept"}', 'tailsampler_late_spans_total{decision="dropped"}'),
-                   timeout=15, message="late spans of kept and dropped traces")
+        _wait_for(agent, 'tailsampler_traces_decided_total{decision="kept"', 'tailsampler_traces_decided_total{decision="dropped"',
+                  'tailsampler_early_decisions_total{reason="overflow"', 'tailsampler_early_decisions_total{reason="size"',
+                  "tailsampler_exporter_send_failures_total{", "tailsampler_exporter_traces_failed_total{",
+                  timeout=30, what="kept, dropped and early-decided traces, and the down exporter's failures")
+        # A span of a decided trace is late once its trace is settled: a kept one once every
+        # exporter is done with it (here once the down exporter has given it up).
+        _wait_for(agent, 'tailsampler_late_spans_total{decision="kept"', timeout=30, what="late spans of a kept trace",
+                  resend=lambda: _late_span(grpc_client, errors[0]))
+        _wait_for(agent, 'tailsampler_late_spans_total{decision="dropped"', timeout=30, what="late spans of a dropped trace",
+                  resend=lambda: [_late_span(grpc_client, trace_id) for trace_id in normal[:3]])
 
         broken = TracerProvider(resource=Resource.create({"service.name": "broken"}), id_generator=_ZeroSpanIds())
         broken.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=agent.grpc_endpoint, insecure=True)))
         with broken.get_tracer("broken").start_as_current_span("no span id"):
             pass
         broken.shutdown()
-        wait_until(lambda: _seen(agent, 'tailsampler_spans_refused_total{reason="invalid_id"}'), timeout=15, message="invalid span IDs refused")
+        _wait_for(agent, 'tailsampler_spans_refused_total{reason="invalid_id"', timeout=15, what="invalid span IDs refused")
 
         redis_server.pause()
         try:
             _trace(grpc_client)
-            wait_until(lambda: _seen(agent, 'tailsampler_spans_refused_total{reason="buffer_unavailable"}', "tailsampler_redis_unavailable_total{"),
-                       timeout=20, message="spans refused while Redis does not answer")
+            _wait_for(agent, 'tailsampler_spans_refused_total{reason="buffer_unavailable"', "tailsampler_redis_unavailable_total{",
+                      timeout=20, what="spans refused while Redis does not answer")
         finally:
             redis_server.resume()
     finally:
