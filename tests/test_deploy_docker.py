@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jsonschema
-import pytest
 import yaml
 from docker.utils.build import exclude_paths
 
@@ -27,8 +26,8 @@ from tailsampler.collector.durations import Duration
 from tailsampler.storage import SqliteSpec
 from tests.collectors import AgentProcess, StartCollector
 from tests.deploy_files import (
-    ALERTS, COMPOSE_FILE, DASHBOARD, DEPLOY, JOB, REPO, bind_mounts, built_here, compose, compose_agent_config, compose_agents,
-    dockerfile, exec_form, healthcheck_command, host_port, image_config_path, listeners, mounted_config,
+    ALERTS, DASHBOARD, DEPLOY, JOB, REPO, bind_mounts, built_here, compose, compose_agent_config, compose_agents,
+    dockerfile, exec_form, healthcheck_command, host_port, image_config_path, listeners,
     on_this_machine, pyproject, server_args, stages,
 )
 
