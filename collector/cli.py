@@ -12,7 +12,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from tailsampler.collector.config import load_config
+from tailsampler.collector.config import read_config
 from tailsampler.common.errors import ConfigError
 from tailsampler.storage import ExporterSetupError
 
@@ -24,14 +24,17 @@ def _print_problems(exc: ConfigError) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config)
+        loaded = read_config(args.config)
     except ConfigError as exc:
         _print_problems(exc)
         return 2
+    config = loaded.config
     logging.basicConfig(
         level=getattr(logging, config.service.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for warning in loaded.warnings:
+        logging.getLogger("tailsampler").warning("not run: %s", warning)
     if args.workers > 1:
         from tailsampler.collector.workers import run_workers
 
@@ -76,10 +79,19 @@ def _validate(args: argparse.Namespace) -> int:
         print("tailsampler validate: give a CONFIG file or --otel-collector-config FILE", file=sys.stderr)
         return 2
     try:
-        load_config(args.config)
+        loaded = read_config(args.config)
     except ConfigError as exc:
         _print_problems(exc)
         return 1
+    for warning in loaded.warnings:
+        print(f"not run: {warning}", file=sys.stderr)
+    if loaded.translated is not None:
+        print(
+            f"{args.config}: ok, an OpenTelemetry Collector config: `tailsampler serve --config {args.config}` runs its "
+            f"traces pipeline as it is; `tailsampler validate --otel-collector-config {args.config} --write OUT` "
+            "writes it as a tailsampler config"
+        )
+        return 0
     print(f"{args.config}: ok")
     return 0
 
