@@ -96,7 +96,7 @@ class _OtlpListener(_Listener, kw_only=True):
 class GrpcReceiverConfig(_OtlpListener, kw_only=True):
     endpoint: Endpoint = Endpoint("localhost", 4317)
     max_recv_msg_size_mib: float = 4.0
-    max_concurrent_streams: int = 100
+    max_concurrent_streams: int = 16
     handshake_timeout: Duration = Duration(10.0)
     idle_timeout: Duration = Duration(300.0)
 

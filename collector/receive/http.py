@@ -34,6 +34,8 @@ _RESOURCE_EXHAUSTED = 8
 _UNAVAILABLE = 14
 _UNAUTHENTICATED = 16
 
+_READ_AHEAD = 64 * 1024
+
 
 class _TooLarge(Exception):
     pass
@@ -103,6 +105,9 @@ class HttpReceiver:
             tls=tls,
             # bodies are inflated here, not by aiohttp, which takes a truncated gzip stream as empty
             auto_decompress=False,
+            # what aiohttp reads ahead on each connection before a handler asks (its default,
+            # 256 KiB, buffers whole bodies of clients the in-flight bounds are about to refuse)
+            read_bufsize=_READ_AHEAD,
         )
         self.port = await self._listener.start(reuse_port)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import ssl
 import time
@@ -93,7 +94,7 @@ class HttpListener:
             )
         except OSError as exc:
             await self._runner.cleanup()
-            reason = exc.strerror or str(exc)
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's own text repeats the address
             raise OSError(f"cannot listen for {self._name} on {self._endpoint}: {reason}") from None
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
