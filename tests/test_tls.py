@@ -4,23 +4,28 @@ test time and the OpenTelemetry SDK's own exporters as clients; exporters' ``tls
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import ssl
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import grpc
 import pytest
+import yaml
 from cryptography import x509
 
 from tailsampler.collector.config import ConfigError, parse_config
 from tests.certs import CertificateAuthority, Issued
-from tests.collectors import StartCollector, collector_config
+from tailsampler.loadgen.processes import free_port
+from tests.collectors import REPO, AgentProcess, StartCollector, collector_config
 from tests.otlp_data import new_trace_id, request
 from tests.otlp_sink import GrpcSink, HttpSink, ServerTls as SinkTls
 from tests.sdk import ClientTls, SdkClient
-from tests.waiting import eventually
+from tests.waiting import eventually, wait_until
 
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
@@ -280,3 +285,58 @@ def test_flat_exporter_tls_keys_still_work_and_fold_into_tls() -> None:
     ).exporters
     assert grpc_spec.insecure and grpc_spec.tls.insecure
     assert (http_spec.tls.ca_file, http_spec.tls.cert_file, http_spec.tls.key_file) == ("ca.pem", "c.pem", "k.pem")
+
+
+# --- examples/secure.yaml, as a real process -------------------------------------------------
+
+
+class SecureAgent(AgentProcess):
+    """An agent whose admin API speaks TLS and wants a token: readiness and stats go through both."""
+
+    def __init__(self, config: dict[str, Any], workdir: Path, ca: Path, token: str) -> None:
+        super().__init__(config, workdir)
+        self._context = ssl.create_default_context(cafile=str(ca))
+        self._token = token
+
+    def admin_get(self, path: str, token: str | None = None) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {self._token if token is None else token}"}
+        url = f"https://{self.admin_endpoint}{path}"
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5, context=self._context) as response:
+                status, body, kind = response.status, response.read(), response.headers.get_content_type()
+        except urllib.error.HTTPError as exc:
+            status, body, kind = exc.code, exc.read(), exc.headers.get_content_type()
+        return status, json.loads(body or b"null") if kind == "application/json" else body.decode()
+
+
+def test_the_secure_example_runs_with_tls_and_tokens_from_the_environment(
+    tmp_path: Path, pki: CertificateAuthority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = yaml.safe_load((REPO / "examples" / "secure.yaml").read_text())
+    otlp = config["receivers"]["otlp"]
+    otlp["grpc"]["endpoint"] = f"localhost:{free_port()}"
+    otlp["http"]["endpoint"] = f"localhost:{free_port()}"
+    config["admin"]["endpoint"] = f"localhost:{free_port()}"
+    config["exporters"] = [{"type": "sqlite", "path": str(tmp_path / "kept.db")}]
+    pki.server()  # server.pem and server-key.pem, where TAILSAMPLER_CERTS says
+    token, admin_token = "application-token", "admin-token"
+    monkeypatch.setenv("TAILSAMPLER_CERTS", str(pki.directory))
+    monkeypatch.setenv("TAILSAMPLER_TOKEN", token)
+    monkeypatch.setenv("TAILSAMPLER_ADMIN_TOKEN", admin_token)
+
+    agent = SecureAgent(config, tmp_path / "agent", pki.cert, admin_token)
+    try:
+        agent.start()
+        for transport, where in (("grpc", agent.grpc_endpoint), ("http", agent.http_endpoint)):
+            for header, accepted in ((f"Bearer {token}", True), (f"Bearer {admin_token}", False)):
+                client = SdkClient(transport, where, tls=ClientTls(pki.cert), headers={"authorization": header},
+                                   batch=False, timeout=3)
+                with client.tracer.start_as_current_span("GET /cart"):
+                    pass
+                assert client.send_now() is accepted, (transport, header)
+        wait_until(lambda: agent.stats()["spans"]["received"] == 2, timeout=10, message="both transports delivered")
+        assert agent.admin_get("/api/v1/stats", token="")[0] == 401
+        assert agent.admin_get("/metrics")[0] == 200  # protect_metrics: true, with the token
+        assert admin_token not in agent.log() and token not in agent.log()
+    finally:
+        agent.stop()
