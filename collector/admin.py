@@ -79,6 +79,7 @@ class AdminServer:
         self._extra = extra_routes or []
         self._hosts = allowed_host_names(settings)
         self._auth: BearerTokens | None = None
+        self._protect_metrics = settings.auth.protect_metrics if settings.auth else True
         self._listener: HttpListener | None = None
         self.port = 0
 
@@ -125,7 +126,7 @@ class AdminServer:
         auth = self._auth
         if auth is None or request.path in _OPEN_PATHS:
             return await handler(request)
-        if request.path == "/metrics" and not self._settings.auth.protect_metrics:  # type: ignore[union-attr]
+        if request.path == "/metrics" and not self._protect_metrics:
             return await handler(request)
         if not auth.allows(request.headers.get("Authorization")):
             return web.json_response(

@@ -20,6 +20,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from tailsampler.collector.receive.limits import InFlight
 from tailsampler.common.otlp_json import JsonDecodeError, request_from_json, to_json
 from tailsampler.storage.sqlite_store import open_writer, write_batch
 from tests.collectors import REPO, StartCollector, collector_config
@@ -88,7 +89,7 @@ async def test_http_connections_past_the_cap_are_closed_logged_once_and_the_admi
     port = collector.http.port
     for _ in range(20):
         sockets.append(socket.create_connection(("127.0.0.1", port)))
-    await eventually(lambda: collector.http._listener.open_connections == 20, timeout=5, message="20 connections held open")
+    await eventually(lambda: collector.http.open_connections == 20, timeout=5, message="20 connections held open")
 
     extra = []
     for _ in range(30):
@@ -103,7 +104,7 @@ async def test_http_connections_past_the_cap_are_closed_logged_once_and_the_admi
 
     for sock in sockets[:20]:
         sock.close()
-    await eventually(lambda: collector.http._listener.open_connections == 0, timeout=5, message="the held connections are gone")
+    await eventually(lambda: collector.http.open_connections == 0, timeout=5, message="the held connections are gone")
     status, _, _ = await http_post(port, request(new_trace_id()).SerializeToString())
     assert status == 200
 
@@ -171,6 +172,26 @@ async def test_grpc_a_connection_that_never_completes_its_handshake_is_closed(
 # --- requests and bytes in flight ---------------------------------------------------------
 
 
+def test_the_in_flight_budget_counts_requests_and_held_bytes_and_always_fits_one() -> None:
+    budget = InFlight(max_requests=2, max_bytes=100)
+    first = budget.admit(60)
+    assert first is not None
+    assert budget.admit(50) is None  # 60 + 50 > 100
+    second = budget.admit(40)
+    assert second is not None and (budget.requests, budget.bytes) == (2, 100)
+    assert budget.admit() is None  # two requests already
+    assert not second.hold(41) and budget.bytes == 100  # refused: holds what it held
+    assert first.hold(10) and budget.bytes == 50
+    first.release()
+    first.release()  # twice is once
+    second.release()
+    assert (budget.requests, budget.bytes) == (0, 0)
+    alone = budget.admit(500)  # larger than the budget, but alone: it fits, or it never would
+    assert alone is not None and alone.hold(800)
+    assert budget.admit(1) is None
+    alone.release()
+
+
 async def test_http_past_the_in_flight_bounds_gets_503_with_retry_after_before_its_body_is_read(
     start_collector: StartCollector, tmp_path: Path, sockets: list[socket.socket]
 ) -> None:
@@ -182,7 +203,7 @@ async def test_http_past_the_in_flight_bounds_gets_503_with_retry_after_before_i
         b"POST /v1/traces HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-protobuf\r\n"
         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10]
     )
-    await eventually(lambda: collector.http._in_flight.requests == 1, timeout=5, message="the first request is in flight")
+    await eventually(lambda: collector.http.in_flight.requests == 1, timeout=5, message="the first request is in flight")
 
     status, headers, answer = await http_post(collector.http.port, request(new_trace_id()).SerializeToString())
     assert status == 503 and headers["Retry-After"] == "1"
@@ -194,7 +215,7 @@ async def test_http_past_the_in_flight_bounds_gets_503_with_retry_after_before_i
     held.sendall(body[10:])
     held.settimeout(5)
     assert (await asyncio.to_thread(held.recv, 100)).startswith(b"HTTP/1.1 200")  # the collector runs in this loop
-    await eventually(lambda: collector.http._in_flight.requests == 0, timeout=5)
+    await eventually(lambda: collector.http.in_flight.requests == 0, timeout=5)
     assert (await http_post(collector.http.port, request(new_trace_id()).SerializeToString()))[0] == 200
     assert (await collector.stats())["spans"]["received"] == 6
 
@@ -211,7 +232,7 @@ async def test_http_a_declared_body_past_the_byte_budget_waits_for_others_to_fin
         b"POST /v1/traces HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-protobuf\r\n"
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
     )
-    await eventually(lambda: collector.http._in_flight.bytes == len(body), timeout=5)
+    await eventually(lambda: collector.http.in_flight.bytes == len(body), timeout=5)
     status, headers, _ = await http_post(collector.http.port, body)
     assert status == 503 and headers["Retry-After"] == "1"
     held.sendall(body)
@@ -232,7 +253,7 @@ async def test_grpc_past_the_in_flight_bounds_gets_unavailable_with_retry_info(s
         streaming = channel.stream_unary(EXPORT, request_serializer=None, response_deserializer=None)
         unary = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)
         first = asyncio.ensure_future(streaming(slow_body(), timeout=10))
-        await eventually(lambda: collector.grpc._in_flight.requests == 1, timeout=5, message="the first call is in flight")
+        await eventually(lambda: collector.grpc.in_flight.requests == 1, timeout=5, message="the first call is in flight")
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await unary(request(new_trace_id()).SerializeToString(), timeout=5)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE

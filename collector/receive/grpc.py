@@ -70,7 +70,7 @@ class GrpcReceiver:
         self._auth_config = auth
         self._auth: BearerTokens | None = None
         self._max = int(settings.max_recv_msg_size_mib * 1024 * 1024)
-        self._in_flight = InFlight(settings.max_requests_in_flight, int(settings.max_bytes_in_flight_mib * 1024 * 1024))
+        self.in_flight = InFlight(settings.max_requests_in_flight, int(settings.max_bytes_in_flight_mib * 1024 * 1024))
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -125,7 +125,7 @@ class GrpcReceiver:
         if self._auth is not None and not self._auth.allows(_authorization(context)):
             metrics.requests.labels("grpc", "unauthenticated").inc()
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (authorization: Bearer <token>)")
-        ticket = self._in_flight.admit()
+        ticket = self.in_flight.admit()
         if ticket is None:
             metrics.requests.labels("grpc", "in_flight_limit").inc()
             await self._busy(context, "too many requests in flight on this listener; retry later")

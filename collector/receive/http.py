@@ -84,7 +84,7 @@ class HttpReceiver:
         self._auth_config = auth
         self._auth: BearerTokens | None = None
         self._max = int(settings.max_request_body_size_mib * 1024 * 1024)
-        self._in_flight = InFlight(settings.max_requests_in_flight, int(settings.max_bytes_in_flight_mib * 1024 * 1024))
+        self.in_flight = InFlight(settings.max_requests_in_flight, int(settings.max_bytes_in_flight_mib * 1024 * 1024))
         self._listener: HttpListener | None = None
         self.port = 0
 
@@ -115,6 +115,10 @@ class HttpReceiver:
         if self._listener is not None:
             await self._listener.stop()
 
+    @property
+    def open_connections(self) -> int:
+        return self._listener.open_connections if self._listener is not None else 0
+
     async def _export(self, request: web.Request) -> web.Response:
         content_type = request.content_type
         if self._auth is not None and not self._auth.allows(request.headers.get("Authorization")):
@@ -133,7 +137,7 @@ class HttpReceiver:
         declared = request.content_length or 0
         if declared > self._max:
             return self._too_large(content_type)
-        ticket = self._in_flight.admit(declared)
+        ticket = self.in_flight.admit(declared)
         if ticket is None:
             self._metrics.requests.labels("http", "in_flight_limit").inc()
             return _busy("too many requests in flight on this listener; retry later", content_type)
