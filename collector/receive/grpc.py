@@ -81,7 +81,7 @@ class GrpcReceiver:
         tls = ServerTls(settings.tls, "receivers.otlp.grpc.tls") if settings.tls else None
         if self._auth is not None and tls is None:
             warn_if_exposed("otlp/grpc", settings.endpoint)
-        raise_open_files_limit()
+        raise_open_files_limit("otlp/grpc", settings.max_connections)
         _check_bindable(settings.endpoint, reuse_port)
         self._server = grpc.aio.server(
             options=[

@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 _REMINDER = 60.0  # seconds between log lines while connections are being refused
 
 
-def raise_open_files_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit (as Go programs do at start); the limit."""
+def raise_open_files_limit(name: str, max_connections: int) -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (as Go programs do at start), and warn when
+    even that leaves no room for ``max_connections``: the process would run out of descriptors
+    before the cap refuses anything."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
         target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
@@ -44,7 +46,11 @@ def raise_open_files_limit() -> int:
             soft = target
         except (ValueError, OSError):
             pass
-    return soft
+    if soft < max_connections + 64:
+        log.warning(
+            "%s: max_connections is %d but the process may open only %d files (ulimit -n); lower max_connections "
+            "or raise the limit", name, max_connections, soft,
+        )
 
 
 class HttpListener:
@@ -79,7 +85,7 @@ class HttpListener:
         self.port = 0
 
     async def start(self, reuse_port: bool = False) -> int:
-        raise_open_files_limit()
+        raise_open_files_limit(self._name, self._max)
         await self._runner.setup()
         handlers = self._runner.server
         assert handlers is not None
