@@ -12,6 +12,7 @@ grpcio's own bounds do the rest: ``max_concurrent_streams`` per connection,
 
 from __future__ import annotations
 
+import errno
 import socket
 
 import grpc
@@ -57,6 +58,8 @@ def _check_bindable(endpoint: Endpoint, reuse_port: bool) -> None:
             try:
                 probe.bind(address)
             except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    continue  # that address family is not set up here (localhost without ::1): grpcio skips it too
                 raise OSError(f"cannot listen for otlp/grpc on {endpoint}: {exc.strerror}") from None
 
 
