@@ -5,41 +5,92 @@ buffer gauges are refreshed by the agent's own periodic task).
 
 Readiness turns false as soon as shutdown starts, so a load balancer stops sending spans before
 the receivers close.
+
+Every request's ``Host`` must be an IP address or one of the listener's names, so that a web page
+a browser on this host opens cannot reach the API by rebinding its own name to 127.0.0.1. With
+``admin.auth`` every path but the two health checks needs the bearer token, ``/metrics`` too
+unless ``protect_metrics: false``: stats and the trace API carry span data.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from typing import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tailsampler.collector.config import AdminConfig
 from tailsampler.collector.metrics import Metrics
-from tailsampler.common.endpoints import Endpoint
+from tailsampler.collector.receive.auth import BearerTokens, warn_if_exposed
+from tailsampler.collector.receive.listener import HttpListener
+from tailsampler.collector.receive.tls import ServerTls
 
 Readiness = Callable[[], Awaitable[tuple[bool, dict[str, object]]]]
 StatsSource = Callable[[], Awaitable[dict[str, object]]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_OPEN_PATHS = frozenset({"/health", "/health/ready"})
+
+
+def allowed_host_names(settings: AdminConfig) -> frozenset[str] | None:
+    """The names a ``Host`` header may carry besides IP addresses; None when any is allowed."""
+    names = {name.lower().rstrip(".") for name in settings.allowed_hosts}
+    if "*" in names:
+        return None
+    names |= {"localhost", socket.gethostname().lower()}
+    if settings.endpoint.host:
+        names.add(settings.endpoint.host.lower())
+    return frozenset(names)
+
+
+def host_allowed(host: str | None, names: frozenset[str] | None) -> bool:
+    """Whether a request's ``Host`` header names this listener. An IP address always does: a
+    rebinding page reaches the API only through a name of its own."""
+    if names is None or not host:
+        return True
+    if host.startswith("["):
+        name = host[1:].partition("]")[0]
+    else:
+        before, colon, port = host.rpartition(":")
+        name = before if colon and port.isdigit() else host
+    name = name.lower().rstrip(".")
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return name in names
 
 
 class AdminServer:
     def __init__(
         self,
-        endpoint: Endpoint,
+        settings: AdminConfig,
         metrics: Metrics,
         readiness: Readiness,
         stats: StatsSource,
         extra_routes: list[web.RouteDef] | None = None,
     ) -> None:
-        self._endpoint = endpoint
+        self._settings = settings
         self._metrics = metrics
         self._readiness = readiness
         self._stats = stats
         self._extra = extra_routes or []
-        self._runner: web.AppRunner | None = None
+        self._hosts = allowed_host_names(settings)
+        self._auth: BearerTokens | None = None
+        self._protect_metrics = settings.auth.protect_metrics if settings.auth else True
+        self._listener: HttpListener | None = None
         self.port = 0
 
     async def start(self) -> None:
-        app = web.Application()
+        settings = self._settings
+        if settings.auth is not None:
+            self._auth = BearerTokens(settings.auth, "admin.auth")
+        tls = ServerTls(settings.tls, "admin.tls") if settings.tls else None
+        if self._auth is not None and tls is None:
+            warn_if_exposed("admin", settings.endpoint)
+        app = web.Application(middlewares=[self._check_host, self._check_token])
         app.add_routes(
             [
                 web.get("/health", self._health),
@@ -49,15 +100,40 @@ class AdminServer:
                 *self._extra,
             ]
         )
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._endpoint.listen_host, self._endpoint.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self._listener = HttpListener(
+            app, settings.endpoint, "admin",
+            max_connections=settings.max_connections,
+            read_header_timeout=float(settings.read_header_timeout),
+            idle_timeout=float(settings.idle_timeout),
+            tls=tls,
+        )
+        self.port = await self._listener.start()
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._listener is not None:
+            await self._listener.stop()
+
+    @web.middleware
+    async def _check_host(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not host_allowed(request.headers.get("Host"), self._hosts):
+            return web.Response(
+                status=403, text="the Host header names none of this admin listener's names (see admin.allowed_hosts)"
+            )
+        return await handler(request)
+
+    @web.middleware
+    async def _check_token(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        auth = self._auth
+        if auth is None or request.path in _OPEN_PATHS:
+            return await handler(request)
+        if request.path == "/metrics" and not self._protect_metrics:
+            return await handler(request)
+        if not auth.allows(request.headers.get("Authorization")):
+            return web.json_response(
+                {"error": "missing or wrong bearer token (Authorization: Bearer <token>)"},
+                status=401, headers={"WWW-Authenticate": "Bearer"},
+            )
+        return await handler(request)
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})

@@ -43,11 +43,11 @@ class Collector:
         self.ingest = Ingest(self.buffer, self.forwarder, self.metrics)
         self.loop = DecisionLoop(self.buffer, self.engine, self.forwarder, self.metrics, float(config.buffer.tick))
         otlp = config.receivers.otlp
-        self.grpc = GrpcReceiver(self.ingest, otlp.grpc.endpoint, otlp.grpc.max_recv_msg_size_mib) if otlp.grpc else None
-        self.http = HttpReceiver(self.ingest, otlp.http.endpoint, otlp.http.max_request_body_size_mib) if otlp.http else None
+        self.grpc = GrpcReceiver(self.ingest, otlp.grpc, self.metrics, otlp.auth) if otlp.grpc else None
+        self.http = HttpReceiver(self.ingest, otlp.http, self.metrics, otlp.auth) if otlp.http else None
         stores = [spec.path for spec in config.exporters if isinstance(spec, SqliteSpec)]
         self.admin = AdminServer(
-            config.admin.endpoint, self.metrics, self.readiness, self.stats, trace_api.routes(stores[0]) if stores else []
+            config.admin, self.metrics, self.readiness, self.stats, trace_api.routes(stores[0]) if stores else []
         )
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False

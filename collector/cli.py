@@ -56,6 +56,7 @@ async def _run(config, reuse_port: bool) -> int:
         await collector.start()
     except (ExporterSetupError, OSError) as exc:
         print(f"tailsampler: cannot start: {exc}", file=sys.stderr)
+        logging.disable(logging.INFO)  # nothing was taken in: the one line above says it all
         await collector.stop()
         return 2
     await stop.wait()

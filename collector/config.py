@@ -20,6 +20,7 @@ import msgspec
 import yaml
 
 from tailsampler.collector import otelcol
+from tailsampler.common.confmap import expand, redact_url
 from tailsampler.common.durations import Duration
 from tailsampler.common.endpoints import Endpoint
 from tailsampler.common.errors import ConfigError, Problem
@@ -28,19 +29,89 @@ from tailsampler.policies import PolicyContext, PolicySpec, RecordingConfig, pol
 from tailsampler.storage import ExporterSpec, exporter_names
 
 
-class GrpcReceiverConfig(msgspec.Struct, forbid_unknown_fields=True):
-    endpoint: Endpoint = Endpoint("0.0.0.0", 4317)
+TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
+
+
+class TlsServerConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """A listener's TLS, with the OpenTelemetry Collector's ``configtls`` server keys.
+
+    ``client_ca_file`` turns on mutual TLS: a client without a certificate signed by it is refused.
+    With ``reload_interval`` the files are checked that often (on the next new connection) and
+    re-read when they changed, so a rotated certificate is used without a restart; 0 never."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+    min_version: str | float = "1.2"  # YAML reads an unquoted 1.2 as a number
+    reload_interval: Duration = Duration(0.0)
+
+    def __post_init__(self) -> None:
+        version = f"{self.min_version:.1f}" if isinstance(self.min_version, float) else self.min_version
+        if version not in TLS_VERSIONS:
+            raise ValueError(f"min_version: expected one of {', '.join(TLS_VERSIONS)}, got {self.min_version!r}")
+        self.min_version = version
+        if self.reload_interval < 0:
+            raise ValueError("reload_interval cannot be negative")
+
+
+class BearerAuthConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Requests must carry ``Authorization: Bearer <token>`` with one of these tokens, as the
+    Collector's ``bearertokenauth`` extension checks it. ``bearer_tokens_file`` holds one token a
+    line and is re-read when it changes."""
+
+    bearer_tokens: list[str] = msgspec.field(default_factory=list)
+    bearer_tokens_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.bearer_tokens and self.bearer_tokens_file:
+            raise ValueError("give bearer_tokens or bearer_tokens_file, not both")
+        if not self.bearer_tokens and not self.bearer_tokens_file:
+            raise ValueError("give bearer_tokens or bearer_tokens_file (an auth block without tokens would let no one in)")
+        if any(not token.strip() for token in self.bearer_tokens):
+            raise ValueError("bearer_tokens: a token cannot be empty (is its environment variable set?)")
+
+
+class AdminAuthConfig(BearerAuthConfig):
+    """The admin API's token: every path but ``/health`` and ``/health/ready`` needs it; with
+    ``protect_metrics: false`` Prometheus may scrape ``/metrics`` without it."""
+
+    protect_metrics: bool = True
+
+
+class _Listener(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What every listener bounds: its TLS, its open connections and how long one may sit idle."""
+
+    tls: TlsServerConfig | None = None
+    max_connections: int = 1000
+    idle_timeout: Duration = Duration(60.0)
+
+
+class _OtlpListener(_Listener, kw_only=True):
+    """What an OTLP listener lets in at once: requests past either bound get a retryable
+    UNAVAILABLE / 503 before their body is read, so memory stays bounded under any load."""
+
+    max_requests_in_flight: int = 64
+    max_bytes_in_flight_mib: float = 64.0
+
+
+class GrpcReceiverConfig(_OtlpListener, kw_only=True):
+    endpoint: Endpoint = Endpoint("localhost", 4317)
     max_recv_msg_size_mib: float = 4.0
+    max_concurrent_streams: int = 16
+    handshake_timeout: Duration = Duration(10.0)
+    idle_timeout: Duration = Duration(300.0)
 
 
-class HttpReceiverConfig(msgspec.Struct, forbid_unknown_fields=True):
-    endpoint: Endpoint = Endpoint("0.0.0.0", 4318)
+class HttpReceiverConfig(_OtlpListener, kw_only=True):
+    endpoint: Endpoint = Endpoint("localhost", 4318)
     max_request_body_size_mib: float = 20.0
+    read_header_timeout: Duration = Duration(10.0)
 
 
 class OtlpReceiverConfig(msgspec.Struct, forbid_unknown_fields=True):
     grpc: GrpcReceiverConfig | None = msgspec.field(default_factory=GrpcReceiverConfig)
     http: HttpReceiverConfig | None = msgspec.field(default_factory=HttpReceiverConfig)
+    auth: BearerAuthConfig | None = None
 
 
 class ReceiversConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -97,8 +168,16 @@ class BufferConfig(msgspec.Struct, forbid_unknown_fields=True):
             self.shards = 16 if self.cluster else 1
 
 
-class AdminConfig(msgspec.Struct, forbid_unknown_fields=True):
+class AdminConfig(_Listener, kw_only=True):
+    """The admin listener. ``allowed_hosts`` are the names a request's ``Host`` header may carry
+    besides IP addresses, ``localhost`` and the names this host and the endpoint go by, so a web
+    page cannot reach the API through DNS rebinding; ``"*"`` allows any."""
+
     endpoint: Endpoint = Endpoint("127.0.0.1", 13133)
+    auth: AdminAuthConfig | None = None
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
+    max_connections: int = 64
+    read_header_timeout: Duration = Duration(10.0)
 
 
 class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -208,21 +287,27 @@ def read(data: Any, source: str, processor: str | None = None) -> Loaded:
 
 
 def check_config(data: Any, source: str) -> Config:
-    """Decode and check a whole config of ours, raising one ConfigError with every problem in it."""
+    """Expand ``${env:...}`` / ``${file:...}`` references, then decode and check a whole config
+    of ours, raising one ConfigError with every problem in it. No message carries a value that
+    came from the environment or a file."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"(top level): expected a mapping of sections, got {type(data).__name__}", source=source)
-    problems: list[Problem] = []
-    config = collect(data, Config, "", problems)
+    data, expansion = expand(data)
+    unexpanded = expansion.failed_paths
+    decoding: list[Problem] = []
+    config = collect(data, Config, "", decoding)
     section = data.get("tail_sampling")
     if isinstance(section, dict) and isinstance(section.get("policies"), list):
         # each policy that decodes is built on its own, so one bad policy does not hide another's problems
-        problems += policy_problems(section["policies"], "tail_sampling.policies", PolicyContext(clock=time.monotonic))
+        decoding += policy_problems(section["policies"], "tail_sampling.policies", PolicyContext(clock=time.monotonic))
     if config is not INVALID:
-        problems += _cross_checks(config)
+        decoding += _cross_checks(config)
+    # a reference that could not be expanded is reported once, not again as a badly typed value
+    problems = expansion.problems + [p for p in decoding if p.path not in unexpanded]
     if problems:
-        raise ConfigError(*problems, source=source)
+        raise ConfigError(*(expansion.redact(p) for p in problems), source=source)
     return config
 
 
@@ -246,7 +331,8 @@ def _cross_checks(config: Config) -> list[Problem]:
                 problems.append(Problem(f"buffer.{key}", "must be greater than 0"))
         scheme = config.buffer.url.partition("://")[0]
         if scheme not in ("redis", "rediss", "unix"):
-            problems.append(Problem("buffer.url", f"expected a redis://, rediss:// or unix:// URL, got {config.buffer.url!r}"))
+            url = redact_url(config.buffer.url)
+            problems.append(Problem("buffer.url", f"expected a redis://, rediss:// or unix:// URL, got {url!r}"))
     if not config.exporters:
         problems.append(Problem("exporters", "at least one exporter is required, or kept traces go nowhere"))
     try:
@@ -254,6 +340,7 @@ def _cross_checks(config: Config) -> list[Problem]:
     except ValueError as exc:
         key, _, problem = str(exc).partition(": ")
         problems.append(Problem(key, problem))
+    problems += _listener_problems(config)
     otlp = config.receivers.otlp
     listeners = [
         (key, endpoint)
@@ -270,4 +357,26 @@ def _cross_checks(config: Config) -> list[Problem]:
         if clash:
             problems.append(Problem(key, f"port {endpoint.port} is already used by {clash}"))
         ports.append((key, endpoint.port))
+    return problems
+
+
+def _listener_problems(config: Config) -> list[Problem]:
+    """Bounds that must be positive, and what grpcio cannot do."""
+    otlp = config.receivers.otlp
+    listeners: list[tuple[str, _Listener | None]] = [
+        ("receivers.otlp.grpc", otlp.grpc), ("receivers.otlp.http", otlp.http), ("admin", config.admin),
+    ]
+    problems: list[Problem] = []
+    for key, listener in listeners:
+        if listener is None:
+            continue
+        for name in ("max_connections", "idle_timeout", "max_requests_in_flight", "max_bytes_in_flight_mib",
+                     "max_concurrent_streams", "handshake_timeout", "read_header_timeout"):
+            if getattr(listener, name, 1) <= 0:
+                problems.append(Problem(f"{key}.{name}", "must be greater than 0"))
+    if otlp.grpc is not None and otlp.grpc.tls is not None and otlp.grpc.tls.min_version == "1.3":
+        problems.append(Problem(
+            "receivers.otlp.grpc.tls.min_version",
+            "grpcio cannot be told to refuse TLS 1.2; it speaks 1.2 and 1.3 and never anything older (use 1.2)",
+        ))
     return problems

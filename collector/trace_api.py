@@ -1,8 +1,14 @@
-"""The admin listener's query API over the embedded SQLite store of kept traces."""
+"""The admin listener's query API over the embedded SQLite store of kept traces.
+
+``limit`` is capped at ``MAX_LIMIT`` rows, so one request cannot make the agent read the whole
+store into memory; ``since`` must be finite Unix seconds a trace can start at.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import math
+from typing import Mapping
 
 import msgspec
 from aiohttp import web
@@ -12,14 +18,34 @@ from tailsampler.common.otlp_json import to_json
 from tailsampler.storage import TraceStoreError, get_trace, list_traces
 
 
+MAX_LIMIT = 1000
+_LATEST_SINCE = 1e11  # Unix seconds in the year 5138: later is a typo or a probe, not a query
+
+
+def _query_bounds(query: Mapping[str, str]) -> tuple[int, float | None]:
+    """``limit`` (capped at MAX_LIMIT) and ``since`` from a query; HTTPBadRequest saying what is
+    wrong otherwise."""
+    try:
+        limit = int(query.get("limit", "50"))
+    except ValueError:
+        raise web.HTTPBadRequest(text="limit must be an integer") from None
+    if limit < 1:
+        raise web.HTTPBadRequest(text="limit must be at least 1")
+    since = None
+    if "since" in query:
+        try:
+            since = float(query["since"])
+        except ValueError:
+            raise web.HTTPBadRequest(text="since must be Unix seconds") from None
+        if not math.isfinite(since) or not 0 <= since <= _LATEST_SINCE:
+            raise web.HTTPBadRequest(text=f"since must be Unix seconds between 0 and {_LATEST_SINCE:.0f}")
+    return min(limit, MAX_LIMIT), since
+
+
 def routes(db_path: str) -> list[web.RouteDef]:
     async def list_page(request: web.Request) -> web.Response:
         query = request.query
-        try:
-            limit = int(query.get("limit", "50"))
-            since = float(query["since"]) if "since" in query else None
-        except ValueError:
-            raise web.HTTPBadRequest(text="limit must be an integer and since Unix seconds") from None
+        limit, since = _query_bounds(query)
         try:
             rows = await asyncio.to_thread(
                 list_traces,

@@ -51,16 +51,17 @@ class OtlpGrpcSink:
         self._export: grpc.aio.UnaryUnaryMultiCallable | None = None
 
     async def open(self) -> None:
-        spec = self._spec
-        if spec.insecure:
-            self._channel = grpc.aio.insecure_channel(spec.endpoint)
+        tls = self._spec.tls
+        if tls.insecure:
+            self._channel = grpc.aio.insecure_channel(self._spec.endpoint)
         else:
             credentials = grpc.ssl_channel_credentials(
-                root_certificates=read_pem(self._name, "ca_file", spec.ca_file),
-                private_key=read_pem(self._name, "key_file", spec.key_file),
-                certificate_chain=read_pem(self._name, "cert_file", spec.cert_file),
+                root_certificates=read_pem(self._name, "ca_file", tls.ca_file),
+                private_key=read_pem(self._name, "key_file", tls.key_file),
+                certificate_chain=read_pem(self._name, "cert_file", tls.cert_file),
             )
-            self._channel = grpc.aio.secure_channel(spec.endpoint, credentials)
+            options = [("grpc.ssl_target_name_override", tls.server_name_override)] if tls.server_name_override else []
+            self._channel = grpc.aio.secure_channel(self._spec.endpoint, credentials, options=options)
         self._export = self._channel.unary_unary(
             EXPORT_METHOD,
             request_serializer=None,

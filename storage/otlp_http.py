@@ -54,17 +54,20 @@ class OtlpHttpSink:
         self._session: aiohttp.ClientSession | None = None
 
     def _ssl_context(self) -> ssl.SSLContext | None:
-        spec = self._spec
-        ca = read_pem(self._name, "ca_file", spec.ca_file)
-        if ca is None and spec.cert_file is None:
+        tls = self._spec.tls
+        ca = read_pem(self._name, "ca_file", tls.ca_file)
+        if ca is None and tls.cert_file is None and not tls.insecure_skip_verify:
             return None
         context = ssl.create_default_context(cadata=ca.decode() if ca else None)
-        if spec.cert_file and spec.key_file:
+        if tls.insecure_skip_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if tls.cert_file and tls.key_file:
             try:
-                context.load_cert_chain(spec.cert_file, spec.key_file)
+                context.load_cert_chain(tls.cert_file, tls.key_file)
             except (OSError, ssl.SSLError) as exc:
                 raise ExporterSetupError(
-                    f"exporter {self._name}: cert_file/key_file {spec.cert_file!r}, {spec.key_file!r}: {exc}"
+                    f"exporter {self._name}: cert_file/key_file {tls.cert_file!r}, {tls.key_file!r}: {exc}"
                 ) from None
         return context
 
@@ -81,7 +84,9 @@ class OtlpHttpSink:
         if self._spec.compression == "gzip":
             body = await asyncio.to_thread(gzip.compress, body, 6)
         try:
-            async with self._session.post(self._spec.url, data=body, headers=self._headers) as response:
+            async with self._session.post(
+                self._spec.url, data=body, headers=self._headers, server_hostname=self._spec.tls.server_name_override
+            ) as response:
                 payload = await response.read()
                 status = response.status
                 content_type = response.headers.get("Content-Type", "")

@@ -71,6 +71,22 @@ class _Common(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, kw_o
             raise ValueError("batch_max_traces and batch_max_bytes must be at least 1")
 
 
+class TlsClientConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """An exporter's TLS, with the OpenTelemetry Collector's ``configtls`` client keys. After
+    decoding an exporter, its ``tls`` holds every TLS setting, the top-level ``insecure``,
+    ``ca_file``, ``cert_file`` and ``key_file`` folded in."""
+
+    insecure: bool | None = None
+    insecure_skip_verify: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name_override: str | None = None
+
+
+_FLAT_TLS_KEYS = ("ca_file", "cert_file", "key_file")
+
+
 class _Network(_Common, kw_only=True):
     """Keys shared by the two OTLP exporters."""
 
@@ -80,12 +96,22 @@ class _Network(_Common, kw_only=True):
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    tls: TlsClientConfig = msgspec.field(default_factory=TlsClientConfig)
     num_consumers: int = 2
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        tls = self.tls
+        for key in _FLAT_TLS_KEYS:
+            flat, nested = getattr(self, key), getattr(tls, key)
+            if flat is not None and nested is not None and flat != nested:
+                raise ValueError(f"{key} is given both at the top and in tls: give it once")
+            setattr(self, key, flat if flat is not None else nested)
+            setattr(tls, key, getattr(self, key))
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file must be given together (client TLS certificate)")
+        if tls.insecure and tls.insecure_skip_verify:
+            raise ValueError("tls.insecure (plaintext) and tls.insecure_skip_verify (TLS, unverified) exclude each other")
         if self.timeout <= 0:
             raise ValueError("timeout must be greater than 0")
         if self.num_consumers < 1:
@@ -106,8 +132,16 @@ class OtlpSpec(_Network, tag="otlp", kw_only=True):
             raise ValueError(f"endpoint: {exc}") from None
         if not host:
             raise ValueError(f"endpoint: expected host:port, got {self.endpoint!r}")
+        if self.tls.insecure is not None and self.insecure and not self.tls.insecure:
+            raise ValueError("insecure is true at the top but false in tls: give it once")
+        self.insecure = self.tls.insecure = bool(self.insecure or self.tls.insecure)
         if self.insecure and (self.ca_file or self.cert_file):
             raise ValueError("insecure: true cannot be combined with ca_file / cert_file")
+        if self.tls.insecure_skip_verify:
+            raise ValueError(
+                "tls.insecure_skip_verify: grpcio cannot skip certificate verification; "
+                "give tls.ca_file with the CA that signed the backend's certificate"
+            )
 
 
 class OtlpHttpSpec(_Network, tag="otlphttp", kw_only=True):
@@ -118,6 +152,8 @@ class OtlpHttpSpec(_Network, tag="otlphttp", kw_only=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.tls.insecure:
+            raise ValueError("tls.insecure: the URL's scheme decides for otlphttp; use an http:// endpoint for plaintext")
         for key, url in (("endpoint", self.endpoint), ("traces_endpoint", self.traces_endpoint)):
             if url is not None and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
                 raise ValueError(f"{key}: expected an http:// or https:// URL, got {url!r}")

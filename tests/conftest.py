@@ -1,3 +1,4 @@
-"""Shared fixtures: real OTLP sinks, real Redis/Valkey servers and Redis Cluster, collectors."""
+"""Shared fixtures: real OTLP sinks, real Redis/Valkey servers and Redis Cluster, collectors,
+certificates made at test time."""
 
-pytest_plugins = ["tests.otlp_sink", "tests.redis_servers", "tests.collectors"]
+pytest_plugins = ["tests.otlp_sink", "tests.redis_servers", "tests.collectors", "tests.certs"]

@@ -8,8 +8,11 @@ against each other and against what the collector reads and serves.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import copy
 import json
+import os
 import re
 import shlex
 import tomllib
@@ -307,3 +310,29 @@ def container_port(container: dict[str, Any], port: int | str) -> int:
     named = [p["containerPort"] for p in container["ports"] if p.get("name") == port]
     assert named, f"container {container['name']} has no port named {port}"
     return named[0]
+
+
+def secret_environment() -> dict[str, str]:
+    """The agent container's environment as Kubernetes fills it from the Secret (its placeholder
+    values), which the config reads through ``${env:...}``."""
+    values = {}
+    for entry in agent_container().get("env", []):
+        ref = entry["valueFrom"]["secretKeyRef"]
+        secret = manifest("Secret", ref["name"])
+        if ref["key"] in secret.get("stringData", {}):
+            values[entry["name"]] = secret["stringData"][ref["key"]]
+        else:
+            values[entry["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+    return values
+
+
+@contextlib.contextmanager
+def kubernetes_environment() -> Iterator[None]:
+    """Run with the Secret's values in the environment, as the agents' pods do."""
+    saved = dict(os.environ)
+    os.environ.update(secret_environment())
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -33,10 +33,16 @@ SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 @dataclass(frozen=True)
 class ServerTls:
     """A self-signed certificate for ``localhost`` / ``127.0.0.1`` that is also its own CA, so
-    one file serves as server certificate, client certificate and trust root."""
+    one file serves as server certificate, client certificate and trust root; or, with
+    ``client_ca``, a certificate whose clients must present one signed by that CA."""
 
     cert: Path
     key: Path
+    client_ca: Path | None = None
+
+    @property
+    def trusted_clients(self) -> Path:
+        return self.client_ca or self.cert
 
     @classmethod
     def create(cls, directory: Path) -> "ServerTls":
@@ -109,7 +115,7 @@ class _Recorder:
 
 class GrpcSink(_Recorder):
     """``TraceService/Export`` on ``127.0.0.1:<port>``; ``endpoint`` is what clients dial.
-    With ``tls`` the port speaks TLS and requires a client certificate signed by ``tls.cert``."""
+    With ``tls`` the port speaks TLS and requires a client certificate signed by ``tls.trusted_clients``."""
 
     def __init__(self, tls: ServerTls | None = None) -> None:
         super().__init__()
@@ -128,9 +134,10 @@ class GrpcSink(_Recorder):
         if self._tls is None:
             self.port = self._server.add_insecure_port("127.0.0.1:0")
         else:
-            cert = self._tls.cert.read_bytes()
             credentials = grpc.ssl_server_credentials(
-                [(self._tls.key.read_bytes(), cert)], root_certificates=cert, require_client_auth=True
+                [(self._tls.key.read_bytes(), self._tls.cert.read_bytes())],
+                root_certificates=self._tls.trusted_clients.read_bytes(),
+                require_client_auth=True,
             )
             self.port = self._server.add_secure_port("127.0.0.1:0", credentials)
         await self._server.start()
@@ -158,7 +165,7 @@ class GrpcSink(_Recorder):
 class HttpSink(_Recorder):
     """``POST /v1/traces`` (protobuf, optionally gzip) on ``http://127.0.0.1:<port>``; a failure's
     ``retry_after`` is sent as whole seconds in ``Retry-After``. With ``tls``: HTTPS that requires
-    a client certificate signed by ``tls.cert``."""
+    a client certificate signed by ``tls.trusted_clients``."""
 
     def __init__(self, tls: ServerTls | None = None) -> None:
         super().__init__()
@@ -177,7 +184,7 @@ class HttpSink(_Recorder):
         await self._runner.setup()
         context = None
         if self._tls is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self._tls.cert))
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self._tls.trusted_clients))
             context.load_cert_chain(self._tls.cert, self._tls.key)
             context.verify_mode = ssl.CERT_REQUIRED
         site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=context)

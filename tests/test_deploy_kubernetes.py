@@ -19,6 +19,7 @@ import yaml
 from tailsampler.collector.config import load_config, parse_config
 from tests.collectors import StartCollector
 from tests.deploy_files import (
+    kubernetes_environment,
     ENV_REFERENCE, JOB, KUBERNETES, agent_container, container_port, generated_config_maps, host_port, image_config_path,
     kubernetes_config_file, kustomization, kustomize_files, listeners, manifest, manifests, of_kind,
     on_this_machine, pyproject, selects, server_args, stages,
@@ -92,6 +93,12 @@ SERVICE_MONITOR_SCHEMA = {
         },
     },
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _secrets_in_the_environment() -> Iterator[None]:
+    with kubernetes_environment():
+        yield
 
 
 def _custom(doc: dict[str, Any]) -> bool:

@@ -31,6 +31,7 @@ from tailsampler.collector.config import load_config
 from tailsampler.loadgen.processes import free_port
 from tests.collectors import AgentProcess
 from tests.deploy_files import (
+    kubernetes_environment,
     ALERTS, DASHBOARD, JOB, compose_agent_config, kubernetes_config_file, on_this_machine,
 )
 from tests.promql_usage import Exported, Usage, numbers
@@ -71,6 +72,12 @@ class _ZeroSpanIds(RandomIdGenerator):
 
     def generate_span_id(self) -> int:
         return 0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _secrets_in_the_environment() -> Iterator[None]:
+    with kubernetes_environment():
+        yield
 
 
 def _trace(client: SdkClient, *, error: bool = False, children: int = 3) -> str:

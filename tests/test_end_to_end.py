@@ -159,7 +159,10 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tailsampler.collector.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
-def test_validate_accepts_the_example_configs() -> None:
+def test_validate_accepts_the_example_configs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # examples/secure.yaml takes its tokens from the environment and has no defaults for them
+    monkeypatch.setenv("TAILSAMPLER_TOKEN", "example-token")
+    monkeypatch.setenv("TAILSAMPLER_ADMIN_TOKEN", "example-admin-token")
     for example in [*sorted((REPO / "examples").glob("*.yaml")), REPO / "deploy" / "agent.yaml"]:
         result = _cli("validate", str(example))
         assert result.returncode == 0, result.stderr
