@@ -264,7 +264,6 @@ _NETWORK = {"endpoint": "endpoint", "headers": "headers", "compression": "compre
 _NETWORK_IGNORED = ("balancer_name", "keepalive", "write_buffer_size", "read_buffer_size", "wait_for_ready",
                     "max_idle_conns", "max_idle_conns_per_host", "max_conns_per_host", "idle_conn_timeout",
                     "http2_read_idle_timeout", "http2_ping_timeout", "disable_keep_alives", "proxy_url")
-_TLS = {"insecure": "insecure", "ca_file": "ca_file", "cert_file": "cert_file", "key_file": "key_file"}
 _QUEUE = {"queue_size": "queue_size", "num_consumers": "num_consumers"}
 _RETRY = {"enabled": "enabled", "initial_interval": "initial_interval", "max_interval": "max_interval", "max_elapsed_time": "max_elapsed_time"}
 _EXPORTERS = {"otlp": "otlp", "otlp_grpc": "otlp", "otlphttp": "otlphttp", "otlp_http": "otlphttp", "file": "file", "debug": "debug", "logging": "debug"}
@@ -303,7 +302,9 @@ def _exporter(t: Translation, settings: dict[str, Any], path: str, entry: dict[s
         keys, ignored = {"path": "path"}, ("flush_interval", "append")
     elif entry["type"] == "debug":
         keys, ignored = {"verbosity": "verbosity", "sampling_initial": "sampling_initial", "sampling_thereafter": "sampling_thereafter"}, ("loglevel", "use_internal_logger")
-    special = {"tls", "sending_queue", "retry_on_failure", "compression", "auth", "encoding", "rotation", "format"}
+    special = {"sending_queue", "retry_on_failure", "compression"} | (
+        {"tls", "auth", "encoding"} if network else {"rotation", "format"} if entry["type"] == "file" else set()
+    )
     _carry(t, {k: v for k, v in settings.items() if k not in special}, path, entry, ours, keys, ignored)
     if "compression" in settings:
         value = str(settings["compression"] or "")
@@ -312,8 +313,9 @@ def _exporter(t: Translation, settings: dict[str, Any], path: str, entry: dict[s
             t.came_from(f"{ours}.compression", f"{path}.compression")
         elif network or value:
             t.problem(f"{path}.compression", f"compression {value!r} is not supported here; use gzip or none")
-    if "tls" in settings and network:
-        _carry(t, _mapping(t, settings["tls"], f"{path}.tls"), f"{path}.tls", entry, ours, _TLS)
+    if "tls" in settings:  # the Collector's configtls client keys, as they are
+        entry["tls"] = settings["tls"]
+        t.came_from(f"{ours}.tls", f"{path}.tls")
     if "sending_queue" in settings:
         queue = dict(_mapping(t, settings["sending_queue"], f"{path}.sending_queue"))
         if queue.pop("enabled", True) is False:
@@ -324,7 +326,7 @@ def _exporter(t: Translation, settings: dict[str, Any], path: str, entry: dict[s
         _carry(t, _mapping(t, settings["retry_on_failure"], f"{path}.retry_on_failure"), f"{path}.retry_on_failure",
                retry, f"{ours}.retry_on_failure", _RETRY, ("multiplier", "randomization_factor"))
         entry["retry_on_failure"] = retry
-    if "auth" in settings and network:
+    if "auth" in settings:
         t.problem(f"{path}.auth", "exporter authenticators do not run here; send the token in headers (authorization: Bearer ${env:TOKEN})")
     if settings.get("encoding", "proto") != "proto":
         t.warn(f"{path}.encoding", "OTLP/HTTP is sent as protobuf here")

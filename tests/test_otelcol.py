@@ -22,7 +22,7 @@ from tailsampler.common.errors import ConfigError
 from tailsampler.loadgen.processes import free_port, free_port_block
 from tests.collectors import REPO
 from tests.otlp_sink import GrpcSink
-from tests.sdk import SdkClient
+from tests.sdk import ClientTls, SdkClient
 from tests.waiting import eventually
 
 README_EXAMPLE = Path(__file__).parent / "data" / "otel_readme_tail_sampling.yaml"
@@ -171,3 +171,35 @@ def test_validate_says_it_is_a_collector_config_and_write_keeps_receivers_and_ex
     assert native["receivers"]["otlp"]["grpc"]["endpoint"].startswith("127.0.0.1:")
     rerun = subprocess.run([*cli, str(out)], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert rerun.returncode == 0 and rerun.stdout.strip() == f"{out}: ok", rerun.stderr
+
+
+async def test_tls_a_token_extension_and_env_references_run_as_written(
+    agent_process: Any, otlp_grpc_sink: GrpcSink, pki: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = pki.server()
+    monkeypatch.setenv("OTLP_TOKEN", "s3cret-token")
+    monkeypatch.setenv("TENANT", "shop-eu")
+    config = collector_config(otlp_grpc_sink.endpoint)
+    for protocol in ("grpc", "http"):
+        settings = config["receivers"]["otlp"]["protocols"][protocol]
+        settings["endpoint"] = settings["endpoint"].replace("127.0.0.1", "localhost")
+        settings["tls"] = {"cert_file": str(server.cert), "key_file": str(server.key), "min_version": "1.2"}
+        settings["auth"] = {"authenticator": "bearertokenauth/clients"}
+    config["extensions"]["bearertokenauth/clients"] = {"scheme": "Bearer", "token": "${env:OTLP_TOKEN}"}
+    config["service"]["extensions"].append("bearertokenauth/clients")
+    config["exporters"]["otlp/backend"]["headers"] = {"x-tenant": "${env:TENANT}"}
+    agent = await asyncio.to_thread(agent_process(config).start)
+    refused = SdkClient("grpc", agent.grpc_endpoint, tls=ClientTls(pki.cert), headers={"authorization": "Bearer wrong"}, batch=False)
+    with refused.tracer.start_as_current_span("GET /nope"):
+        pass
+    assert not await asyncio.to_thread(refused.send_now), "a wrong token must be refused"
+    client = SdkClient("grpc", agent.grpc_endpoint, tls=ClientTls(pki.cert), headers={"authorization": "Bearer s3cret-token"})
+    with client.tracer.start_as_current_span("GET /orders") as root:
+        pass
+    trace_id = f"{root.get_span_context().trace_id:032x}"
+    await asyncio.to_thread(client.flush)
+    await eventually(lambda: trace_id in otlp_grpc_sink.spans_by_trace(), timeout=15, message="the kept trace arrives")
+    assert otlp_grpc_sink.headers[-1]["x-tenant"] == "shop-eu"
+    assert "s3cret-token" not in agent.log()
+    client.shutdown()
+    refused.shutdown()
