@@ -32,6 +32,7 @@ from tailsampler.loadgen.processes import free_port
 from tests.collectors import AgentProcess
 from tests.deploy_files import (
     kubernetes_environment,
+    secret_environment,
     ALERTS, DASHBOARD, JOB, compose_agent_config, kubernetes_config_file, on_this_machine,
 )
 from tests.promql_usage import Exported, Usage, numbers
@@ -145,8 +146,9 @@ def _late_span(client: SdkClient, trace_id: str) -> None:
 
 
 def _drive(agent: AgentProcess, redis_server: RedisProcess) -> None:
-    grpc_client = SdkClient("grpc", agent.grpc_endpoint)
-    http_client = SdkClient("http", agent.http_endpoint)
+    token = {"authorization": f"Bearer {secret_environment()['OTLP_TOKEN']}"}  # what senders present
+    grpc_client = SdkClient("grpc", agent.grpc_endpoint, headers=token)
+    http_client = SdkClient("http", agent.http_endpoint, headers=token)
     try:
         errors = [_trace(client, error=True) for client in (grpc_client, http_client)]
         normal = [_trace(client) for client in (grpc_client, http_client) for _ in range(4)]
@@ -169,7 +171,7 @@ def _drive(agent: AgentProcess, redis_server: RedisProcess) -> None:
                   resend=lambda: [_late_span(grpc_client, trace_id) for trace_id in normal[:3]])
 
         broken = TracerProvider(resource=Resource.create({"service.name": "broken"}), id_generator=_ZeroSpanIds())
-        broken.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=agent.grpc_endpoint, insecure=True)))
+        broken.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=agent.grpc_endpoint, insecure=True, headers=token)))
         with broken.get_tracer("broken").start_as_current_span("no span id"):
             pass
         broken.shutdown()
