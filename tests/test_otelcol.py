@@ -69,7 +69,15 @@ def problems(config: dict[str, Any]) -> list[str]:
 
 @pytest.mark.parametrize("transport", ["grpc", "http"])
 async def test_a_collector_config_runs_as_it_is(agent_process: Any, otlp_grpc_sink: GrpcSink, transport: str) -> None:
-    agent = await asyncio.to_thread(agent_process(collector_config(otlp_grpc_sink.endpoint)).start)
+    """With a named tail_sampling processor, and a metrics pipeline beside the traces one."""
+    config = collector_config(otlp_grpc_sink.endpoint, **{
+        "receivers.prometheus": {"config": {}},
+        "exporters.prometheus": {"endpoint": "127.0.0.1:8889"},
+        "service.pipelines.metrics": {"receivers": ["prometheus"], "exporters": ["prometheus"]},
+    })
+    config["processors"]["tail_sampling/edge"] = config["processors"].pop("tail_sampling")
+    config["service"]["pipelines"]["traces"]["processors"] = ["memory_limiter", "tail_sampling/edge", "batch"]
+    agent = await asyncio.to_thread(agent_process(config).start)
     client = SdkClient(transport, agent.grpc_endpoint if transport == "grpc" else agent.http_endpoint)
     with client.tracer.start_as_current_span("GET /orders") as root:
         with client.tracer.start_as_current_span("db-query"):
@@ -81,6 +89,7 @@ async def test_a_collector_config_runs_as_it_is(agent_process: Any, otlp_grpc_si
     assert (await asyncio.to_thread(agent.stats))["traces"]["by_policy"]["test-policy-1"]["kept"] == 1
     log = agent.log()
     assert "not run: " in log and "processors.batch" in log and "processors.memory_limiter" in log
+    assert "service.pipelines.metrics: tailsampler runs traces only" in log
     client.shutdown()
 
 
