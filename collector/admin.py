@@ -15,10 +15,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tailsampler.collector.metrics import Metrics
+from tailsampler.collector.stats import StatsQuery
 from tailsampler.common.endpoints import Endpoint
 
 Readiness = Callable[[], Awaitable[tuple[bool, dict[str, object]]]]
-StatsSource = Callable[[], Awaitable[dict[str, object]]]
+StatsSource = Callable[[StatsQuery], Awaitable[dict[str, object]]]
 
 
 class AdminServer:
@@ -73,4 +74,8 @@ class AdminServer:
         return web.Response(body=generate_latest(self._metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _stats_page(self, request: web.Request) -> web.Response:
-        return web.json_response(await self._stats())
+        try:
+            query = StatsQuery.parse(request.query)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(await self._stats(query))
