@@ -12,23 +12,28 @@ from tailsampler.common.otlp_json import to_json
 from tailsampler.storage import TraceStoreError, get_trace, list_traces
 
 
+_NUMBERS = ("since", "until", "min_duration_ms", "max_duration_ms")
+
+
 def routes(db_path: str) -> list[web.RouteDef]:
     async def list_page(request: web.Request) -> web.Response:
         query = request.query
         try:
             limit = int(query.get("limit", "50"))
-            since = float(query["since"]) if "since" in query else None
+            numbers = {key: float(query[key]) for key in _NUMBERS if query.get(key, "") != ""}
         except ValueError:
-            raise web.HTTPBadRequest(text="limit must be an integer and since Unix seconds") from None
+            raise web.HTTPBadRequest(
+                text="limit must be an integer; since and until Unix seconds; min_duration_ms and max_duration_ms numbers"
+            ) from None
         try:
             rows = await asyncio.to_thread(
                 list_traces,
                 db_path,
                 limit=limit,
                 errors_only=query.get("errors", "false").lower() in ("1", "true", "yes"),
-                service=query.get("service"),
-                policy=query.get("policy"),
-                since=since,
+                service=query.get("service") or None,
+                policy=query.get("policy") or None,
+                **numbers,
             )
         except TraceStoreError as exc:
             raise web.HTTPServiceUnavailable(text=str(exc)) from None
