@@ -160,7 +160,7 @@ async def test_spans_spread_over_three_agents_are_decided_once_and_delivered_who
     await fleet.delivered_once(traces)
     stats = [agent.stats() for agent in fleet.agents]
     assert sum(s["traces"]["kept"] + s["traces"]["dropped"] for s in stats) == len(traces), "a trace decided twice"
-    assert stats[0]["buffer"] == {"traces": 0, "bytes": 0}, "the buffer is shared: every agent sees it empty"
+    assert (stats[0]["buffer"]["traces"], stats[0]["buffer"]["bytes"]) == (0, 0), "the buffer is shared: every agent sees it empty"
 
     def fleet_counts_every_trace() -> bool:
         view = fleet.agents[1].stats().get("fleet", {})
