@@ -137,7 +137,7 @@ class Collector:
             now = time.time()
             extent, intervals = self.history.intervals(query.window, now)
             covered = now - max(extent.first, self.history.started)
-            own["window"] = window_stats(intervals, query, covered, extent.step)
+            own["window"] = window_stats(intervals, query, covered, extent.step, extent.first)
         try:
             await self._publish()
             fleet = await self.shared.fleet()

@@ -55,9 +55,10 @@ def fleet_view(published: list[dict[str, Any]], buffer: dict[str, Any], query: S
     decoded = [decode(history.get(str(step), {})) for history in histories]
     started = min((h.get("started", now) for h in histories), default=now)
     covered = now - max(extent.first, started)
-    view["window"] = window_stats(add_up(decoded, extent.first), query, covered, step)
+    view["window"] = window_stats(add_up(decoded, extent.first), query, covered, step, extent.first)
     for member, intervals, history in zip(members, decoded, histories):
-        own = window_stats(add_up([intervals], extent.first), StatsQuery(query.window), now - max(extent.first, history.get("started", now)), step)
+        since = now - max(extent.first, history.get("started", now))
+        own = window_stats(add_up([intervals], extent.first), StatsQuery(query.window), since, step, extent.first)
         member["window"] = {"rates": own["rates"], "keep_percent": own["keep_percent"]}
     view["members"] = members
     return view

@@ -3,6 +3,7 @@ metrics registry, and totals and rates over a window of the history's intervals.
 
 from __future__ import annotations
 
+import time
 from collections import Counter as Counts, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -126,9 +127,10 @@ def _lag(total: Counts) -> dict[str, float | None]:
 
 
 def window_stats(
-    intervals: list[tuple[int, Counts]], query: StatsQuery, seconds: float, step: int
+    intervals: list[tuple[int, Counts]], query: StatsQuery, seconds: float, step: int, first: int
 ) -> dict[str, Any]:
-    """Totals and rates over intervals covering ``seconds`` of the window asked for."""
+    """Totals and rates over intervals covering ``seconds`` of the window asked for, whose first
+    interval starts at ``first``."""
     total: Counts = Counts()
     for _, counts in intervals:
         total.update(counts)
@@ -168,7 +170,7 @@ def window_stats(
     if "service" in query.by:
         out["by_service"] = _by_service(total)
     if query.series:
-        out["series"] = _series(intervals, step)
+        out["series"] = _series(intervals, step, first, max(first, int(time.time() // step * step)))
     return out
 
 
@@ -206,12 +208,11 @@ def _by_service(total: Counts) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _series(intervals: list[tuple[int, Counts]], step: int) -> dict[str, Any]:
-    """The window interval by interval, every interval present (empty ones as zeros)."""
-    if not intervals:
-        return {"step_seconds": step, "starts": [], "spans_received": [], "kept_by_policy": {}, "dropped_by_policy": {}}
+def _series(intervals: list[tuple[int, Counts]], step: int, first: int, last: int) -> dict[str, Any]:
+    """The window interval by interval, from ``first`` to ``last`` (the one in progress), empty
+    ones as zeros."""
     by_start = dict(intervals)
-    starts = list(range(intervals[0][0], intervals[-1][0] + step, step))
+    starts = list(range(first, last + step, step))
     policies = sorted({key[2] for _, c in intervals for key in c if key[0] == "traces"})
 
     def column(key: tuple[str, ...]) -> list[int]:

@@ -40,7 +40,7 @@ async def test_a_window_adds_up_its_intervals_and_the_one_in_progress() -> None:
     assert extent.step == FINE_STEP and extent.first == T0 + 100  # six intervals: 100..150, 150 in progress
     total = sum((c for _, c in intervals), Counter())
     assert total[RECEIVED] == 20 * 5 + 35 and total["traces", "kept", "errors"] == 35
-    stats = window_stats(intervals, StatsQuery(60, ("policy",)), agent.now - extent.first, extent.step)
+    stats = window_stats(intervals, StatsQuery(60, ("policy",)), agent.now - extent.first, extent.step, extent.first)
     assert stats["spans"]["received"] == 135 and stats["rates"]["spans_received"] == pytest.approx(135 / 55, abs=0.001)
     assert stats["by_policy"]["errors"]["kept"] == 35 and stats["keep_percent"] == 100.0
 
