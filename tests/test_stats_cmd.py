@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -18,10 +16,10 @@ from opentelemetry.trace import Status, StatusCode
 
 from tests.collectors import AgentProcess, collector_config
 from tests.sdk import SdkClient, remote_parent
+from tests.terminal import Terminal
 from tests.waiting import wait_until
 
 ERRORS = {"name": "errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}}
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def stats_command(*args: str) -> list[str]:
@@ -75,38 +73,6 @@ def test_stats_prints_tables_and_json(agent_process: Callable[[dict[str, Any]], 
     assert unreachable.returncode == 1 and "cannot read http://127.0.0.1:9/api/v1/stats" in unreachable.stderr
 
 
-class Terminal:
-    """A command on a pseudo-terminal, as a person runs it: what it draws is read back as text."""
-
-    def __init__(self, command: list[str]) -> None:
-        self._master, slave = pty.openpty()
-        env = {**os.environ, "COLUMNS": "180", "LINES": "80", "TERM": "xterm-256color"}
-        self.process = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
-        os.close(slave)
-        self.screen = ""
-
-    def read(self) -> str:
-        while select.select([self._master], [], [], 0.05)[0]:
-            try:
-                chunk = os.read(self._master, 65536)
-            except OSError:  # the command has exited and closed its side
-                break
-            if not chunk:
-                break
-            self.screen += _ANSI.sub("", chunk.decode(errors="replace"))
-        return self.screen
-
-    def shows(self, pattern: str) -> bool:
-        """Whether the last frame drawn matches ``pattern``."""
-        return re.search(pattern, self.read().rsplit("tailsampler at", 1)[-1]) is not None
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        os.close(self._master)
-
-
 def test_watch_follows_a_fleet_of_two_agents(
     agent_process: Callable[[dict[str, Any]], AgentProcess], clean_redis_url: str, tmp_path: Path
 ) -> None:
@@ -119,7 +85,7 @@ def test_watch_follows_a_fleet_of_two_agents(
         for i in range(2)
     ]
     terminal = Terminal(stats_command("--admin", agents[0].admin_endpoint, "--watch", "--interval", "300ms",
-                                      "--window", "5m", "--by", "service"))
+                                      "--window", "5m", "--by", "service"), frame_starts="tailsampler at")
     clients = [SdkClient("grpc", agent.grpc_endpoint, service=f"svc{i}") for i, agent in enumerate(agents)]
     try:
         wait_until(lambda: terminal.shows(r"fleet of 2 agent\(s\)"), timeout=20, message="the fleet's two agents shown")
@@ -133,7 +99,7 @@ def test_watch_follows_a_fleet_of_two_agents(
         wait_until(lambda: terminal.shows(r"traces kept\s+│\s+3\s+│") and terminal.shows(r"traces dropped\s+│\s+7\s+│")
                    and terminal.shows(r"spans received\s+│\s+26\s+│"),
                    timeout=20, message="the watched tables catch up with the fleet")
-        screen = terminal.read().rsplit("tailsampler at", 1)[-1]
+        screen = terminal.read().rsplit(terminal.frame_starts, 1)[-1]
         assert re.search(r"svc0\s+│\s+6\s+│\s+3\s+│\s+3\s+│\s+50\.0%", screen), screen
         assert re.search(r"svc1\s+│\s+4\s+│\s+0\s+│\s+4\s+│\s+0\.0%", screen), screen
         for agent in agents:
