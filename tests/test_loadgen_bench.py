@@ -30,7 +30,8 @@ def test_bench_smoke_produces_a_well_formed_result(tmp_path: Path, capsys: pytes
     result = json.loads(json_path.read_text())
     missed = [label for label, target in result["targets"].items() if target["met"] is False]
     assert code == (1 if missed else 0), "bench exits 1 exactly when a target is missed"
-    assert all(label in capsys.readouterr().err for label in missed)
+    said = capsys.readouterr().err
+    assert all(label in said for label in missed), said
     assert result["options"]["rounds"] == 1 and result["spans_per_round"] >= 4096
     assert 100 < result["wire_bytes_per_span"] < 1000
     null = result["null_server"]
