@@ -185,11 +185,19 @@ function policyColours(names) {
 
 // --- overview --------------------------------------------------------------------------------
 
+const WINDOW_KEY = "tailsampler.overview.window";
+const WINDOW_SECONDS = { "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400 };
+
+function perBar(seconds) { return seconds % 60 ? `per ${seconds} s` : seconds === 60 ? "per minute" : `per ${seconds / 60} minutes`; }
+
 async function overview() {
   const page = mount("overview");
+  const chosen = page.querySelector("#overview-window");
+  chosen.value = sessionStorage.getItem(WINDOW_KEY) || "1h";
   const draw = async () => {
+    const windowName = chosen.value;
     const [hour, recent] = await Promise.all([
-      api("/api/v1/stats?window=1h&by=service,policy&series=true"),
+      api(`/api/v1/stats?window=${windowName}&by=service,policy&series=true`),
       api("/api/v1/stats?window=5m"),
     ]);
     if (!page.isConnected) return;
@@ -200,8 +208,8 @@ async function overview() {
     $(page, "cards").replaceChildren(
       card("Spans in, per second", num(now.rates.spans_received), "last 5 minutes", "rate-in"),
       card("Traces kept, per second", num(now.rates.traces_kept), `${pct(now.keep_percent)} of traces decided`, "rate-kept"),
-      card("Storage reduction", pct(w.storage_reduction_percent), "spans not kept, last hour", "reduction"),
-      card("Bytes kept", bytes(w.bytes.kept), `of ${bytes(w.bytes.received)} received, last hour`, "bytes"),
+      card("Storage reduction", pct(w.storage_reduction_percent), "of the spans decided, not kept", "reduction"),
+      card("Bytes kept", bytes(w.bytes.kept), `of ${bytes(w.bytes.received)} received`, "bytes"),
       card("Buffer", `${num(buffer.traces)} traces`, `${pct(buffer.max_traces ? 100 * buffer.traces / buffer.max_traces : null)} of ${num(buffer.max_traces)}; ${bytes(buffer.bytes)} (${pct(buffer.max_bytes ? 100 * buffer.bytes / buffer.max_bytes : null)})`, "buffer"),
       card("Decision lag", now.decision_lag_seconds.mean === null ? "–" : `${num(now.decision_lag_seconds.mean * 1000)} ms`, now.decision_lag_seconds.p99 === null ? "mean" : `mean; 99% ≤ ${num(now.decision_lag_seconds.p99 * 1000)} ms`, "lag"),
       card(hour.fleet ? "Agents" : "Up", hour.fleet ? num(hour.fleet.agents) : uptime(hour.agent.uptime_seconds), hour.fleet ? "sharing one buffer" : hour.agent.name, "agents-count"),
@@ -209,11 +217,14 @@ async function overview() {
     const series = w.series;
     lineChart($(page, "chart-spans"), series.starts, series.spans_received, series.step_seconds);
     const colours = policyColours(Object.keys(series.kept_by_policy));
-    const perMinute = (columns) => Object.fromEntries(Object.entries(columns)
+    // about 60 bars whatever the window, each a whole number of intervals
+    const every = Math.max(series.step_seconds, Math.ceil(WINDOW_SECONDS[windowName] / 60 / series.step_seconds) * series.step_seconds);
+    const grouped = (columns) => Object.fromEntries(Object.entries(columns)
       .filter(([, values]) => values.some((v) => v))
-      .map(([name, values]) => [name, regroup(series.starts, values, series.step_seconds, 60)]));
-    barChart($(page, "chart-kept"), perMinute(series.kept_by_policy), colours);
-    barChart($(page, "chart-dropped"), perMinute(series.dropped_by_policy), colours);
+      .map(([name, values]) => [name, regroup(series.starts, values, series.step_seconds, every)]));
+    page.querySelectorAll(".per").forEach((node) => { node.textContent = perBar(every); });
+    barChart($(page, "chart-kept"), grouped(series.kept_by_policy), colours);
+    barChart($(page, "chart-dropped"), grouped(series.dropped_by_policy), colours);
     const figures = [
       ["spans received", w.spans.received, "spans-received"], ["spans kept", w.spans.kept, "spans-kept"],
       ["traces kept", w.traces.kept, "traces-kept"], ["traces dropped", w.traces.dropped, "traces-dropped"],
@@ -250,6 +261,7 @@ async function overview() {
     }
     status(`updated ${new Date().toLocaleTimeString()}`);
   };
+  chosen.onchange = () => { sessionStorage.setItem(WINDOW_KEY, chosen.value); draw().catch(showError); };
   await draw();
   refreshTimer = setInterval(() => draw().catch(showError), REFRESH_MS);
 }
