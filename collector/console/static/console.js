@@ -20,6 +20,7 @@ function askForToken(message) {
       const error = document.getElementById("login-error");
       error.hidden = !message;
       error.textContent = message || "";
+      document.getElementById("token").value = "";
       document.getElementById("login-form").onsubmit = () => {
         sessionStorage.setItem(TOKEN_KEY, document.getElementById("token").value.trim());
         waitingForToken = null;
