@@ -27,8 +27,9 @@ Counts = Counter  # Counter[Key]: counts of one interval, only the keys that gre
 
 FINE_STEP, FINE_LENGTH = 10, 360  # 10 s intervals for the last hour
 COARSE_STEP, COARSE_LENGTH = 60, 1440  # minutes for the last day
-# what an agent publishes for its fleet: the last 10 minutes by 10 s, the last hour by minute
-PUBLISHED = ((FINE_STEP, 60), (COARSE_STEP, 60))
+# what an agent publishes for its fleet, every 2 s: the last 5 minutes by 10 s, the last hour by
+# minute, without the decision lag's histogram buckets (the fleet gets its mean lag, no p99)
+PUBLISHED = ((FINE_STEP, 30), (COARSE_STEP, 60))
 _SEPARATOR = "\x1f"  # joins a key's parts in JSON: no policy or service name holds it
 
 
@@ -124,10 +125,12 @@ class History:
         self._fine.add(start, grown)
         self._coarse.add(start // COARSE_STEP * COARSE_STEP, grown)
 
-    def intervals(self, seconds: float, now: float) -> tuple[Extent, list[tuple[int, Counts]]]:
-        """The intervals of the last ``seconds`` (10 s ones up to an hour, minutes beyond), the
-        one in progress counted up to now."""
-        ring = self._fine if seconds <= FINE_STEP * FINE_LENGTH else self._coarse
+    def intervals(self, seconds: float, now: float, step: int | None = None) -> tuple[Extent, list[tuple[int, Counts]]]:
+        """The intervals of the last ``seconds`` (of ``step`` seconds; by default 10 s ones up to
+        an hour, minutes beyond), the one in progress counted up to now."""
+        if step is None:
+            step = FINE_STEP if seconds <= FINE_STEP * FINE_LENGTH else COARSE_STEP
+        ring = self._fine if step == FINE_STEP else self._coarse
         extent = extent_of(seconds, now, ring.step)
         found = dict(ring.since(extent.first))
         live = self._read() - self._last
@@ -140,29 +143,36 @@ class History:
         """The recent intervals, bounded, for the fleet: each resolution as columns of numbers."""
         out: dict[str, Any] = {"started": self.started}
         for step, length in PUBLISHED:
-            _, found = self.intervals(step * length, now)
-            out[str(step)] = encode(found)
+            extent, found = self.intervals(step * length, now, step)
+            out[str(step)] = encode(extent, [(start, _unbucketed(counts)) for start, counts in found])
         return out
 
 
-def encode(intervals: list[tuple[int, Counts]]) -> dict[str, Any]:
-    """Intervals as columns: their starts, and one list of values per key."""
-    keys = sorted({key for _, counts in intervals for key in counts})
-    return {
-        "starts": [start for start, _ in intervals],
-        "counts": {_SEPARATOR.join(key): [_number(counts.get(key, 0)) for _, counts in intervals] for key in keys},
-    }
+def _unbucketed(counts: Counts) -> Counts:
+    return Counter({key: value for key, value in counts.items() if key[:2] != ("lag", "le")})
+
+
+def encode(extent: Extent, intervals: list[tuple[int, Counts]]) -> dict[str, Any]:
+    """Intervals as columns: where the first starts, and one list of values per key, one value
+    per interval from there on."""
+    count = max((start - extent.first) // extent.step + 1 for start, _ in intervals) if intervals else 0
+    columns: dict[str, list[float | int]] = {}
+    for start, counts in intervals:
+        index = (start - extent.first) // extent.step
+        for key, value in counts.items():
+            columns.setdefault(_SEPARATOR.join(key), [0] * count)[index] = _number(value)
+    return {"first": extent.first, "step": extent.step, "counts": columns}
 
 
 def decode(columns: Mapping[str, Any]) -> list[tuple[int, Counts]]:
-    starts = columns.get("starts", [])
-    intervals: list[tuple[int, Counts]] = [(start, Counter()) for start in starts]
+    first, step = columns.get("first", 0), columns.get("step", FINE_STEP)
+    intervals: dict[int, Counts] = {}
     for joined, values in columns.get("counts", {}).items():
         key = tuple(joined.split(_SEPARATOR))
-        for (_, counts), value in zip(intervals, values):
+        for index, value in enumerate(values):
             if value:
-                counts[key] = value
-    return intervals
+                intervals.setdefault(first + index * step, Counter())[key] = value
+    return sorted(intervals.items())
 
 
 def add_up(agents: Iterable[list[tuple[int, Counts]]], first: int) -> list[tuple[int, Counts]]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+import msgspec
 import pytest
 
-from tailsampler.collector.history import COARSE_STEP, FINE_LENGTH, FINE_STEP, History, add_up, decode, encode
+from tailsampler.collector.history import COARSE_STEP, FINE_LENGTH, FINE_STEP, PUBLISHED, History, add_up, decode, encode
 from tailsampler.collector.stats import StatsQuery, window_stats
 
 T0 = 1_800_000_000  # a multiple of 60: minutes and 10 s intervals start here
@@ -60,7 +61,8 @@ async def test_published_intervals_add_up_across_agents() -> None:
     await one.run(60, {RECEIVED: 2})
     await two.run(60, {RECEIVED: 3, ("bytes", "kept"): 7})
     decoded = [decode(agent.history.published(agent.now)[str(FINE_STEP)]) for agent in (one, two)]
-    assert decode(encode(decoded[0])) == decoded[0]
+    extent, intervals = one.history.intervals(300, one.now)
+    assert decode(encode(extent, intervals)) == intervals
     total = add_up(decoded, T0)
     assert sum(c[RECEIVED] for _, c in total) == 60 * 5
     assert sum(c["bytes", "kept"] for _, c in total) == 60 * 7
@@ -82,3 +84,15 @@ async def test_published_intervals_add_up_across_agents() -> None:
 def test_a_bad_query_names_its_parameter(query: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         StatsQuery.parse(query)
+
+
+async def test_what_an_agent_publishes_is_bounded() -> None:
+    agent = Agent()
+    per_second = {RECEIVED: 1000, **{("service", f"service-{n}", "received"): 1 for n in range(64)}}
+    await agent.run(2 * 3600 + 5, per_second)
+    published = agent.history.published(agent.now)
+    for step, length in PUBLISHED:
+        columns = published[str(step)]
+        assert columns["step"] == step and all(len(values) == length for values in columns["counts"].values())
+        assert sum(c[RECEIVED] for _, c in decode(columns)) == (length - 1) * step * 1000 + 5 * 1000
+    assert len(msgspec.json.encode(published)) < 64 * 1024
