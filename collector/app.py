@@ -86,6 +86,10 @@ class Collector:
         """Stop taking spans, decide what is pending, flush exporters, all within shutdown_timeout."""
         self._stopping = True
         deadline = time.monotonic() + float(self.config.service.shutdown_timeout)
+
+        def remaining() -> float:
+            return max(0.1, deadline - time.monotonic())
+
         for receiver in (self.grpc, self.http):
             if receiver is not None:
                 await receiver.stop(grace=min(5.0, max(0.0, deadline - time.monotonic())))
@@ -93,16 +97,23 @@ class Collector:
         await self._refresher.stop()
         await self._sampler.stop()
         if self._loop_task is not None:
-            await self._loop_task
+            # a round waits while an exporter's queue is full: at the deadline it is cut short,
+            # and what its exporters could not take is reported when they close
+            try:
+                await asyncio.wait_for(self._loop_task, remaining())
+            except asyncio.TimeoutError:
+                log.error("shutdown: the decision round did not finish within service.shutdown_timeout; stopping it")
         drop = self.config.tail_sampling.drop_pending_traces_on_shutdown
         try:
-            handled = await asyncio.wait_for(self.loop.drain(drop), max(0.1, deadline - time.monotonic()))
+            handled = await asyncio.wait_for(self.loop.drain(drop), remaining())
             log.info("shutdown: %s %d pending traces", "dropped" if drop else "decided", handled)
         except asyncio.TimeoutError:
             log.error("shutdown: timed out deciding pending traces")
         for exporter in self.exporters:
-            await exporter.close(max(0.1, deadline - time.monotonic()))
+            await exporter.close(remaining())
         await self.loop.settled()
+        if not self.buffer.shared and (left := await self.buffer.occupancy()).traces:
+            log.error("shutdown: %d trace(s) (%d bytes) still in the memory buffer are lost", left.traces, left.bytes)
         await self.buffer.close()
         await self.shared.close()
         await self.admin.stop()

@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 
-from tailsampler.collector.config import load_config
+from tailsampler.collector.config import read_config
 from tailsampler.common.errors import ConfigError
 from tailsampler.storage import ExporterSetupError
 
@@ -21,14 +21,17 @@ def _print_problems(exc: ConfigError) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config)
+        loaded = read_config(args.config)
     except ConfigError as exc:
         _print_problems(exc)
         return 2
+    config = loaded.config
     logging.basicConfig(
         level=getattr(logging, config.service.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for warning in loaded.warnings:
+        logging.getLogger("tailsampler").warning("not run: %s", warning)
     if args.workers > 1:
         from tailsampler.collector.workers import run_workers
 
@@ -53,8 +56,16 @@ async def _run(config, reuse_port: bool) -> int:
         await collector.stop()
         return 2
     await stop.wait()
-    logging.getLogger("tailsampler").info("shutting down")
-    await collector.stop()
+    log = logging.getLogger("tailsampler")
+    log.info("shutting down (a second signal exits at once)")
+    stop.clear()
+    shutdown = asyncio.create_task(collector.stop())
+    second = asyncio.create_task(stop.wait())
+    await asyncio.wait({shutdown, second}, return_when=asyncio.FIRST_COMPLETED)
+    if not shutdown.done():
+        log.error("second signal: exiting before the shutdown finished")
+        return 1
+    second.cancel()
     return 0
 
 
@@ -65,10 +76,19 @@ def _validate(args: argparse.Namespace) -> int:
         print("tailsampler validate: give a CONFIG file or --otel-collector-config FILE", file=sys.stderr)
         return 2
     try:
-        load_config(args.config)
+        loaded = read_config(args.config)
     except ConfigError as exc:
         _print_problems(exc)
         return 1
+    for warning in loaded.warnings:
+        print(f"not run: {warning}", file=sys.stderr)
+    if loaded.translated is not None:
+        print(
+            f"{args.config}: ok, an OpenTelemetry Collector config: `tailsampler serve --config {args.config}` runs its "
+            f"traces pipeline as it is; `tailsampler validate --otel-collector-config {args.config} --write OUT` "
+            "writes it as a tailsampler config"
+        )
+        return 0
     print(f"{args.config}: ok")
     return 0
 

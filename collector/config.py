@@ -19,6 +19,7 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
+from tailsampler.collector import otelcol
 from tailsampler.common.durations import Duration
 from tailsampler.common.endpoints import Endpoint
 from tailsampler.common.errors import ConfigError, Problem
@@ -168,16 +169,46 @@ def read_yaml(path: str | Path) -> Any:
     return _yaml(text, str(path))
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """A config as read from a file: ours, or an OpenTelemetry Collector config translated."""
+
+    config: Config
+    translated: dict[str, Any] | None = None  # a Collector config's data, as our config
+    warnings: tuple[str, ...] = ()  # what of a Collector config does not run here, harmlessly
+
+
 def parse_config(text: str, source: str = "<config>") -> Config:
-    return check_config(_yaml(text, source), source)
+    return read(_yaml(text, source), source).config
 
 
 def load_config(path: str | Path) -> Config:
-    return check_config(read_yaml(path), str(path))
+    return read_config(path).config
+
+
+def read_config(path: str | Path) -> Loaded:
+    return read(read_yaml(path), str(path))
+
+
+def read(data: Any, source: str, processor: str | None = None) -> Loaded:
+    """Our config from a file's data, which may be an OpenTelemetry Collector config (then
+    ``processor`` may name the tail_sampling processor to run instead of its pipeline's); every
+    problem is reported at the key path the file itself has."""
+    if not otelcol.is_collector_config(data):
+        return Loaded(check_config(data, source))
+    translation = otelcol.translate(data, processor)
+    problems = list(translation.problems)
+    try:
+        config = check_config(translation.native, source)
+    except ConfigError as exc:
+        problems += [Problem(translation.origin(p.path), p.message) for p in exc.problems]
+    if problems:
+        raise ConfigError(*problems, source=source)
+    return Loaded(config, translation.native, tuple(f"{source}: {w}" for w in translation.warnings))
 
 
 def check_config(data: Any, source: str) -> Config:
-    """Decode and check a whole config, raising one ConfigError with every problem in it."""
+    """Decode and check a whole config of ours, raising one ConfigError with every problem in it."""
     if data is None:
         data = {}
     if not isinstance(data, dict):

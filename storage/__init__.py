@@ -2,10 +2,11 @@
 
 from .base import Exporter, ExporterSetupError, KeptTrace
 from .build import build_exporters, exporter_names
-from .specs import ExporterSpec, FileSpec, OtlpHttpSpec, OtlpSpec, SqliteSpec
+from .specs import DebugSpec, ExporterSpec, FileSpec, OtlpHttpSpec, OtlpSpec, SqliteSpec
 from .sqlite_store import TraceStoreError, get_trace, list_traces, recent_traces
 
 __all__ = [
+    "DebugSpec",
     "Exporter",
     "ExporterSetupError",
     "ExporterSpec",

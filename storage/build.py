@@ -8,11 +8,12 @@ from typing import Callable
 from prometheus_client import CollectorRegistry
 
 from .base import Exporter
+from .debug_log import DebugSink
 from .delivery import QueuedExporter, Sink
 from .jsonl_file import FileSink
 from .otlp_grpc import OtlpGrpcSink
 from .otlp_http import OtlpHttpSink
-from .specs import ExporterSpec, FileSpec, OtlpHttpSpec, OtlpSpec, SqliteSpec
+from .specs import DebugSpec, ExporterSpec, FileSpec, OtlpHttpSpec, OtlpSpec, SqliteSpec
 from .sqlite_store import SqliteSink
 
 _SINKS: dict[type, Callable[[str, ExporterSpec], Sink]] = {
@@ -20,6 +21,7 @@ _SINKS: dict[type, Callable[[str, ExporterSpec], Sink]] = {
     OtlpHttpSpec: OtlpHttpSink,  # type: ignore[dict-item]
     FileSpec: FileSink,  # type: ignore[dict-item]
     SqliteSpec: SqliteSink,  # type: ignore[dict-item]
+    DebugSpec: DebugSink,  # type: ignore[dict-item]
 }
 
 
@@ -45,7 +47,7 @@ def build_exporters(specs: list[ExporterSpec], registry: CollectorRegistry) -> l
     """Exporters ready to ``start()``; their metrics are registered on ``registry``."""
     exporters: list[Exporter] = []
     for name, spec in zip(exporter_names(specs), specs):
-        local = isinstance(spec, (FileSpec, SqliteSpec))  # one writer keeps lines and rows in order
+        local = isinstance(spec, (FileSpec, SqliteSpec, DebugSpec))  # one writer keeps lines and rows in order
         exporters.append(
             QueuedExporter(
                 name,

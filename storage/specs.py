@@ -169,4 +169,17 @@ class SqliteSpec(_Common, tag="sqlite", kw_only=True):
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
 
 
-ExporterSpec = OtlpSpec | OtlpHttpSpec | FileSpec | SqliteSpec
+class DebugSpec(_Common, tag="debug", kw_only=True):
+    """Kept traces written to the log (the OpenTelemetry Collector's ``debug`` exporter)."""
+
+    verbosity: Literal["basic", "normal", "detailed"] = "basic"
+    sampling_initial: int = 2
+    sampling_thereafter: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.sampling_initial < 0 or self.sampling_thereafter < 1:
+            raise ValueError("sampling_initial cannot be negative and sampling_thereafter must be at least 1")
+
+
+ExporterSpec = OtlpSpec | OtlpHttpSpec | FileSpec | SqliteSpec | DebugSpec

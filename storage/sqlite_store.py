@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -75,16 +76,54 @@ class TraceStoreError(Exception):
     """The trace store cannot be read: missing file, not a tailsampler database, bad trace ID."""
 
 
+class _Store:
+    """The writer's connection and the file it has open. A store whose file was removed or
+    replaced under the running collector (its directory deleted, a volume swapped) would take
+    every later write into a file nobody can read; ``ensure`` notices that before each write and
+    opens the store at its path again."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.conn: sqlite3.Connection | None = None
+        self._file: tuple[int, int] | None = None
+
+    def open(self) -> sqlite3.Connection:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes effect on a new database
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.executescript(_SCHEMA)
+            if "votes" not in {row[1] for row in conn.execute("PRAGMA table_info(traces)")}:
+                conn.execute("ALTER TABLE traces ADD COLUMN votes TEXT")  # a store written before votes were kept
+            stat = os.stat(self.path)
+        except BaseException:
+            conn.close()
+            raise
+        self.conn, self._file = conn, (stat.st_dev, stat.st_ino)
+        return conn
+
+    def ensure(self) -> tuple[sqlite3.Connection, bool]:
+        """The connection to write with, and whether the store had to be opened again."""
+        try:
+            stat = os.stat(self.path)
+            same = (stat.st_dev, stat.st_ino) == self._file
+        except FileNotFoundError:
+            same = False
+        if same and self.conn is not None:
+            return self.conn, False
+        self.close()
+        return self.open(), True
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
 def open_writer(path: str) -> sqlite3.Connection:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes effect on a new database
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.executescript(_SCHEMA)
-    if "votes" not in {row[1] for row in conn.execute("PRAGMA table_info(traces)")}:
-        conn.execute("ALTER TABLE traces ADD COLUMN votes TEXT")  # a store written before votes were kept
-    return conn
+    return _Store(path).open()
 
 
 def write_batch(conn: sqlite3.Connection, batch: list[KeptTrace], now: float) -> None:
@@ -140,12 +179,12 @@ class SqliteSink:
         self._name = name
         self._spec = spec
         self._thread = WorkerThread(f"exporter-{name}")
-        self._conn: sqlite3.Connection | None = None
+        self._store = _Store(spec.path)
         self._retention: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         try:
-            self._conn = await self._thread.run(open_writer, self._spec.path)
+            await self._thread.run(self._store.open)
         except (OSError, sqlite3.Error) as exc:
             raise ExporterSetupError(f"exporter {self._name}: path {self._spec.path!r}: {exc}") from None
         self._retention = asyncio.create_task(self._retain(), name=f"exporter-{self._name}-retention")
@@ -153,18 +192,35 @@ class SqliteSink:
     async def _retain(self) -> None:
         while True:
             try:
-                deleted = await self._thread.run(apply_retention, self._conn, self._spec.retention, time.time())
-            except sqlite3.Error as exc:
+                deleted = await self._thread.run(self._apply_retention)
+            except (OSError, sqlite3.Error) as exc:
                 log.warning("exporter %s: retention failed: %s", self._name, exc)
             else:
                 if deleted:
                     log.info("exporter %s: retention deleted %d trace(s)", self._name, deleted)
             await asyncio.sleep(self._spec.retention.interval)
 
+    def _apply_retention(self) -> int:
+        conn, _ = self._ensure()
+        return apply_retention(conn, self._spec.retention, time.time())
+
+    def _write(self, batch: list[KeptTrace]) -> None:
+        conn, _ = self._ensure()
+        write_batch(conn, batch, time.time())
+
+    def _ensure(self) -> tuple[sqlite3.Connection, bool]:
+        conn, reopened = self._store.ensure()
+        if reopened:
+            log.error(
+                "exporter %s: the trace store %s was removed or replaced while running; opened it again "
+                "(traces kept before are not in the new file)", self._name, self._spec.path,
+            )
+        return conn, reopened
+
     async def send(self, batch: list[KeptTrace]) -> Delivered:
         try:
-            await self._thread.run(write_batch, self._conn, batch, time.time())
-        except sqlite3.Error as exc:
+            await self._thread.run(self._write, batch)
+        except (OSError, sqlite3.Error) as exc:
             raise SendFailed(f"{self._spec.path}: {exc}", retryable=True, reason="sqlite") from None
         return Delivered()
 
@@ -172,9 +228,7 @@ class SqliteSink:
         if self._retention is not None:
             self._retention.cancel()
             await asyncio.gather(self._retention, return_exceptions=True)
-        if self._conn is not None:
-            await self._thread.run(self._conn.close)
-            self._conn = None
+        await self._thread.run(self._store.close)
         self._thread.shutdown()
 
 

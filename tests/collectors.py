@@ -77,10 +77,14 @@ class AgentProcess:
         self.config_path = workdir / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / "agent.log"
-        otlp = config["receivers"]["otlp"]
+        if "pipelines" in config.get("service", {}):  # an OpenTelemetry Collector config
+            otlp = config["receivers"]["otlp"]["protocols"]
+            self.admin_endpoint = config["service"]["telemetry"]["metrics"]["address"]
+        else:
+            otlp = config["receivers"]["otlp"]
+            self.admin_endpoint = config["admin"]["endpoint"]
         self.grpc_endpoint = otlp["grpc"]["endpoint"]
         self.http_endpoint = otlp["http"]["endpoint"]
-        self.admin_endpoint = config["admin"]["endpoint"]
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, *extra: str) -> "AgentProcess":

@@ -43,14 +43,23 @@ class RedisProcess:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.log = workdir / "server.log"
-        args = [
+        self._args = [
             server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", str(workdir),
             "--logfile", str(self.log), "--protected-mode", "no", *extra,
         ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         self.client = redis.Redis(port=self.port, socket_timeout=2.0)
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self.proc = subprocess.Popen(self._args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         wait_until(self._answers, _START_DEADLINE, f"redis server on port {self.port} ({self.log})")
+
+    def restart(self) -> None:
+        """SIGKILL and start again on the same port, as a crashed server under a supervisor does."""
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._spawn()
 
     @property
     def url(self) -> str:

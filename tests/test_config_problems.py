@@ -61,7 +61,7 @@ service: {shutdown_timeout: soon}
     assert problems(text) == [
         "x.yaml: exporters[0]: endpoint: expected host:port, got 'nowhere'",
         "x.yaml: exporters[1]: queue_size must be at least 1",
-        "x.yaml: exporters[2].type: Invalid value 'carrier-pigeon'; expected one of otlp, otlphttp, file, sqlite",
+        "x.yaml: exporters[2].type: Invalid value 'carrier-pigeon'; expected one of otlp, otlphttp, file, sqlite, debug",
         "x.yaml: admin.endpoint: expected host:port, got 'localhost'",
         "x.yaml: service.shutdown_timeout: expected a duration such as 10s, 500ms or 1m, got 'soon'",
     ]

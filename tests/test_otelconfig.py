@@ -78,11 +78,19 @@ def test_convert_gives_a_config_we_load(tmp_path):
     assert len(build_engine(config.tail_sampling, PolicyContext(FakeClock())).policy_names) == 16
 
 
-def test_convert_with_several_blocks_needs_a_name(tmp_path):
+def test_convert_takes_the_pipelines_processor_or_the_one_named(tmp_path):
     path = tmp_path / "otel.yaml"
     path.write_text(COLLECTOR)
-    with pytest.raises(ConfigError, match="several tail_sampling processors"):
-        convert_otel_collector_config(path)
+    written = yaml.safe_load(convert_otel_collector_config(path))
+    assert written["tail_sampling"]["policies"][0]["status_code"] == {"status_codes": ["ERROR"]}
+    assert written["exporters"] == [{"type": "debug", "name": "debug"}]
     assert "status_codes" in convert_otel_collector_config(path, "tail_sampling")
     with pytest.raises(ConfigError, match=r"processors.tail_sampling/edge.policies\[0\]"):
         convert_otel_collector_config(path, "tail_sampling/edge")
+
+
+def test_a_file_of_processors_with_several_blocks_needs_a_name(tmp_path):
+    path = tmp_path / "otel.yaml"
+    path.write_text(yaml.safe_dump({"processors": yaml.safe_load(COLLECTOR)["processors"]}))
+    with pytest.raises(ConfigError, match="several tail_sampling processors"):
+        convert_otel_collector_config(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from tailsampler.storage import TraceStoreError, get_trace, list_traces
 from tailsampler.storage.specs import RetentionConfig
 from tailsampler.storage.sqlite_store import apply_retention, open_writer, write_batch
 from tests.otlp_sink import wait_for
-from tests.storage_support import START, kept, running, spec
+from tests.storage_support import START, fast_retry, kept, running, spec
 
 
 def _span_ids(data: bytes) -> list[bytes]:
@@ -128,3 +129,32 @@ async def test_unusable_path_fails_at_start(tmp_path: Path) -> None:
     with pytest.raises(ExporterSetupError, match="exporter sqlite: path"):
         async with running(spec(type="sqlite", path=str(tmp_path / "file" / "t.db"))):
             pass
+
+
+async def test_a_store_removed_while_running_is_opened_again(tmp_path: Path) -> None:
+    db = str(tmp_path / "store" / "t.db")
+    before, after = kept(2), kept(3)
+    async with running(spec(type="sqlite", path=db)) as [exporter]:
+        await exporter.submit(before)
+        await wait_for(lambda: _stored(db, before), message="stored before the removal")
+        shutil.rmtree(tmp_path / "store")
+        await exporter.submit(after)
+        await wait_for(lambda: _stored(db, after), message="stored in the store opened again")
+        assert exporter.health()[0]
+    assert [row["trace_id"] for row in list_traces(db)] == [after.trace_id.hex()]
+
+
+async def test_a_store_that_cannot_be_opened_again_keeps_its_traces_queued(tmp_path: Path) -> None:
+    db = str(tmp_path / "store" / "t.db")
+    trace = kept(2)
+    delivery = {"retry_on_failure": fast_retry(), "circuit_breaker": {"failure_threshold": 1, "cooldown": "50ms"}}
+    async with running(spec(type="sqlite", path=db, **delivery)) as [exporter]:
+        await exporter.submit(kept(1))
+        shutil.rmtree(tmp_path / "store")
+        (tmp_path / "store").write_text("a file where the store's directory was")
+        await exporter.submit(trace)
+        await wait_for(lambda: not exporter.health()[0], message="the exporter reports the store unusable")
+        assert not _stored(db, trace)
+        (tmp_path / "store").unlink()
+        await wait_for(lambda: _stored(db, trace), timeout=10, message="delivered once the store could be opened")
+        await wait_for(lambda: exporter.health()[0], message="healthy again")

@@ -158,6 +158,8 @@ class RedisTraceBuffer(TraceBuffer):
         self._clock_offset_ms: float | None = None
         self._held: dict[bytes, tuple[int, int]] = {}
         self._renewed_at = 0.0
+        self._run_ids: dict[str, str] = {}
+        self._held_by_shard = [0] * config.shards
         self._reclaimed = Counter(
             "tailsampler_redis_reclaimed_traces", "Traces taken over after their agent's lease ran out",
             registry=registry,
@@ -165,6 +167,11 @@ class RedisTraceBuffer(TraceBuffer):
         self._unavailable = Counter(
             "tailsampler_redis_unavailable", "Redis operations that failed because Redis was unreachable",
             ["operation"], registry=registry,
+        )
+        self._lost = Counter(
+            "tailsampler_redis_lost_traces",
+            "Buffered traces found gone because a Redis server restarted without them (no persistence)",
+            registry=registry,
         )
         self._script_loads = Counter(
             "tailsampler_redis_script_loads", "Times the buffer's scripts were (re)loaded into Redis",
@@ -385,6 +392,7 @@ class RedisTraceBuffer(TraceBuffer):
         }
 
     async def occupancy(self) -> Occupancy:
+        """The fleet's buffered traces and bytes; also notices a Redis that came back empty."""
         async with self._reaching("occupancy"):
             pipe = self._client.pipeline(transaction=False)
             for shard in self._shards:
@@ -393,9 +401,41 @@ class RedisTraceBuffer(TraceBuffer):
                 pipe.zcard(claims)
                 pipe.hget(meta, "tb")
             replies = await pipe.execute()
-        traces = sum(replies[i] + replies[i + 1] for i in range(0, len(replies), 3))
-        nbytes = sum(int(replies[i + 2] or 0) for i in range(0, len(replies), 3))
-        return Occupancy(traces, nbytes)
+            servers = await self._servers()
+        held = [replies[i] + replies[i + 1] for i in range(0, len(replies), 3)]
+        self._notice_lost(held, servers)
+        return Occupancy(sum(held), sum(int(replies[i + 2] or 0) for i in range(0, len(replies), 3)))
+
+    async def _servers(self) -> dict[str, str]:
+        """The ``run_id`` of every server holding shards, by server; it changes when one restarts."""
+        if isinstance(self._client, RedisCluster):
+            infos = await self._client.info("server", target_nodes=RedisCluster.PRIMARIES)
+            return {name: info["run_id"] for name, info in infos.items()}
+        return {"": (await self._client.info("server"))["run_id"]}
+
+    def _server_of(self, shard: _Shard) -> str:
+        if isinstance(self._client, RedisCluster):
+            return self._client.get_node_from_key(shard.keys[0]).name
+        return ""
+
+    def _notice_lost(self, held: list[int], servers: dict[str, str]) -> None:
+        """A server that restarted (same address, new run_id) without persistence comes back
+        empty: the traces its shards held at the last reading are gone, and nothing else would
+        say so. A failover is not a restart: the promoted replica is another server, and has the
+        data."""
+        restarted = {name for name, run_id in servers.items() if self._run_ids.get(name) not in (None, run_id)}
+        lost = sum(
+            before for shard, before, now in zip(self._shards, self._held_by_shard, held)
+            if now == 0 and self._server_of(shard) in restarted
+        )
+        if lost:
+            self._lost.inc(lost)
+            log.error(
+                "redis buffer: %s restarted and came back without the %d trace(s) it held; "
+                "give Redis persistence (appendonly yes, appendfsync always) to keep them",
+                ", ".join(sorted(restarted)) or where(self._client), lost,
+            )
+        self._run_ids, self._held_by_shard = servers, held
 
     # -- leases -------------------------------------------------------------------------------
 
