@@ -39,10 +39,9 @@ def _read(name: str) -> bytes:
     return (_FILES / name).read_bytes()
 
 
-def console_routes(config: Callable[[], Config] | Config, store: str | None) -> list[web.RouteDef]:
-    """The console's routes; ``config`` (or a function returning the config in force) gives the
-    active policies, ``store`` the SQLite trace store the what-if box replays, if any."""
-    current = config if callable(config) else (lambda: config)
+def console_routes(current: Callable[[], Config], store: str | None) -> list[web.RouteDef]:
+    """The console's routes; ``current`` returns the config in force (for its active policies),
+    ``store`` is the SQLite trace store the what-if box replays, if any."""
     openapi = _read("openapi.json")
     static = {name: (_read(f"static/{name}"), kind) for name, kind in _STATIC.items()}
 
