@@ -26,12 +26,19 @@ from tailsampler.collector.metrics import Metrics
 from tailsampler.collector.receive.auth import BearerTokens, warn_if_exposed
 from tailsampler.collector.receive.listener import HttpListener
 from tailsampler.collector.receive.tls import ServerTls
+from tailsampler.collector.stats import StatsQuery
 
 Readiness = Callable[[], Awaitable[tuple[bool, dict[str, object]]]]
-StatsSource = Callable[[], Awaitable[dict[str, object]]]
+StatsSource = Callable[[StatsQuery], Awaitable[dict[str, object]]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _OPEN_PATHS = frozenset({"/health", "/health/ready"})
+
+
+def _is_console_page(path: str) -> bool:
+    """The console's static files hold no data: the page itself sends the token with every
+    API call, so it must load without one to ask for it."""
+    return path == "/ui" or path.startswith("/ui/")
 
 
 def allowed_host_names(settings: AdminConfig) -> frozenset[str] | None:
@@ -124,7 +131,7 @@ class AdminServer:
     @web.middleware
     async def _check_token(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         auth = self._auth
-        if auth is None or request.path in _OPEN_PATHS:
+        if auth is None or request.path in _OPEN_PATHS or _is_console_page(request.path):
             return await handler(request)
         if request.path == "/metrics" and not self._protect_metrics:
             return await handler(request)
@@ -149,4 +156,8 @@ class AdminServer:
         return web.Response(body=generate_latest(self._metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _stats_page(self, request: web.Request) -> web.Response:
-        return web.json_response(await self._stats())
+        try:
+            query = StatsQuery.parse(request.query)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(await self._stats(query))

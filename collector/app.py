@@ -14,14 +14,17 @@ import time
 from tailsampler.collector import trace_api
 from tailsampler.collector.admin import AdminServer
 from tailsampler.collector.buffer import BufferUnavailable, Occupancy, make_buffer
-from tailsampler.collector.config import Config
+from tailsampler.collector.config import BufferLimits, Config
+from tailsampler.collector.console import console_routes
 from tailsampler.collector.decide import DecisionLoop
+from tailsampler.collector.fleet import agent_facts, fleet_view
+from tailsampler.collector.history import FINE_STEP, History, read_counts
 from tailsampler.collector.forward import Forwarder
 from tailsampler.collector.ingest import Ingest
 from tailsampler.collector.metrics import Metrics
 from tailsampler.collector.periodic import Periodic
 from tailsampler.collector.receive import GrpcReceiver, HttpReceiver
-from tailsampler.collector.stats import merge, snapshot
+from tailsampler.collector.stats import StatsQuery, snapshot, window_stats
 from tailsampler.policies import PolicyContext, build_engine
 from tailsampler.storage import SqliteSpec, build_exporters
 
@@ -46,8 +49,14 @@ class Collector:
         self.grpc = GrpcReceiver(self.ingest, otlp.grpc, self.metrics, otlp.auth) if otlp.grpc else None
         self.http = HttpReceiver(self.ingest, otlp.http, self.metrics, otlp.auth) if otlp.http else None
         stores = [spec.path for spec in config.exporters if isinstance(spec, SqliteSpec)]
+        self.history = History(lambda: read_counts(self.metrics))
+        self._sampler = Periodic("history", FINE_STEP, self.history.sample, aligned=True)
         self.admin = AdminServer(
-            config.admin, self.metrics, self.readiness, self.stats, trace_api.routes(stores[0]) if stores else []
+            config.admin,
+            self.metrics,
+            self.readiness,
+            self.stats,
+            [*(trace_api.routes(stores[0]) if stores else []), *console_routes(lambda: self.config, stores[0] if stores else None)],
         )
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -61,6 +70,7 @@ class Collector:
             await exporter.start()
         self._loop_task = asyncio.create_task(self.loop.run(), name="decision-loop")
         await self._refresher.start()
+        await self._sampler.start()
         await self.admin.start()
         for receiver in (self.grpc, self.http):
             if receiver is not None:
@@ -85,6 +95,7 @@ class Collector:
                 await receiver.stop(grace=min(5.0, max(0.0, deadline - time.monotonic())))
         self.loop.stop()
         await self._refresher.stop()
+        await self._sampler.stop()
         if self._loop_task is not None:
             # a round waits while an exporter's queue is full: at the deadline it is cut short,
             # and what its exporters could not take is reported when they close
@@ -124,12 +135,20 @@ class Collector:
             ready = False
         return ready, components
 
-    async def stats(self) -> dict[str, object]:
+    async def stats(self, query: StatsQuery = StatsQuery()) -> dict[str, object]:
         """This agent's sampling stats and, with a shared buffer, the fleet's (every live agent's
-        counters added up, this agent's as of now). While the buffer's store is away, the last
-        buffer figures stand and the fleet is left out."""
+        counters added up, this agent's as of now); with a window, totals and rates over it. While
+        the buffer's store is away, the last buffer figures stand and the fleet is left out."""
         await self._read_occupancy()
         own = snapshot(self.metrics, self._occupancy)
+        limits = BufferLimits.of(self.config)
+        own["buffer"] |= {"type": self.config.buffer.type, "max_traces": limits.max_traces, "max_bytes": limits.max_bytes}
+        own["agent"] = self._facts()
+        if query.window is not None:
+            now = time.time()
+            extent, intervals = self.history.intervals(query.window, now)
+            covered = now - max(extent.first, self.history.started)
+            own["window"] = window_stats(intervals, query, covered, extent.step, extent.first)
         try:
             await self._publish()
             fleet = await self.shared.fleet()
@@ -137,8 +156,11 @@ class Collector:
             log.debug("fleet stats unavailable: %s", exc)
             return own
         if fleet is not None:
-            own["fleet"] = {**merge(fleet), "buffer": own["buffer"], "agents": len(fleet)}
+            own["fleet"] = fleet_view(fleet, own["buffer"], query)
         return own
+
+    def _facts(self) -> dict[str, object]:
+        return agent_facts(f"{self.config.admin.endpoint.host}:{self.admin.port}", self.history.started, self.exporters, time.time())
 
     async def _refresh(self) -> None:
         await self._read_occupancy()
@@ -158,4 +180,6 @@ class Collector:
     async def _publish(self) -> None:
         counters = snapshot(self.metrics, Occupancy(0, 0))
         del counters["buffer"]  # the buffer is shared: its figures are already fleet-wide
+        counters["agent"] = self._facts()
+        counters["history"] = self.history.published(time.time())
         await self.shared.publish(counters)

@@ -5,12 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import json
 import logging
 import signal
 import sys
-import urllib.error
-import urllib.request
 
 from tailsampler.collector.config import read_config
 from tailsampler.common.errors import ConfigError
@@ -120,33 +117,6 @@ def _validate_otel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stats(args: argparse.Namespace) -> int:
-    url = f"http://{args.admin}/api/v1/stats"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            stats = json.load(response)
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"tailsampler: cannot read {url}: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(stats, indent=2))
-        return 0
-    if "fleet" in stats:
-        print(f"fleet of {stats['fleet']['agents']} agent(s) sharing one buffer (this agent: --json)")
-        stats = stats["fleet"]
-    spans, traces, buffered = stats["spans"], stats["traces"], stats["buffer"]
-    print(f"spans received   {spans['received']}")
-    print(f"spans refused    {sum(spans['refused'].values())} {spans['refused'] or ''}")
-    print(f"late spans       kept {spans['late'].get('kept', 0)}, dropped {spans['late'].get('dropped', 0)}")
-    print(f"traces kept      {traces['kept']}")
-    print(f"traces dropped   {traces['dropped']}")
-    print(f"buffer           {buffered['traces']} traces, {buffered['bytes']} bytes")
-    print("by policy:")
-    for policy, counts in sorted(traces["by_policy"].items()):
-        print(f"  {policy:24} kept {counts['kept']:>10}  dropped {counts['dropped']:>10}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tailsampler", description="Tail-based sampling trace collector")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,12 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--processor", help="with --write: which tail_sampling processor, when there are several")
     validate.set_defaults(func=_validate)
 
-    stats = sub.add_parser("stats", help="sampling stats from a running collector's admin listener")
-    stats.add_argument("--admin", default="127.0.0.1:13133", help="admin endpoint host:port")
-    stats.add_argument("--json", action="store_true", help="print the raw JSON")
-    stats.set_defaults(func=_stats)
-
     for name, module, summary in (
+        ("stats", "tailsampler.collector.stats_cmd", "sampling stats from a running collector's admin listener"),
         ("traces", "tailsampler.collector.traces_cmd", "list and show kept traces in the SQLite store"),
         ("evaluate", "tailsampler.collector.evaluate", "run the configured policies over traces saved in OTLP files"),
     ):

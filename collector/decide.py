@@ -96,7 +96,7 @@ class DecisionLoop:
             tally.add(claimed, verdict, votes, span_count)
             settlement = Settlement(claimed.trace_id, verdict)
             if verdict.keep:
-                done = await self._forwarder.forward(claimed.trace_id, claimed.data, verdict, span_count)
+                done = await self._forwarder.forward(claimed.trace_id, claimed.data, verdict, span_count, votes=votes)
                 deliveries.append((settlement, done))
             else:
                 dropped.append(settlement)
@@ -146,16 +146,30 @@ class _Tally:
         self.spans: Counter[str] = Counter()
         self.votes: list[dict[str, Decision]] = []  # each trace's, counted once per batch
         self.early: Counter[str] = Counter()
+        self.kept: list[tuple[bytes, int]] = []  # each kept trace's data and span count
 
     def add(self, claimed: Claimed, verdict: Verdict, votes: dict[str, Decision], span_count: int) -> None:
         decision = "kept" if verdict.keep else "dropped"
         self.traces[decision, verdict.policy or ""] += 1
         self.spans[decision] += span_count
         self.votes.append(votes)
+        if verdict.keep:  # kept traces only: a small share, and the root service costs a parse
+            self.kept.append((claimed.data, span_count))
         if claimed.reason != "deadline":
             self.early[claimed.reason] += 1
 
     def publish(self, metrics: Metrics) -> None:
+        if self.kept:
+            traces: Counter[str] = Counter()
+            spans: Counter[str] = Counter()
+            for data, span_count in self.kept:
+                service = metrics.services.of_trace(data)
+                traces[service] += 1
+                spans[service] += span_count
+            for service, count in traces.items():
+                metrics.service_traces_kept.labels(service).inc(count)
+                metrics.service_spans_kept.labels(service).inc(spans[service])
+            metrics.kept_bytes.inc(sum(len(data) for data, _ in self.kept))
         for (decision, policy), count in self.traces.items():
             metrics.traces_decided.labels(decision, policy).inc(count)
         for decision, count in self.spans.items():

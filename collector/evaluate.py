@@ -11,6 +11,7 @@ like that hour did.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Iterator, TextIO
@@ -113,9 +114,42 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if rejected:
         print(f"warning: {rejected} span(s) skipped: invalid trace or span ID", file=sys.stderr)
     names = engine.policy_names
-    for trace in traces:
-        clock.now = trace.end_time_unix_nano / 1e9
-        record = verdict_record(trace, engine.decide(trace), names)
-        line = msgspec.json.encode(record).decode() if args.json else format_text(record, names)
-        print(line, file=out)
+    summary = Summary()
+    try:
+        for trace in traces:
+            clock.now = trace.end_time_unix_nano / 1e9
+            record = verdict_record(trace, engine.decide(trace), names)
+            summary.add(record)
+            line = msgspec.json.encode(record).decode() if args.json else format_text(record, names)
+            print(line, file=out)
+        print(summary.text(), file=sys.stderr if args.json else out)
+        out.flush()
+    except BrokenPipeError:  # the reader went away (``| head``): what it read is all it wanted
+        _quiet_stdout()
     return 0
+
+
+class Summary:
+    """What ``evaluate`` ends with: traces, kept and dropped, overall and by deciding policy."""
+
+    def __init__(self) -> None:
+        self.by_policy: dict[str, dict[str, int]] = {}
+
+    def add(self, record: dict) -> None:
+        counts = self.by_policy.setdefault(record["policy"] or "-", {"keep": 0, "drop": 0})
+        counts[record["decision"]] += 1
+
+    def text(self) -> str:
+        kept = sum(c["keep"] for c in self.by_policy.values())
+        dropped = sum(c["drop"] for c in self.by_policy.values())
+        lines = [f"{kept + dropped} traces: {kept} kept, {dropped} dropped"]
+        for policy, counts in sorted(self.by_policy.items()):
+            lines.append(f"  {policy:24} kept {counts['keep']:>8}  dropped {counts['drop']:>8}")
+        return "\n".join(lines)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

@@ -84,5 +84,9 @@ class Ingest:
                 metrics.late_spans.labels("kept").inc(fragment.span_count)
                 await self._forwarder.forward(trace_id, fragment.data, verdict, fragment.span_count, late=True)
             metrics.spans_received.labels(transport).inc(split.span_count)
+            metrics.received_bytes.labels(transport).inc(len(body))
+            services = metrics.services
+            for resource, roots in split.root_resources.items():
+                metrics.service_traces_received.labels(services.of_field(resource)).inc(roots)
         metrics.requests.labels(transport, "partial" if split.rejected_spans else "ok").inc()
         return Outcome("accepted", split.error_message, split.rejected_spans)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from tailsampler.collector.services import ServiceNames
+
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self.services = ServiceNames()  # the bounded service label of the service_* counters
         r = self.registry
         self.spans_received = Counter(
             "tailsampler_spans_received", "Spans accepted into the buffer or forwarded late",
@@ -21,6 +24,27 @@ class Metrics:
             "tailsampler_spans_refused",
             "Spans refused: invalid IDs (partial success), undecodable bodies, buffer full or unavailable",
             ["reason"], registry=r,
+        )
+        self.received_bytes = Counter(
+            "tailsampler_received_bytes", "Bytes of accepted export requests, after decompression",
+            ["transport"], registry=r,
+        )
+        self.kept_bytes = Counter(
+            "tailsampler_kept_bytes", "Bytes of the traces kept, as handed to the exporters", registry=r,
+        )
+        self.service_traces_received = Counter(
+            "tailsampler_service_traces_received",
+            "Root spans received, by the service.name of their resource (bounded; the rest as other)",
+            ["service"], registry=r,
+        )
+        self.service_traces_kept = Counter(
+            "tailsampler_service_traces_kept",
+            "Traces kept, by root service (the first span's when the root is missing)",
+            ["service"], registry=r,
+        )
+        self.service_spans_kept = Counter(
+            "tailsampler_service_spans_kept", "Spans of the traces kept, by root service",
+            ["service"], registry=r,
         )
         self.requests = Counter(
             "tailsampler_requests", "Export requests by transport and outcome",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Awaitable, Callable
 
 log = logging.getLogger(__name__)
@@ -13,9 +14,12 @@ class Periodic:
     """Runs ``step`` now and then every ``interval`` seconds until stopped. Stopping waits for the
     step in flight rather than cancelling it, so no call to a store is abandoned half-way."""
 
-    def __init__(self, name: str, interval: float, step: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, name: str, interval: float, step: Callable[[], Awaitable[None]], aligned: bool = False) -> None:
+        """``aligned``: run on the wall clock's multiples of ``interval`` rather than ``interval``
+        after the last run, so that agents' steps fall on the same instants."""
         self._name = name
         self._interval = interval
+        self._aligned = aligned
         self._step = step
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -38,6 +42,7 @@ class Periodic:
             except Exception:
                 log.exception("%s: step failed; trying again in %.1fs", self._name, self._interval)
             try:
-                await asyncio.wait_for(self._stopping.wait(), self._interval)
+                wait = self._interval - time.time() % self._interval if self._aligned else self._interval
+                await asyncio.wait_for(self._stopping.wait(), wait)
             except asyncio.TimeoutError:
                 pass

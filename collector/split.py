@@ -125,10 +125,15 @@ class Fragment:
 
 @dataclass(slots=True)
 class SplitResult:
+    """``root_resources`` counts the request's root spans by the resource field they were sent
+    under (one shared bytes object per distinct resource), so that traces can be counted by
+    their root's service once per resource rather than once per trace."""
+
     fragments: dict[bytes, Fragment]
     span_count: int
     rejected_spans: int
     error_message: str
+    root_resources: dict[bytes, int] = dataclass_field(default_factory=dict)
 
 
 def split_body(body: bytes) -> SplitResult:
@@ -174,6 +179,7 @@ class _Grouping:
     pieces: defaultdict[bytes, list[bytes]] = dataclass_field(default_factory=lambda: defaultdict(list))
     counts: defaultdict[bytes, int] = dataclass_field(default_factory=lambda: defaultdict(int))
     roots: set[bytes] = dataclass_field(default_factory=set)
+    root_resources: defaultdict[bytes, int] = dataclass_field(default_factory=lambda: defaultdict(int))
     rejected: int = 0
 
     def add_resource(self, head: bytes, tail: bytes, scopes: list[_Scope]) -> None:
@@ -181,7 +187,9 @@ class _Grouping:
         resource framing directly when every trace has one run here (the usual case), and the
         runs of a trace are gathered first otherwise, so that a resource appears once per trace."""
         for scope in scopes:
-            self.roots.update(scope.roots)
+            if scope.roots:
+                self.roots.update(scope.roots)
+                self.root_resources[head] += len(scope.roots)
             self.rejected += scope.rejected
         scopes = [scope for scope in scopes if scope.runs]
         pieces, counts = self.pieces, self.counts
@@ -215,7 +223,7 @@ class _Grouping:
         message = ""
         if self.rejected:
             message = f"{self.rejected} span(s) rejected: trace_id must be 16 bytes and span_id 8 bytes, not all zero"
-        return SplitResult(fragments, sum(counts.values()), self.rejected, message)
+        return SplitResult(fragments, sum(counts.values()), self.rejected, message, dict(self.root_resources))
 
 
 def _split(body: bytes, checked: Any) -> SplitResult:

@@ -20,41 +20,48 @@ from tailsampler.storage import TraceStoreError, get_trace, list_traces
 
 MAX_LIMIT = 1000
 _LATEST_SINCE = 1e11  # Unix seconds in the year 5138: later is a typo or a probe, not a query
+_TIMES = ("since", "until")  # Unix seconds of a trace's start
+_DURATIONS = ("min_duration_ms", "max_duration_ms")
 
 
-def _query_bounds(query: Mapping[str, str]) -> tuple[int, float | None]:
-    """``limit`` (capped at MAX_LIMIT) and ``since`` from a query; HTTPBadRequest saying what is
-    wrong otherwise."""
+def _query_bounds(query: Mapping[str, str]) -> tuple[int, dict[str, float]]:
+    """``limit`` (capped at MAX_LIMIT) and the time and duration bounds of a query;
+    HTTPBadRequest saying what is wrong otherwise."""
     try:
         limit = int(query.get("limit", "50"))
     except ValueError:
         raise web.HTTPBadRequest(text="limit must be an integer") from None
     if limit < 1:
         raise web.HTTPBadRequest(text="limit must be at least 1")
-    since = None
-    if "since" in query:
+    bounds: dict[str, float] = {}
+    for key in (*_TIMES, *_DURATIONS):
+        if query.get(key, "") == "":
+            continue
         try:
-            since = float(query["since"])
+            value = float(query[key])
         except ValueError:
-            raise web.HTTPBadRequest(text="since must be Unix seconds") from None
-        if not math.isfinite(since) or not 0 <= since <= _LATEST_SINCE:
-            raise web.HTTPBadRequest(text=f"since must be Unix seconds between 0 and {_LATEST_SINCE:.0f}")
-    return min(limit, MAX_LIMIT), since
+            value = math.nan
+        highest = _LATEST_SINCE if key in _TIMES else math.inf
+        if not (math.isfinite(value) and 0 <= value <= highest):
+            what = f"Unix seconds between 0 and {_LATEST_SINCE:.0f}" if key in _TIMES else "a number of milliseconds, 0 or more"
+            raise web.HTTPBadRequest(text=f"{key} must be {what}")
+        bounds[key] = value
+    return min(limit, MAX_LIMIT), bounds
 
 
 def routes(db_path: str) -> list[web.RouteDef]:
     async def list_page(request: web.Request) -> web.Response:
         query = request.query
-        limit, since = _query_bounds(query)
+        limit, numbers = _query_bounds(query)
         try:
             rows = await asyncio.to_thread(
                 list_traces,
                 db_path,
                 limit=limit,
                 errors_only=query.get("errors", "false").lower() in ("1", "true", "yes"),
-                service=query.get("service"),
-                policy=query.get("policy"),
-                since=since,
+                service=query.get("service") or None,
+                policy=query.get("policy") or None,
+                **numbers,
             )
         except TraceStoreError as exc:
             raise web.HTTPServiceUnavailable(text=str(exc)) from None

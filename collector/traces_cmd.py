@@ -59,7 +59,8 @@ def _db_path(args: argparse.Namespace) -> str:
 
 
 def _ms(nanos: int) -> str:
-    return f"{nanos / 1e6:.1f} ms"
+    """A duration in ms, or in µs below a millisecond (where "0.0 ms" would say nothing)."""
+    return f"{nanos / 1e3:.1f} µs" if nanos < 1_000_000 else f"{nanos / 1e6:.1f} ms"
 
 
 def _time(unix_nano: int) -> str:

@@ -113,8 +113,11 @@ async def _until(condition: Callable[[], Awaitable[bool]], deadline_s: float, wh
 class _Run:
     """One benchmark: the null server, then each buffer type's hold and e2e collectors."""
 
-    def __init__(self, options: BenchOptions) -> None:
+    def __init__(self, options: BenchOptions, progress: Progress | None = None) -> None:
         self.options = options
+        self._progress = progress
+        self._steps = 0
+        self._spans = 0
         self.workdir = options.workdir or Path(tempfile.mkdtemp(prefix="tailsampler-bench-"))
         self.shape = TrafficShape(slow_threshold_s=_SLOW_THRESHOLD_MS / 1000)
         self.payloads: list[list[Payload]] = []
@@ -155,6 +158,13 @@ class _Run:
             result["profile"] = self.profiles
         result["targets"] = targets(result, options)
         return result
+
+    def _step(self, spans: int, doing: str) -> None:
+        """One round of one mode has sent its spans."""
+        self._spans += spans
+        self._steps += 1
+        if self._progress is not None:
+            self._progress(self._steps, self._spans, doing)
 
     async def _null_rate(self, null: NullServerProcess, payloads: list[Payload]) -> float:
         cpu0 = cpu_seconds(null.pid)
@@ -222,6 +232,7 @@ class _Run:
                 rss0, cpu0 = rss_bytes(collector.pid), cpu_seconds(collector.pid)
                 used0 = await redis.used_memory() if redis else 0
                 sent = await self._send(collector.grpc_endpoint, payloads)
+                self._step(sent.spans, f"{mode}: ingest and memory")
                 rate = sent.spans / sent.elapsed_s
                 series.add("ingest_spans_per_second", rate)
                 series.add("ingest_ratio_to_null", rate / null_rate)
@@ -244,6 +255,7 @@ class _Run:
             for index, payloads in enumerate(self.payloads):
                 cpu0, redis0, t0 = cpu_seconds(collector.pid), await _redis_cpu(redis), time.monotonic()
                 sent = await self._send(collector.grpc_endpoint, payloads)
+                self._step(sent.spans, f"{mode}: end to end")
                 await self._drain(collector, sink)
                 elapsed = time.monotonic() - t0
                 cpu = cpu_seconds(collector.pid) - cpu0 - idle_cpu * elapsed
@@ -348,5 +360,13 @@ def profile_summary(path: Path, top: int = 20) -> list[dict[str, object]]:
     ]
 
 
-async def run_bench(options: BenchOptions) -> dict[str, Any]:
-    return await _Run(options).run()
+Progress = Callable[[float, int, str], None]  # steps done, spans sent, what runs now
+
+
+def bench_steps(options: BenchOptions) -> int:
+    """The steps a run reports: each mode's rounds, held and end to end."""
+    return len(options.modes) * options.rounds * 2
+
+
+async def run_bench(options: BenchOptions, progress: Progress | None = None) -> dict[str, Any]:
+    return await _Run(options, progress).run()

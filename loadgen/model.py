@@ -270,12 +270,33 @@ class Trace:
     duration_ns: int
 
 
+class _Spread:
+    """Picks ``ratio`` of the traces, evenly spaced and starting at trace ``first``, so that any
+    run with a ratio above 0 holds at least one (a report never rates error capture on nothing)."""
+
+    def __init__(self, ratio: float, first: int) -> None:
+        self._step = 1 / ratio if ratio else 0.0
+        self._next = float(first)
+        self._index = 0
+
+    def __call__(self) -> bool:
+        picked = bool(self._step) and self._index >= self._next
+        if picked:
+            self._next += self._step
+        self._index += 1
+        return picked
+
+
 class TraceGenerator:
-    """Draws traces from the call graph; the same seed gives the same traces."""
+    """Draws traces from the call graph; the same seed gives the same traces. Failing and slow
+    traces are spread evenly: the first trace fails, the second is slow (when both ratios are
+    small), and so on at their ratios."""
 
     def __init__(self, shape: TrafficShape, seed: int = 1) -> None:
         self.shape = shape
         self._rng = random.Random(seed)
+        self._errors = _Spread(shape.error_ratio, first=0)
+        self._slow = _Spread(shape.slow_ratio, first=0 if shape.slow_ratio >= 1 else 1)
         routes = build_routes()
         self._routes = [op for op, _ in routes]
         self._weights = [w for _, w in routes]
@@ -295,8 +316,8 @@ class TraceGenerator:
         self._expand(route, -1, ops, parents)
         count = len(ops)
         own = [rng.uniform(*op.self_ms) * 1e6 for op in ops]
-        error = rng.random() < shape.error_ratio
-        slow = rng.random() < shape.slow_ratio
+        error = self._errors()
+        slow = self._slow()
         failing = [False] * count
         if error:  # the failure surfaces on the failing span and every caller above it
             node = rng.randrange(count)

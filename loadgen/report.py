@@ -19,12 +19,13 @@ import yaml
 from tailsampler.loadgen.processes import (
     AdminClient,
     CollectorProcess,
+    RedisServer,
     collector_config,
     example_policies,
 )
 from tailsampler.loadgen.quality import QualityReport, head_outcome, tail_outcome
 from tailsampler.loadgen.sink import Sink
-from tailsampler.loadgen.traffic import TrafficConfig, TrafficResult, run_traffic
+from tailsampler.loadgen.traffic import TrafficConfig, TrafficResult, Watch, run_traffic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,42 +47,77 @@ class ReportOptions:
     workdir: Path | None = None
 
 
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read the collector config: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config sections")
+    return data
+
+
+def slow_threshold_of(path: Path) -> float | None:
+    """The threshold of the config's first latency policy (anywhere in its policy tree), in
+    seconds: what the report's slow traffic must reach to be kept as slow."""
+    policies = (_read_config(path).get("tail_sampling") or {}).get("policies") or []
+    pending = list(policies)
+    while pending:
+        policy = pending.pop(0)
+        if not isinstance(policy, dict):
+            continue
+        if policy.get("type") == "latency" and isinstance(policy.get("latency"), dict):
+            threshold = policy["latency"].get("threshold_ms")
+            if isinstance(threshold, (int, float)) and threshold > 0:
+                return threshold / 1000
+        for value in policy.values():  # and, not, composite: their sub-policies
+            if isinstance(value, dict):
+                pending += [v for v in value.values() if isinstance(v, dict)]
+                pending += [item for v in value.values() if isinstance(v, list) for item in v]
+    return None
+
+
 def _own_config(options: ReportOptions, sink: str) -> dict[str, Any]:
     """The collector config the report runs: the user's file with loopback ports and the sink."""
     threshold_ms = int(options.traffic.shape.slow_threshold_s * 1000)
     generated = collector_config(sink, example_policies(threshold_ms))
     if options.config is None:
         return generated
-    try:
-        data = yaml.safe_load(options.config.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{options.config}: cannot read the collector config: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{options.config}: expected a mapping of config sections")
+    data = _read_config(options.config)
     for key in ("receivers", "exporters", "admin"):
         data[key] = generated[key]
     return data
 
 
-async def run_report(options: ReportOptions) -> QualityReport:
+async def run_report(options: ReportOptions, watch: Watch | None = None) -> QualityReport:
+    """``watch`` follows the traffic as it is sent (a progress bar)."""
     sink = Sink()
     sink_endpoint = await sink.start(options.sink)
     collector: CollectorProcess | None = None
+    redis: RedisServer | None = None
     try:
         traffic = options.traffic
         if not options.targets:
             workdir = options.workdir or Path(tempfile.mkdtemp(prefix="tailsampler-report-"))
-            collector = await CollectorProcess(_own_config(options, sink_endpoint), workdir).start()
+            config = _own_config(options, sink_endpoint)
+            buffer = config.get("buffer")
+            if isinstance(buffer, dict) and buffer.get("type") == "redis":
+                # a shared buffer's config names the fleet's Redis: the report runs on one of its own
+                redis = await RedisServer(workdir / "redis").start()
+                buffer.update(url=redis.url, cluster=False)
+            collector = await CollectorProcess(config, workdir).start()
             endpoint = collector.grpc_endpoint if traffic.protocol == "grpc" else collector.http_endpoint
             traffic = dataclasses.replace(traffic, targets=(endpoint,))
         else:
             traffic = dataclasses.replace(traffic, targets=options.targets)
-        result = await run_traffic(traffic)
+        result = await run_traffic(traffic, watch=watch)
         settled = await _settle(options, sink, collector)
         stats = await collector.admin.stats() if collector else None
     finally:
         if collector is not None:
             await collector.stop()
+        if redis is not None:
+            await redis.stop()
         await sink.stop()
     return QualityReport(
         tail=tail_outcome(result.ledger, sink.spans),

@@ -216,12 +216,18 @@ class _Producer:
         return self._delayed[0][0] if self._delayed else None
 
 
+_WATCH_INTERVAL = 0.25
+Watch = Callable[[TrafficResult, float], None]  # the run so far and the seconds since it started
+
+
 async def run_traffic(config: TrafficConfig, transport: Transport | None = None,
-                      track_roots: bool = False, keep_ledger: bool = True) -> TrafficResult:
+                      track_roots: bool = False, keep_ledger: bool = True,
+                      watch: Watch | None = None) -> TrafficResult:
     """Send paced traffic until the duration or count is reached, then drain late spans.
 
     ``keep_ledger`` records every trace's ground truth (what the quality report needs); a long
-    plain run turns it off so that memory stays flat.
+    plain run turns it off so that memory stays flat. ``watch`` is told how the run goes a few
+    times a second (a progress bar).
     """
     own_transport = transport is None
     transport = transport or make_transport(config.protocol, list(config.targets), config.compress)
@@ -234,9 +240,13 @@ async def run_traffic(config: TrafficConfig, transport: Transport | None = None,
     last_flush = start
     per_span = config.spans_per_second is not None
     units = 0
+    last_watch = start
     try:
         while True:
             now = clock()
+            if watch is not None and now - last_watch >= _WATCH_INTERVAL:
+                watch(result, now - start)
+                last_watch = now
             await producer.release_late(now)
             if now - last_flush >= config.flush_interval_s:
                 await producer.flush(now)

@@ -3,7 +3,7 @@
 from .base import Exporter, ExporterSetupError, KeptTrace
 from .build import build_exporters, exporter_names
 from .specs import DebugSpec, ExporterSpec, FileSpec, OtlpHttpSpec, OtlpSpec, SqliteSpec
-from .sqlite_store import TraceStoreError, get_trace, list_traces
+from .sqlite_store import TraceStoreError, get_trace, list_traces, recent_traces
 
 __all__ = [
     "DebugSpec",
@@ -20,4 +20,5 @@ __all__ = [
     "exporter_names",
     "get_trace",
     "list_traces",
+    "recent_traces",
 ]

@@ -31,6 +31,8 @@ class KeptTrace:
     late: bool = False
     span_count: int = 0
     done: "asyncio.Future[bool] | None" = None
+    # every policy's vote by policy name, for a fresh decision (None for late spans)
+    votes: dict[str, str] | None = None
 
 
 class Exporter(abc.ABC):

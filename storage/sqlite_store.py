@@ -11,6 +11,7 @@ the disk.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sqlite3
@@ -40,7 +41,8 @@ CREATE TABLE IF NOT EXISTS traces (
     stored_at       REAL NOT NULL,
     updated_at      REAL NOT NULL,
     size_bytes      INTEGER NOT NULL,
-    spans           BLOB NOT NULL
+    spans           BLOB NOT NULL,
+    votes           TEXT
 );
 CREATE INDEX IF NOT EXISTS traces_start ON traces (start_unix_nano);
 CREATE INDEX IF NOT EXISTS traces_stored_at ON traces (stored_at);
@@ -48,8 +50,8 @@ CREATE INDEX IF NOT EXISTS traces_stored_at ON traces (stored_at);
 
 _UPSERT = """
 INSERT INTO traces (trace_id, start_unix_nano, end_unix_nano, span_count, error, policy,
-                    root_service, root_name, stored_at, updated_at, size_bytes, spans)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    root_service, root_name, stored_at, updated_at, size_bytes, spans, votes)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (trace_id) DO UPDATE SET
     start_unix_nano = min(start_unix_nano, excluded.start_unix_nano),
     end_unix_nano = max(end_unix_nano, excluded.end_unix_nano),
@@ -60,7 +62,8 @@ ON CONFLICT (trace_id) DO UPDATE SET
     root_name = coalesce(root_name, excluded.root_name),
     updated_at = excluded.updated_at,
     size_bytes = size_bytes + excluded.size_bytes,
-    spans = CAST(spans || excluded.spans AS BLOB)
+    spans = CAST(spans || excluded.spans AS BLOB),
+    votes = coalesce(votes, excluded.votes)
 """
 
 _COLUMNS = (
@@ -92,6 +95,8 @@ class _Store:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.executescript(_SCHEMA)
+            if "votes" not in {row[1] for row in conn.execute("PRAGMA table_info(traces)")}:
+                conn.execute("ALTER TABLE traces ADD COLUMN votes TEXT")  # a store written before votes were kept
             stat = os.stat(self.path)
         except BaseException:
             conn.close()
@@ -139,6 +144,7 @@ def write_batch(conn: sqlite3.Connection, batch: list[KeptTrace], now: float) ->
                 now,
                 len(trace.data),
                 trace.data,
+                json.dumps(trace.votes) if trace.votes else None,
             )
         )
     with conn:
@@ -235,14 +241,24 @@ def _open_reader(path: str) -> sqlite3.Connection:
 
 
 def _query(path: str, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """``sql`` with ``{columns}`` standing for the listed columns: a store written before votes
+    were kept (and not opened for writing since) is read without them."""
     conn = _open_reader(path)
     try:
-        rows = conn.execute(sql, params).fetchall()
+        present = {row[1] for row in conn.execute("PRAGMA table_info(traces)")}
+        columns = f"{_COLUMNS}, votes" if "votes" in present else _COLUMNS
+        rows = conn.execute(sql.format(columns=columns), params).fetchall()
     except sqlite3.DatabaseError as exc:
         raise TraceStoreError(f"{path!r} is not a readable tailsampler trace store: {exc}") from None
     finally:
         conn.close()
-    return [{**dict(row), "error": bool(row["error"])} for row in rows]
+    return [_row(row) for row in rows]
+
+
+def _row(row: sqlite3.Row) -> dict[str, Any]:
+    out = {**dict(row), "error": bool(row["error"])}
+    out["votes"] = json.loads(out["votes"]) if out.get("votes") else {}
+    return out
 
 
 def list_traces(
@@ -252,10 +268,14 @@ def list_traces(
     service: str | None = None,
     policy: str | None = None,
     since: float | None = None,
+    until: float | None = None,
+    min_duration_ms: float | None = None,
+    max_duration_ms: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Newest first. ``service`` is the root span's service; ``since`` is Unix seconds of the
-    trace's start."""
-    where, params = [], []
+    """Newest first. ``service`` is the root span's service; ``since`` and ``until`` are Unix
+    seconds of the trace's start; durations run from the earliest span start to the latest end."""
+    where: list[str] = []
+    params: list[Any] = []
     if errors_only:
         where.append("error = 1")
     if service is not None:
@@ -267,8 +287,17 @@ def list_traces(
     if since is not None:
         where.append("start_unix_nano >= ?")
         params.append(int(since * 1e9))
+    if until is not None:
+        where.append("start_unix_nano < ?")
+        params.append(int(until * 1e9))
+    if min_duration_ms is not None:
+        where.append("end_unix_nano - start_unix_nano >= ?")
+        params.append(int(min_duration_ms * 1e6))
+    if max_duration_ms is not None:
+        where.append("end_unix_nano - start_unix_nano <= ?")
+        params.append(int(max_duration_ms * 1e6))
     clause = f"WHERE {' AND '.join(where)}" if where else ""
-    sql = f"SELECT {_COLUMNS} FROM traces {clause} ORDER BY start_unix_nano DESC LIMIT ?"
+    sql = f"SELECT {{columns}} FROM traces {clause} ORDER BY start_unix_nano DESC LIMIT ?"
     return _query(path, sql, (*params, max(0, limit)))
 
 
@@ -277,5 +306,12 @@ def get_trace(path: str, trace_id_hex: str) -> dict[str, Any] | None:
     trace_id = trace_id_hex.strip().lower()
     if len(trace_id) != 32 or any(c not in "0123456789abcdef" for c in trace_id):
         raise TraceStoreError(f"trace ID must be 32 hex digits, got {trace_id_hex!r}")
-    rows = _query(path, f"SELECT {_COLUMNS}, spans FROM traces WHERE trace_id = ?", (trace_id,))
+    rows = _query(path, "SELECT {columns}, spans FROM traces WHERE trace_id = ?", (trace_id,))
     return rows[0] if rows else None
+
+
+def recent_traces(path: str, limit: int) -> list[dict[str, Any]]:
+    """The ``limit`` traces stored last, newest first, with their ``spans`` (for replaying them
+    through other policies)."""
+    sql = "SELECT {columns}, spans FROM traces ORDER BY stored_at DESC, rowid DESC LIMIT ?"
+    return _query(path, sql, (max(0, limit),))

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shlex
+import subprocess
+import sys
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
@@ -62,6 +65,10 @@ def test_protobuf_files_text_output(tmp_path):
         f"{FAST_ID.hex()} keep budget no-health=not_sampled errors=not_sampled slow=not_sampled budget=sampled",
         f"{SLOW_ID.hex()} keep slow no-health=not_sampled errors=not_sampled slow=sampled budget=not_sampled",
         f"{ERR_ID.hex()} drop no-health no-health=dropped errors=- slow=- budget=-",
+        "3 traces: 2 kept, 1 dropped",
+        "  budget                   kept        1  dropped        0",
+        "  no-health                kept        0  dropped        1",
+        "  slow                     kept        1  dropped        0",
     ]
 
 
@@ -92,7 +99,8 @@ def test_span_times_are_the_clock_for_stateful_policies(tmp_path):
     path.write_bytes(b"\n".join(to_json(r) for r in reqs))
     code, out = run(tmp_path, [path])
     assert code == 0
-    assert [line.split()[1] for line in out.splitlines()] == ["keep", "drop", "keep"]
+    assert [line.split()[1] for line in out.splitlines()[:3]] == ["keep", "drop", "keep"]
+    assert out.splitlines()[3] == "3 traces: 2 kept, 1 dropped"
 
 
 def test_bad_input_is_a_clear_error(tmp_path, capsys):
@@ -114,3 +122,25 @@ def test_config_error_is_reported(tmp_path, capsys):
     code = evaluate.run(parser.parse_args(["--config", str(config), str(config)]), io.StringIO())
     assert code == 2
     assert "tail_sampling.policies[0].latency.threshold_ms: must be 0 or positive" in capsys.readouterr().err
+
+
+def test_the_summary_goes_to_stderr_with_json_and_a_closed_pipe_ends_quietly(tmp_path):
+    first, second = requests()
+    path = tmp_path / "traces.jsonl"
+    path.write_bytes(b"\n".join(to_json(r) for r in [first, second] * 200))
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    command = [sys.executable, "-m", "tailsampler.collector.cli", "evaluate", "--config", str(config), str(path)]
+    as_json = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=60)
+    assert as_json.returncode == 0 and len(as_json.stdout.splitlines()) == 3
+    assert as_json.stderr.startswith("3 traces: ") and "kept" in as_json.stderr  # the summary, beside the JSON lines
+    # many traces into a reader that stops after the first line: no traceback, exit 0
+    many = tmp_path / "many.jsonl"
+    many.write_bytes(b"\n".join(
+        to_json(ExportTraceServiceRequest(resource_spans=[resource_spans([span(start_ms=i, end_ms=i + 1, trace_id=i.to_bytes(16, "big"))])]))
+        for i in range(1, 3000)
+    ))
+    pipeline = f"set -o pipefail; {shlex.join(command[:-1])} {shlex.quote(str(many))} | head -1"
+    piped = subprocess.run(["bash", "-c", pipeline], capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0 and len(piped.stdout.splitlines()) == 1
+    assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr

@@ -23,11 +23,15 @@ _METRICS["redis"] = _METRICS["memory"] | {
     "redis_used_memory_per_buffered_span", "redis_used_memory_to_wire_bytes", "redis_cpu_us_per_span"}
 
 
-def test_bench_smoke_produces_a_well_formed_result(tmp_path: Path) -> None:
+def test_bench_smoke_produces_a_well_formed_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     json_path, markdown_path = tmp_path / "bench.json", tmp_path / "bench.md"
-    assert main(["bench", "--smoke", "--workdir", str(tmp_path / "work"),
-                 "--json", str(json_path), "--markdown", str(markdown_path)]) == 0
+    code = main(["bench", "--smoke", "--workdir", str(tmp_path / "work"),
+                 "--json", str(json_path), "--markdown", str(markdown_path)])
     result = json.loads(json_path.read_text())
+    missed = [label for label, target in result["targets"].items() if target["met"] is False]
+    assert code == (1 if missed else 0), "bench exits 1 exactly when a target is missed"
+    said = capsys.readouterr().err
+    assert all(label in said for label in missed), said
     assert result["options"]["rounds"] == 1 and result["spans_per_round"] >= 4096
     assert 100 < result["wire_bytes_per_span"] < 1000
     null = result["null_server"]

@@ -172,3 +172,25 @@ def test_report_refuses_conflicting_options(capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit):
         main(["run", "--target", "192.0.2.1:4317"])
     assert "only loopback addresses" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("example", ["local.yaml", "redis.yaml"])
+def test_report_meets_its_targets_with_the_shipped_example_configs(example: str, tmp_path: Path) -> None:
+    """Out of the box: the slow threshold follows the config's latency policy (5 s), the first
+    trace fails so error capture is rated, and a redis config runs on a Redis of the report's own."""
+    config = Path(__file__).resolve().parent.parent / "examples" / example
+    json_path = tmp_path / "report.json"
+    code = main(["report", "--config", str(config), "--count", "300", "--traces-per-second", "300",
+                 "--json", str(json_path), "--markdown", str(tmp_path / "report.md")])
+    result = json.loads(json_path.read_text())
+    assert code == 0, (tmp_path / "report.md").read_text()
+    assert result["run"]["slow_threshold_s"] == 5.0
+    assert result["tail"]["error_traces"] >= 1 and result["tail"]["error_capture"] == 1.0
+    assert result["tail"]["slow_traces"] >= 1 and result["tail"]["slow_capture"] == 1.0
+
+
+def test_loadgen_help_says_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    for command, expected in (("run", "(default: 0.001)"), ("report", "(default: 120.0)"), ("bench", "(default: memory,redis)")):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert expected in " ".join(capsys.readouterr().out.split())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
+import sys
 
 import msgspec
 import pytest
@@ -23,6 +25,7 @@ from tailsampler.loadgen.traffic import TrafficConfig, build_payloads, run_traff
 from tailsampler.loadgen.transport import GrpcTransport, Outcome
 from tailsampler.common.otlp_json import to_json
 from tailsampler.policies.trace import TraceView, attribute
+from tests.terminal import Terminal
 
 
 def _trace_view(trace) -> TraceView:
@@ -232,3 +235,20 @@ def test_run_command_sends_to_the_null_server(tmp_path, capsys: pytest.CaptureFi
     summary = json.loads(capsys.readouterr().out)
     assert code == 0 and summary["traces"] == 50 and summary["failed_requests"] == 0
     assert summary["requests"] >= -(-summary["spans"] // 128)  # 128-span requests (and flushed rests)
+
+
+def test_run_shows_its_progress_on_a_terminal(tmp_path) -> None:
+    async def null_server() -> NullServerProcess:
+        return await NullServerProcess(tmp_path).start()
+
+    server = asyncio.run(null_server())
+    terminal = Terminal([sys.executable, "-m", "tailsampler.loadgen.cli", "run", "--target", server.endpoint,
+                         "--duration", "1s", "--traces-per-second", "100"])
+    try:
+        assert terminal.process.wait(30) == 0, terminal.read()
+        last = terminal.read().replace("\r", "\n").splitlines()
+        bar = [line for line in last if "spans/s" in line][-1]
+        assert re.search(r"sending .*100%\s+[\d,]+ spans\s+[\d,]+ spans/s", bar), bar
+    finally:
+        terminal.close()
+        asyncio.run(server.stop())

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+
 from tailsampler.collector import traces_cmd
 from tests.storage_support import START, kept, running, spec
 
@@ -101,3 +103,12 @@ async def test_show_unknown_trace(store, capsys) -> None:
     db, _, _ = store
     assert run("show", "--db", db, "ab" * 16) == 1
     assert f"trace {'ab' * 16} is not in" in capsys.readouterr().err
+
+
+def test_show_prints_sub_millisecond_durations_in_microseconds() -> None:
+    data = TracesData()
+    spans = data.resource_spans.add().scope_spans.add().spans
+    spans.add(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name="GET /ping", start_time_unix_nano=1_000, end_time_unix_nano=1_000 + 1_500_000)
+    spans.add(trace_id=b"\x01" * 16, span_id=b"\x03" * 8, parent_span_id=b"\x02" * 8, name="cache hit",
+              start_time_unix_nano=2_000, end_time_unix_nano=2_000 + 42_300)
+    assert traces_cmd.span_tree(data.SerializeToString()) == ["?: GET /ping  1.5 ms", "  ?: cache hit  42.3 µs"]
