@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from tailsampler.common.incident import Incident
+
 from .base import ExporterSetupError, KeptTrace
 from .delivery import Delivered, SendFailed
 from .specs import RetentionConfig, SqliteSpec
@@ -136,6 +138,7 @@ class SqliteSink:
         self._thread = WorkerThread(f"exporter-{name}")
         self._conn: sqlite3.Connection | None = None
         self._retention: asyncio.Task[None] | None = None
+        self._retention_trouble = Incident(log, f"exporter {name}: retention failed")
 
     async def open(self) -> None:
         try:
@@ -149,8 +152,9 @@ class SqliteSink:
             try:
                 deleted = await self._thread.run(apply_retention, self._conn, self._spec.retention, time.time())
             except sqlite3.Error as exc:
-                log.warning("exporter %s: retention failed: %s", self._name, exc)
+                self._retention_trouble.failed(exc)
             else:
+                self._retention_trouble.resolved()
                 if deleted:
                     log.info("exporter %s: retention deleted %d trace(s)", self._name, deleted)
             await asyncio.sleep(self._spec.retention.interval)

@@ -83,5 +83,5 @@ def test_exporters_share_one_registry() -> None:
     registry = CollectorRegistry()
     built = build_exporters(exporters("exporters: [{type: otlp}, {type: sqlite}]"), registry)
     assert [e.name for e in built] == ["otlp", "sqlite"]
-    assert registry.get_sample_value("tailsampler_exporter_queue_capacity", {"exporter": "sqlite"}) == 1000
-    assert registry.get_sample_value("tailsampler_exporter_circuit_state", {"exporter": "otlp"}) == 0
+    assert registry.get_sample_value("tailsampler_exporter_traces_exported_total", {"exporter": "sqlite"}) == 0
+    assert registry.get_sample_value("tailsampler_exporter_traces_exported_total", {"exporter": "otlp"}) == 0

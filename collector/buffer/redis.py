@@ -20,7 +20,9 @@ Every key has a TTL, so nothing outlives a fleet that is gone for good.
 
 Commands that time out raise ``BufferUnavailable``; a command that reaches Redis after the agent gave
 up on it is refused by the script itself (a fence computed from Redis's clock), so a client's retry
-never doubles spans that a paused Redis would otherwise have taken late.
+never doubles spans that a paused Redis would otherwise have taken late. A Redis that is away is one
+incident in the log (a warning, a reminder now and then, a line when it answers again), however
+many operations fail meanwhile.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from redis.exceptions import (
 
 from tailsampler.collector.config import BufferConfig, BufferLimits
 from tailsampler.collector.split import Fragment
+from tailsampler.common.incident import Incident
 from tailsampler.common.verdict import Verdict
 
 from .base import AppendResult, BufferFull, BufferUnavailable, Claimed, Occupancy, Settlement, TraceBuffer
@@ -155,6 +158,7 @@ class RedisTraceBuffer(TraceBuffer):
         )]
         self._early_seen = [0] * config.shards
         self._client = connect(config.url, config.cluster, self._timeout)
+        self._outage = Incident(log, f"redis buffer {where(self._client)}")
         self._clock_offset_ms: float | None = None
         self._held: dict[bytes, tuple[int, int]] = {}
         self._renewed_at = 0.0
@@ -211,9 +215,11 @@ class RedisTraceBuffer(TraceBuffer):
             if str(exc).startswith("STALE"):
                 self._fail(operation, exc)
             raise
+        self._outage.resolved()
 
     def _fail(self, operation: str, exc: Exception) -> None:
         self._unavailable.labels(operation).inc()
+        self._outage.failed(f"unavailable ({operation}: {exc}); ingest answers retryable errors, decisions wait")
         # Redis may come back as another server (restart, failover) with another clock
         self._clock_offset_ms = None
         raise BufferUnavailable(f"redis {where(self._client)} unavailable during {operation}: {exc}") from exc
@@ -407,8 +413,10 @@ class RedisTraceBuffer(TraceBuffer):
         self._renewed_at = now
         try:
             await self._renew(now + self._lease)
-        except (BufferUnavailable, RedisError) as exc:
-            log.warning("redis buffer: lease renewal failed (%s); retrying", exc)
+        except BufferUnavailable:
+            pass  # the outage is on record; renewal goes on at the next tick
+        except RedisError as exc:
+            self._outage.failed(f"lease renewal failed ({exc}); retrying")
 
     async def _renew(self, deadline: float) -> None:
         groups: dict[int, list[str]] = {}
