@@ -3,57 +3,93 @@
 Shutdown order matters for "nothing accepted is lost": readiness goes false, receivers stop
 taking spans, the buffer is drained through the policies (or dropped if configured), exporters
 flush, and only then do connections close.
+
+A reload (``reload``: SIGHUP, ``POST /api/v1/reload``) re-reads the config file, checks it whole
+and builds what changes (policies, exporters) before touching anything; the swap itself happens
+between two decision rounds and cannot fail. Pending traces stay where they are, in the buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 
-from tailsampler.collector import trace_api
+from tailsampler.collector import logs, reload as live, trace_api
 from tailsampler.collector.admin import AdminServer
 from tailsampler.collector.buffer import BufferUnavailable, Occupancy, make_buffer
-from tailsampler.collector.config import Config
+from tailsampler.collector.config import BufferLimits, Config, config_hash, config_warnings, load_config
 from tailsampler.collector.decide import DecisionLoop
 from tailsampler.collector.forward import Forwarder
 from tailsampler.collector.ingest import Ingest
 from tailsampler.collector.metrics import Metrics
+from tailsampler.collector.overload import OverloadRelief
 from tailsampler.collector.periodic import Periodic
 from tailsampler.collector.receive import GrpcReceiver, HttpReceiver
+from tailsampler.collector.reload import ReloadOutcome
 from tailsampler.collector.stats import merge, snapshot
-from tailsampler.policies import PolicyContext, build_engine
-from tailsampler.storage import SqliteSpec, build_exporters
+from tailsampler.collector.summary import startup_summary, version
+from tailsampler.common.errors import ConfigError
+from tailsampler.policies import Engine, PolicyContext, build_engine
+from tailsampler.storage import Exporter, ExporterSetupError, SqliteSpec, build_exporters, exporter_names
 
 log = logging.getLogger(__name__)
 
 _READINESS_TIMEOUT = 1.0
 _STATS_INTERVAL = 2.0  # how often the buffer gauges are read and the fleet's counters published
+_OVERLOAD_INTERVAL = 0.25  # how often overload relief looks at the buffer's fill and the decision lag
 
 
 class Collector:
-    def __init__(self, config: Config, reuse_port: bool = False) -> None:
+    def __init__(self, config: Config, reuse_port: bool = False, source: str = "", worker: int | None = None) -> None:
+        """``source`` is the config file (read again on reload; "" for a config given in code);
+        ``worker`` is the index of a ``serve --workers`` process, whose admin port is offset by it."""
         self.config = config
+        self.source = source
+        self.config_hash = config_hash(config)
         self._reuse_port = reuse_port
+        self._worker = worker
         self.metrics = Metrics()
+        self.metrics.build_info.labels(version()).set(1)
+        self.metrics.config_info.labels(self.config_hash).set(1)
         self.buffer, self.shared = make_buffer(config, self.metrics.registry)
-        self.engine = build_engine(config.tail_sampling, PolicyContext(clock=time.monotonic, bucket=self.shared.bucket))
         self.exporters = build_exporters(config.exporters, self.metrics.registry)
         self.forwarder = Forwarder(self.exporters, config.tail_sampling.recording)
-        self.ingest = Ingest(self.buffer, self.forwarder, self.metrics)
-        self.loop = DecisionLoop(self.buffer, self.engine, self.forwarder, self.metrics, float(config.buffer.tick))
+        limits = BufferLimits.of(config)
+        self.overload = OverloadRelief(config.tail_sampling.overload, limits.max_traces, limits.max_bytes, self.metrics)
+        self.ingest = Ingest(self.buffer, self.forwarder, self.metrics, self.overload)
+        self.loop = DecisionLoop(self.buffer, self._engine(config), self.forwarder, self.metrics, float(config.buffer.tick))
         otlp = config.receivers.otlp
         self.grpc = GrpcReceiver(self.ingest, otlp.grpc.endpoint, otlp.grpc.max_recv_msg_size_mib) if otlp.grpc else None
         self.http = HttpReceiver(self.ingest, otlp.http.endpoint, otlp.http.max_request_body_size_mib) if otlp.http else None
-        stores = [spec.path for spec in config.exporters if isinstance(spec, SqliteSpec)]
+        admin = config.admin.endpoint
+        if worker is not None and admin.port:
+            admin = admin.with_port(admin.port + worker)
+        self._admin_endpoint = admin
         self.admin = AdminServer(
-            config.admin.endpoint, self.metrics, self.readiness, self.stats, trace_api.routes(stores[0]) if stores else []
+            admin, self.metrics, self.readiness, self.stats,
+            [*trace_api.routes(self._trace_store), *live.routes(self.reload)],
         )
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self.stopped = False
         self._occupancy = Occupancy(0, 0)
         self._refresher = Periodic("occupancy-and-fleet-stats", _STATS_INTERVAL, self._refresh)
+        self._overload_check = Periodic("overload-check", _OVERLOAD_INTERVAL, self._check_overload)
+        self._reloading = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._reloads = {"applied": 0, "rejected": 0}
+        self._loaded_at = time.time()
+        self._agent = f"{socket.gethostname()}:{os.getpid()}"
+
+    def _engine(self, config: Config) -> Engine:
+        return build_engine(config.tail_sampling, PolicyContext(clock=time.monotonic, bucket=self.shared.bucket))
+
+    def _trace_store(self) -> str | None:
+        """The SQLite store the trace API reads: the first ``sqlite`` exporter's, as configured now."""
+        return next((spec.path for spec in self.config.exporters if isinstance(spec, SqliteSpec)), None)
 
     async def start(self) -> None:
         await self.shared.start()
@@ -61,16 +97,20 @@ class Collector:
             await exporter.start()
         self._loop_task = asyncio.create_task(self.loop.run(), name="decision-loop")
         await self._refresher.start()
+        await self._overload_check.start()
         await self.admin.start()
         for receiver in (self.grpc, self.http):
             if receiver is not None:
                 await receiver.start(self._reuse_port)
-        log.info(
-            "tailsampler listening: otlp/grpc %s, otlp/http %s, admin %s",
-            self.grpc.port if self.grpc else "off",
-            self.http.port if self.http else "off",
-            self.admin.port,
-        )
+        ports = {"admin": self.admin.port}
+        if self.grpc:
+            ports["otlp/grpc"] = self.grpc.port
+        if self.http:
+            ports["otlp/http"] = self.http.port
+        message, fields = startup_summary(self.config, self.source or "(no file)", self.config_hash, ports)
+        log.info("%s", message, extra={logs.FIELDS: fields})
+        for warning in config_warnings(self.config):
+            log.warning("%s: %s", self.source or "config", warning)
 
     async def stop(self) -> None:
         """Stop taking spans, decide what is pending, flush exporters, all within shutdown_timeout."""
@@ -81,8 +121,11 @@ class Collector:
                 await receiver.stop(grace=min(5.0, max(0.0, deadline - time.monotonic())))
         self.loop.stop()
         await self._refresher.stop()
+        await self._overload_check.stop()
         if self._loop_task is not None:
             await self._loop_task
+        async with self._reloading:  # a reload in progress finishes its swap first
+            pass
         drop = self.config.tail_sampling.drop_pending_traces_on_shutdown
         try:
             handled = await asyncio.wait_for(self.loop.drain(drop), max(0.1, deadline - time.monotonic()))
@@ -92,10 +135,106 @@ class Collector:
         for exporter in self.exporters:
             await exporter.close(max(0.1, deadline - time.monotonic()))
         await self.loop.settled()
+        if self._retiring:
+            await asyncio.gather(*self._retiring)
         await self.buffer.close()
         await self.shared.close()
         await self.admin.stop()
         self.stopped = True
+
+    # -- live config changes ----------------------------------------------------------------
+
+    async def reload(self) -> ReloadOutcome | None:
+        """Read the config file again and take over what changed; None while shutting down."""
+        if self._stopping:
+            return None
+        async with self._reloading:
+            if self._stopping:
+                return None
+            outcome = await self._reload()
+        self._reloads[outcome.result] += 1
+        self.metrics.config_reloads.labels(outcome.result).inc()
+        if outcome.result == "rejected":
+            log.error(
+                "config reload rejected, nothing changed (%d problem(s)): %s", len(outcome.problems), "; ".join(outcome.problems),
+                extra={logs.FIELDS: {"problems": outcome.problems}},
+            )
+        elif outcome.changed:
+            log.info("config reloaded from %s (config %s): %s", self.source, outcome.config_hash, ", ".join(outcome.changed))
+        else:
+            log.info("config reloaded from %s: nothing changed", self.source)
+        return outcome
+
+    async def _reload(self) -> ReloadOutcome:
+        def rejected(*problems: object) -> ReloadOutcome:
+            return ReloadOutcome("rejected", self.config_hash, problems=[str(p) for p in problems])
+
+        if not self.source:
+            return rejected("this agent was not started from a config file")
+        try:
+            config = load_config(self.source)
+        except ConfigError as exc:
+            return rejected(*str(exc).splitlines())
+        changed = live.changed_keys(self.config, config)
+        refused = live.restart_problems(changed)
+        if refused:
+            return rejected(*(f"{self.source}: {problem}" for problem in refused))
+        if not changed:
+            return ReloadOutcome("applied", self.config_hash)
+        try:  # load_config has built these policies once already; now with this agent's shared budgets
+            engine = self._engine(config)
+        except ConfigError as exc:
+            return rejected(*str(exc.at(self.source)).splitlines())
+        running = {
+            name: (spec, exporter)
+            for name, spec, exporter in zip(exporter_names(self.config.exporters), self.config.exporters, self.exporters)
+        }
+        plan = live.plan_exporters(
+            running, config.exporters, exporter_names(config.exporters),
+            lambda specs: build_exporters(specs, self.metrics.registry),
+        )
+        try:
+            for exporter in plan.new:
+                await exporter.open()
+        except ExporterSetupError as exc:
+            await asyncio.gather(*(exporter.close(0.0, "unused") for exporter in plan.new))
+            return rejected(f"{self.source}: {exc}")
+        for warning in config_warnings(config):
+            log.warning("%s: %s", self.source, warning)
+
+        previous_route: list[asyncio.Event] = []
+
+        def swap() -> None:  # between two decision rounds; nothing here can fail
+            self.loop.engine = engine
+            self.buffer.set_decision_cache(config.tail_sampling.decision_cache)
+            self.overload.configure(config.tail_sampling.overload)
+            previous_route.append(self.forwarder.replace(plan.exporters, config.tail_sampling.recording))
+            self.exporters = plan.exporters
+            if config.service != self.config.service:
+                logs.configure(config.service)
+            self.metrics.config_info.remove(self.config_hash)
+            self.config, self.config_hash, self._loaded_at = config, config_hash(config), time.time()
+            self.metrics.config_info.labels(self.config_hash).set(1)
+
+        await self.loop.between_rounds(swap)
+        for exporter in plan.new:
+            await exporter.start()
+        if plan.removed or plan.replaced:
+            task = asyncio.create_task(self._retire(plan, previous_route[0]), name="retire-exporters")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        return ReloadOutcome("applied", self.config_hash, changed=changed)
+
+    async def _retire(self, plan: live.ExporterPlan, previous_route: asyncio.Event) -> None:
+        """Close the exporters a reload took away, once no hand-over to them is left: what they
+        still hold is delivered within shutdown_timeout, or counted as given up."""
+        await previous_route.wait()
+        timeout = float(self.config.service.shutdown_timeout)
+        gone: list[tuple[Exporter, str]] = [(e, "removed") for e in plan.removed] + [(e, "replaced") for e in plan.replaced]
+        await asyncio.gather(*(exporter.close(timeout, reason) for exporter, reason in gone))
+        log.info("exporters retired: %s", ", ".join(f"{e.name} ({reason})" for e, reason in gone))
+
+    # -- what the admin API reports ---------------------------------------------------------
 
     async def readiness(self) -> tuple[bool, dict[str, object]]:
         try:  # probes have short timeouts of their own: answer "not ready" rather than hang
@@ -108,6 +247,8 @@ class Collector:
             # an exporter's trouble is reported, not made fatal: spans keep buffering while its
             # queue and circuit breaker hold the line, and a drained agent would only move the load
             components[f"exporter/{exporter.name}"] = {"healthy": healthy, **info}
+        # overload relief is the agent coping, not failing: reported, never "not ready"
+        components["overload_relief"] = self.overload.status()
         if self._stopping:
             components["shutdown"] = {"ready": False, "detail": "shutting down"}
             ready = False
@@ -115,10 +256,14 @@ class Collector:
 
     async def stats(self) -> dict[str, object]:
         """This agent's sampling stats and, with a shared buffer, the fleet's (every live agent's
-        counters added up, this agent's as of now). While the buffer's store is away, the last
-        buffer figures stand and the fleet is left out."""
+        counters added up, this agent's as of now, and which agent runs which config). While the
+        buffer's store is away, the last buffer figures stand and the fleet is left out."""
         await self._read_occupancy()
         own = snapshot(self.metrics, self._occupancy)
+        own["config"] = {
+            "file": self.source, "hash": self.config_hash, "loaded_at": self._loaded_at, "reloads": dict(self._reloads),
+        }
+        own["overload_relief"] = self.overload.status()
         try:
             await self._publish()
             fleet = await self.shared.fleet()
@@ -126,7 +271,11 @@ class Collector:
             log.debug("fleet stats unavailable: %s", exc)
             return own
         if fleet is not None:
-            own["fleet"] = {**merge(fleet), "buffer": own["buffer"], "agents": len(fleet)}
+            configs: dict[str, list[str]] = {}
+            for published in fleet:
+                agent = published.get("agent") or {}
+                configs.setdefault(str(agent.get("config_hash", "unknown")), []).append(str(agent.get("name", "unknown")))
+            own["fleet"] = {**merge(fleet), "buffer": own["buffer"], "agents": len(fleet), "configs": configs}
         return own
 
     async def _refresh(self) -> None:
@@ -135,6 +284,15 @@ class Collector:
             await self._publish()
         except BufferUnavailable as exc:
             log.debug("fleet stats not published: %s", exc)
+
+    async def _check_overload(self) -> None:
+        if self.overload.config is None:
+            return
+        try:
+            occupancy = await self.buffer.occupancy()
+        except BufferUnavailable:
+            return  # the buffer reports its outage; relief waits for figures it can trust
+        self.overload.observe(occupancy, self.loop.lag(time.time()), time.monotonic())
 
     async def _read_occupancy(self) -> None:
         try:
@@ -147,4 +305,5 @@ class Collector:
     async def _publish(self) -> None:
         counters = snapshot(self.metrics, Occupancy(0, 0))
         del counters["buffer"]  # the buffer is shared: its figures are already fleet-wide
+        counters["agent"] = {"name": self._agent, "admin": str(self._admin_endpoint), "config_hash": self.config_hash}
         await self.shared.publish(counters)

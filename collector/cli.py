@@ -12,7 +12,9 @@ import sys
 import urllib.error
 import urllib.request
 
-from tailsampler.collector.config import load_config
+from tailsampler.collector import logs
+from tailsampler.collector.config import config_warnings, load_config
+from tailsampler.collector.summary import version
 from tailsampler.common.errors import ConfigError
 from tailsampler.storage import ExporterSetupError
 
@@ -28,35 +30,44 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_problems(exc)
         return 2
-    logging.basicConfig(
-        level=getattr(logging, config.service.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(config.service)
     if args.workers > 1:
         from tailsampler.collector.workers import run_workers
 
         return run_workers(args.config, config, args.workers)
-    if args.worker is not None:
-        config.admin.endpoint = config.admin.endpoint.with_port(config.admin.endpoint.port + args.worker)
-    return asyncio.run(_run(config, reuse_port=args.worker is not None))
+    return asyncio.run(_run(config, args.config, args.worker))
 
 
-async def _run(config, reuse_port: bool) -> int:
+async def _run(config, source: str, worker: int | None) -> int:
     from tailsampler.collector.app import Collector
 
-    collector = Collector(config, reuse_port=reuse_port)
+    collector = Collector(config, reuse_port=worker is not None, source=source, worker=worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[object]] = set()
+    started = False
+
+    def reload() -> None:  # SIGHUP: read the config file again (reloads queue up, one at a time)
+        if not started:
+            logging.getLogger("tailsampler").warning("SIGHUP while starting: ignored, send it again once started")
+            return
+        task = asyncio.create_task(collector.reload(), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)  # at once: SIGHUP's default would end the process
     try:
         await collector.start()
     except (ExporterSetupError, OSError) as exc:
         print(f"tailsampler: cannot start: {exc}", file=sys.stderr)
         await collector.stop()
         return 2
+    started = True
     await stop.wait()
     logging.getLogger("tailsampler").info("shutting down")
+    loop.remove_signal_handler(signal.SIGHUP)
     await collector.stop()
     return 0
 
@@ -68,10 +79,12 @@ def _validate(args: argparse.Namespace) -> int:
         print("tailsampler validate: give a CONFIG file or --otel-collector-config FILE", file=sys.stderr)
         return 2
     try:
-        load_config(args.config)
+        config = load_config(args.config)
     except ConfigError as exc:
         _print_problems(exc)
         return 1
+    for warning in config_warnings(config):
+        print(f"{args.config}: warning: {warning}", file=sys.stderr)
     print(f"{args.config}: ok")
     return 0
 
@@ -128,6 +141,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tailsampler", description="Tail-based sampling trace collector")
+    parser.add_argument("--version", action="version", version=f"tailsampler {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the collector")

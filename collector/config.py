@@ -11,6 +11,7 @@ buffers receive them resolved into one ``BufferLimits`` value.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,12 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
+from tailsampler.collector.overload import OverloadConfig
 from tailsampler.common.durations import Duration
 from tailsampler.common.endpoints import Endpoint
 from tailsampler.common.errors import ConfigError, Problem
-from tailsampler.common.settings import INVALID, collect
-from tailsampler.policies import PolicyContext, PolicySpec, RecordingConfig, policy_problems
+from tailsampler.common.settings import INVALID, collect, enc_hook
+from tailsampler.policies import PolicyContext, PolicySpec, RecordingConfig, never_keeps, policy_problems
 from tailsampler.storage import ExporterSpec, exporter_names
 
 
@@ -68,6 +70,7 @@ class TailSamplingConfig(msgspec.Struct, forbid_unknown_fields=True):
     decision_cache: DecisionCacheConfig = msgspec.field(default_factory=DecisionCacheConfig)
     recording: RecordingConfig = msgspec.field(default_factory=RecordingConfig)
     policies: list[PolicySpec] = msgspec.field(default_factory=list)
+    overload: OverloadConfig | None = None
 
 
 Overflow = Literal["decide_early", "backpressure"]
@@ -103,6 +106,7 @@ class AdminConfig(msgspec.Struct, forbid_unknown_fields=True):
 class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True):
     shutdown_timeout: Duration = Duration(30.0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
 
 
 def _default_exporters() -> list[Any]:
@@ -195,10 +199,40 @@ def check_config(data: Any, source: str) -> Config:
     return config
 
 
+def config_hash(config: Config) -> str:
+    """A short digest of a config's meaning (not its layout or comments), so agents running the
+    same config show the same hash."""
+    return hashlib.sha256(msgspec.json.encode(config, enc_hook=enc_hook)).hexdigest()[:12]
+
+
+def config_warnings(config: Config) -> list[Problem]:
+    """What is allowed but almost certainly not meant: ``validate`` prints it, ``serve`` and a
+    reload log it."""
+    reason = never_keeps(config.tail_sampling.policies)
+    if reason:
+        return [Problem("tail_sampling.policies", f"no trace can ever be kept: {reason}")]
+    return []
+
+
+def sampling_problems(ts: TailSamplingConfig, root: str) -> list[Problem]:
+    """The checks of a ``tail_sampling`` section beyond its types (ours, and a Collector's block
+    that ``validate --otel-collector-config`` reads)."""
+    problems: list[Problem] = []
+    if not ts.policies:
+        problems.append(Problem(
+            f"{root}.policies",
+            "at least one policy is required (the OpenTelemetry Collector's tail_sampling processor "
+            "requires policies too); to keep every trace write [{name: all, type: always_sample}]",
+        ))
+    if ts.overload is not None:
+        problems += ts.overload.problems(f"{root}.overload")
+    return problems
+
+
 def _cross_checks(config: Config) -> list[Problem]:
     """Rules that span several keys, beyond what the types say."""
     ts = config.tail_sampling
-    problems: list[Problem] = []
+    problems: list[Problem] = sampling_problems(ts, "tail_sampling")
     if ts.decision_wait <= 0:
         problems.append(Problem("tail_sampling.decision_wait", "must be greater than 0"))
     if ts.num_traces <= 0:

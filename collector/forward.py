@@ -2,6 +2,11 @@
 
 Recording (``tail_sampling.recording``) happens here, once, so a late span of a kept trace
 carries the same sampling facts as the spans that were decided with it.
+
+A config reload replaces the exporters and the recording settings together (``replace``): a
+trace being handed over when that happens goes to the exporters it started with, all of them, and
+``replace`` returns only once every such hand-over has finished, so an exporter that is going
+away can then be closed without a trace arriving after it closed.
 """
 
 from __future__ import annotations
@@ -13,21 +18,50 @@ from tailsampler.policies import RecordingConfig, record
 from tailsampler.storage import Exporter, KeptTrace
 
 
-class Forwarder:
+class _Route:
+    """Where kept traces go, and how many hand-overs are still using this route."""
+
     def __init__(self, exporters: list[Exporter], recording: RecordingConfig) -> None:
         self.exporters = exporters
-        self._recording = recording
+        self.recording = recording
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+
+class Forwarder:
+    def __init__(self, exporters: list[Exporter], recording: RecordingConfig) -> None:
+        self._route = _Route(exporters, recording)
+
+    @property
+    def exporters(self) -> list[Exporter]:
+        return self._route.exporters
 
     async def forward(
         self, trace_id: bytes, data: bytes, verdict: Verdict, span_count: int = 0, late: bool = False
     ) -> list[asyncio.Future[bool]]:
         """Queue the trace on every exporter; the futures resolve when each is finished with it
         (True) or was cut short by shutdown (False). ``span_count`` 0 means unknown."""
-        data = record(data, verdict, self._recording)
-        loop = asyncio.get_running_loop()
-        done: list[asyncio.Future[bool]] = []
-        for exporter in self.exporters:
-            future: asyncio.Future[bool] = loop.create_future()
-            done.append(future)
-            await exporter.submit(KeptTrace(trace_id, data, verdict, late, span_count, future))
-        return done
+        route = self._route
+        route.in_flight += 1
+        route.idle.clear()
+        try:
+            data = record(data, verdict, route.recording)
+            loop = asyncio.get_running_loop()
+            done: list[asyncio.Future[bool]] = []
+            for exporter in route.exporters:
+                future: asyncio.Future[bool] = loop.create_future()
+                done.append(future)
+                await exporter.submit(KeptTrace(trace_id, data, verdict, late, span_count, future))
+            return done
+        finally:
+            route.in_flight -= 1
+            if not route.in_flight:
+                route.idle.set()
+
+    def replace(self, exporters: list[Exporter], recording: RecordingConfig) -> "asyncio.Event":
+        """Send kept traces to ``exporters``, recorded as ``recording`` says, from now on; the
+        event returned is set once no hand-over to the previous exporters is left."""
+        previous = self._route
+        self._route = _Route(exporters, recording)
+        return previous.idle

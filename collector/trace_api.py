@@ -1,8 +1,13 @@
-"""The admin listener's query API over the embedded SQLite store of kept traces."""
+"""The admin listener's query API over the embedded SQLite store of kept traces.
+
+The store is looked up on every request (``store``), so a config reload that adds, moves or
+removes the ``sqlite`` exporter is followed; without one the API answers 404.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Callable
 
 import msgspec
 from aiohttp import web
@@ -12,8 +17,16 @@ from tailsampler.common.otlp_json import to_json
 from tailsampler.storage import TraceStoreError, get_trace, list_traces
 
 
-def routes(db_path: str) -> list[web.RouteDef]:
+def _db_path(store: Callable[[], str | None]) -> str:
+    path = store()
+    if path is None:
+        raise web.HTTPNotFound(text="no sqlite exporter is configured, so no kept traces can be queried here")
+    return path
+
+
+def routes(store: Callable[[], str | None]) -> list[web.RouteDef]:
     async def list_page(request: web.Request) -> web.Response:
+        db_path = _db_path(store)
         query = request.query
         try:
             limit = int(query.get("limit", "50"))
@@ -35,6 +48,7 @@ def routes(db_path: str) -> list[web.RouteDef]:
         return web.json_response({"traces": rows})
 
     async def trace_page(request: web.Request) -> web.Response:
+        db_path = _db_path(store)
         try:
             row = await asyncio.to_thread(get_trace, db_path, request.match_info["trace_id"])
         except TraceStoreError as exc:

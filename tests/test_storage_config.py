@@ -9,12 +9,15 @@ from tailsampler.collector.config import ConfigError, parse_config
 from tailsampler.storage import FileSpec, OtlpHttpSpec, OtlpSpec, SqliteSpec, build_exporters, exporter_names
 
 
+POLICIES = "tail_sampling: {policies: [{name: all, type: always_sample}]}\n"  # a config needs one
+
+
 def exporters(yaml_text: str):
-    return parse_config(yaml_text, "x.yaml").exporters
+    return parse_config(POLICIES + yaml_text, "x.yaml").exporters
 
 
 def test_default_is_the_embedded_sqlite_store() -> None:
-    [only] = parse_config("", "x.yaml").exporters
+    [only] = parse_config(POLICIES, "x.yaml").exporters
     assert isinstance(only, SqliteSpec)
     assert only.path == "./tailsampler.db"
     assert only.retention.max_age == 7 * 86400

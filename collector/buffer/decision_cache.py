@@ -32,7 +32,15 @@ class _Lru:
             return
         self._entries[key] = (expires, verdict)
         self._entries.move_to_end(key)
-        while len(self._entries) > self.size:
+        self._trim()
+
+    def resize(self, size: int) -> None:
+        """Hold at most ``size`` from now on; shrinking forgets the least recently used."""
+        self.size = size
+        self._trim()
+
+    def _trim(self) -> None:
+        while len(self._entries) > max(0, self.size):
             self._entries.popitem(last=False)
 
 
@@ -41,6 +49,12 @@ class DecisionCache:
         self.ttl = float(config.ttl)
         self._kept = _Lru(config.sampled_cache_size)
         self._dropped = _Lru(config.non_sampled_cache_size)
+
+    def configure(self, config: DecisionCacheConfig) -> None:
+        """New sizes and TTL (a live config change): entries kept keep the expiry they were given."""
+        self.ttl = float(config.ttl)
+        self._kept.resize(config.sampled_cache_size)
+        self._dropped.resize(config.non_sampled_cache_size)
 
     def get(self, trace_id: bytes, now: float) -> Verdict | None:
         return self._kept.get(trace_id, now) or self._dropped.get(trace_id, now)

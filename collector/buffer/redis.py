@@ -54,12 +54,12 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from tailsampler.collector.config import BufferConfig, BufferLimits
+from tailsampler.collector.config import BufferConfig, BufferLimits, DecisionCacheConfig
 from tailsampler.collector.split import Fragment
 from tailsampler.common.incident import Incident
 from tailsampler.common.verdict import Verdict
 
-from .base import AppendResult, BufferFull, BufferUnavailable, Claimed, Occupancy, Settlement, TraceBuffer
+from .base import AppendResult, BufferFull, BufferUnavailable, Claimed, Occupancy, Relief, Settlement, TraceBuffer
 from .redis_budget import UNREACHABLE
 
 log = logging.getLogger(__name__)
@@ -139,10 +139,8 @@ class RedisTraceBuffer(TraceBuffer):
         self._backpressure = limits.overflow == "backpressure"
         self._retry_after = max(1.0, self._wait_after_root or limits.tick)
         self._hold_ms = int(max(_MIN_HOLD, 2 * (self._wait + self._lease)) * 1000)
-        cache = limits.decision_cache
-        ttl_ms = int(float(cache.ttl) * 1000)
-        self._kept_ttl_ms = ttl_ms if cache.sampled_cache_size > 0 else 0
-        self._dropped_ttl_ms = ttl_ms if cache.non_sampled_cache_size > 0 else 0
+        self._kept_ttl_ms = self._dropped_ttl_ms = 0
+        self.set_decision_cache(limits.decision_cache)
         self._shards = [
             _Shard(
                 n,
@@ -254,11 +252,20 @@ class RedisTraceBuffer(TraceBuffer):
 
     # -- the TraceBuffer interface ------------------------------------------------------------
 
-    async def append(self, fragments: dict[bytes, Fragment], now: float) -> AppendResult:
+    async def append(self, fragments: dict[bytes, Fragment], now: float, relief: Relief | None = None) -> AppendResult:
         groups = self._by_shard(fragments)
         result = AppendResult({})
+        # relief's verdict for every trace, should the script find it new (it alone can tell)
+        chosen: dict[bytes, Verdict] = {}
+        letters: dict[Verdict, bytes] = {}
+        decisions = [b"", b"", b""]
+        if relief is not None:
+            chosen = {tid: relief.choose(tid, fragment) for tid, fragment in fragments.items()}
+            letters = {relief.kept: b"k", relief.kept_for_error: b"e", relief.dropped: b"d"}
+            decisions = [verdict.encode() for verdict in letters]
         async with self._reaching("append"):
-            await self._admit(groups, fragments)
+            if relief is None:  # under relief new traces are not buffered: nothing to refuse them for
+                await self._admit(groups, fragments)
             fence = self._fence()
             calls = []
             for index, trace_ids in groups.items():
@@ -270,6 +277,10 @@ class RedisTraceBuffer(TraceBuffer):
                     b"".join(b"1" if part.has_root else b"0" for part in parts),
                     ",".join([str(part.size) for part in parts]),
                     b"".join(chain.from_iterable(part.pieces for part in parts)),
+                    b"".join([letters[chosen[t]] for t in trace_ids]) if letters else b"",
+                    *decisions,
+                    self._kept_ttl_ms,
+                    self._dropped_ttl_ms,
                 )
                 calls.append(_Call("append", shard, args))
             replies = await self._run(calls)
@@ -278,6 +289,14 @@ class RedisTraceBuffer(TraceBuffer):
             self._early_seen[call.shard.index] = reply[1]
             for trace_id, status in zip(trace_ids, reply[2:]):
                 if status == 0:
+                    continue
+                if status == 1:
+                    result.decided_now[trace_id] = chosen[trace_id]
+                    continue
+                if status == 2:
+                    assert relief is not None
+                    result.late_kept[trace_id] = relief.kept_for_error
+                    result.rescued += 1
                     continue
                 verdict = Verdict.decode(status)
                 if verdict.keep:
@@ -389,6 +408,13 @@ class RedisTraceBuffer(TraceBuffer):
             for (s, _), data in zip(group, reply)
             if data
         }
+
+    def set_decision_cache(self, config: DecisionCacheConfig) -> None:
+        """Decision keys get this TTL; a size of 0 turns that kind of decision key off (Redis
+        bounds the keys by their TTL, not by a count)."""
+        ttl_ms = int(float(config.ttl) * 1000)
+        self._kept_ttl_ms = ttl_ms if config.sampled_cache_size > 0 else 0
+        self._dropped_ttl_ms = ttl_ms if config.non_sampled_cache_size > 0 else 0
 
     async def occupancy(self) -> Occupancy:
         async with self._reaching("occupancy"):
