@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 _READINESS_TIMEOUT = 1.0
 _STATS_INTERVAL = 2.0  # how often the buffer gauges are read and the fleet's counters published
-_OVERLOAD_INTERVAL = 0.25  # how often overload relief looks at the buffer's fill and the decision lag
 
 
 class Collector:
@@ -77,7 +76,9 @@ class Collector:
         self.stopped = False
         self._occupancy = Occupancy(0, 0)
         self._refresher = Periodic("occupancy-and-fleet-stats", _STATS_INTERVAL, self._refresh)
-        self._overload_check = Periodic("overload-check", _OVERLOAD_INTERVAL, self._check_overload)
+        # relief looks at the buffer's fill and the decision lag every tick: it has a tenth of the
+        # buffer (90% -> full) to engage in, and a fast spike fills that in a second or two
+        self._overload_check = Periodic("overload-check", float(config.buffer.tick), self._check_overload)
         self._reloading = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self._reloads = {"applied": 0, "rejected": 0}

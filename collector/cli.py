@@ -123,8 +123,15 @@ def _stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
+    config = stats.get("config", {})
+    print(f"config           {config.get('hash', '?')} from {config.get('file') or '(no file)'}")
     if "fleet" in stats:
         print(f"fleet of {stats['fleet']['agents']} agent(s) sharing one buffer (this agent: --json)")
+        configs = stats["fleet"].get("configs", {})
+        if len(configs) > 1:
+            print(f"the fleet runs {len(configs)} different configs:")
+            for digest, agents in sorted(configs.items()):
+                print(f"  {digest}  {', '.join(agents)}")
         stats = stats["fleet"]
     spans, traces, buffered = stats["spans"], stats["traces"], stats["buffer"]
     print(f"spans received   {spans['received']}")

@@ -88,7 +88,9 @@ class MemoryTraceBuffer(TraceBuffer):
         unbuffered = {tid: self._cache.get(tid, now) for tid in fragments if tid not in traces}
         if relief is not None:
             fragments = self._relieve(fragments, unbuffered, relief, now, result)
-        new = sum(1 for tid, cached in unbuffered.items() if cached is None and tid in fragments)
+            new = 0  # relief decided every new trace at once
+        else:
+            new = sum(1 for cached in unbuffered.values() if cached is None)
         incoming = sum(f.size for f in fragments.values())
         # traces already waiting for an early decision are on their way out: they do not count
         over_traces = len(traces) - len(self._early) + new - self._max_traces
