@@ -182,10 +182,6 @@ class Collector:
             return rejected(*(f"{self.source}: {problem}" for problem in refused))
         if not changed:
             return ReloadOutcome("applied", self.config_hash)
-        try:  # load_config has built these policies once already; now with this agent's shared budgets
-            engine = self._engine(config)
-        except ConfigError as exc:
-            return rejected(*str(exc.at(self.source)).splitlines())
         running = {
             name: (spec, exporter)
             for name, spec, exporter in zip(exporter_names(self.config.exporters), self.config.exporters, self.exporters)
@@ -200,10 +196,13 @@ class Collector:
         except ExporterSetupError as exc:
             await asyncio.gather(*(exporter.close(0.0, "unused") for exporter in plan.new))
             return rejected(f"{self.source}: {exc}")
+        # load_config built these policies once already; now with this agent's shared budgets (last:
+        # a budget shared through Redis takes the new rate as its policy is built)
+        engine = self._engine(config)
         for warning in config_warnings(config):
             log.warning("%s: %s", self.source, warning)
 
-        previous_route: list[asyncio.Event] = []
+        previous_route: list[asyncio.Future[None]] = []
 
         def swap() -> None:  # between two decision rounds; nothing here can fail
             self.loop.engine = engine
@@ -226,10 +225,10 @@ class Collector:
             task.add_done_callback(self._retiring.discard)
         return ReloadOutcome("applied", self.config_hash, changed=changed)
 
-    async def _retire(self, plan: live.ExporterPlan, previous_route: asyncio.Event) -> None:
+    async def _retire(self, plan: live.ExporterPlan, previous_route: asyncio.Future[None]) -> None:
         """Close the exporters a reload took away, once no hand-over to them is left: what they
         still hold is delivered within shutdown_timeout, or counted as given up."""
-        await previous_route.wait()
+        await previous_route
         timeout = float(self.config.service.shutdown_timeout)
         gone: list[tuple[Exporter, str]] = [(e, "removed") for e in plan.removed] + [(e, "replaced") for e in plan.replaced]
         await asyncio.gather(*(exporter.close(timeout, reason) for exporter, reason in gone))

@@ -19,14 +19,15 @@ from tailsampler.storage import Exporter, KeptTrace
 
 
 class _Route:
-    """Where kept traces go, and how many hand-overs are still using this route."""
+    """Where kept traces go, and how many hand-overs are still using this route; ``drained``
+    exists only once the route is replaced with hand-overs in flight (so a hand-over costs two
+    additions, not an event)."""
 
     def __init__(self, exporters: list[Exporter], recording: RecordingConfig) -> None:
         self.exporters = exporters
         self.recording = recording
         self.in_flight = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
+        self.drained: asyncio.Future[None] | None = None
 
 
 class Forwarder:
@@ -44,7 +45,6 @@ class Forwarder:
         (True) or was cut short by shutdown (False). ``span_count`` 0 means unknown."""
         route = self._route
         route.in_flight += 1
-        route.idle.clear()
         try:
             data = record(data, verdict, route.recording)
             loop = asyncio.get_running_loop()
@@ -56,12 +56,15 @@ class Forwarder:
             return done
         finally:
             route.in_flight -= 1
-            if not route.in_flight:
-                route.idle.set()
+            if route.drained is not None and not route.in_flight:
+                route.drained.set_result(None)
 
-    def replace(self, exporters: list[Exporter], recording: RecordingConfig) -> "asyncio.Event":
+    def replace(self, exporters: list[Exporter], recording: RecordingConfig) -> "asyncio.Future[None]":
         """Send kept traces to ``exporters``, recorded as ``recording`` says, from now on; the
-        event returned is set once no hand-over to the previous exporters is left."""
+        future returned is done once no hand-over to the previous exporters is left."""
         previous = self._route
         self._route = _Route(exporters, recording)
-        return previous.idle
+        drained = previous.drained = asyncio.get_running_loop().create_future()
+        if not previous.in_flight:
+            drained.set_result(None)
+        return drained

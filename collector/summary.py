@@ -1,8 +1,7 @@
 """The one log record an agent writes when it has started: what it runs, as the config says.
 
 Version, config file and hash, each listener with its TLS and authentication state, the buffer and
-its bounds, the policies in the order they are asked, the exporters and where they send, and
-overload relief. Nothing secret: URLs lose their user and password, headers are not shown. The
+its bounds, the policies in config order, the exporters and where they send, and overload relief. Nothing secret: URLs lose their user and password, headers are not shown. The
 record carries the same facts as structured fields, for ``service.log_format: json``.
 
 TLS and authentication are read from the ``tls`` and ``auth`` blocks of the listener sections

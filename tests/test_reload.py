@@ -337,3 +337,32 @@ def test_the_running_config_hash_ignores_layout(tmp_path: Path) -> None:
     spread = "# comment\ntail_sampling:\n  policies:\n    - name: all\n      type: always_sample\n"
     assert config_hash(parse_config(text)) == config_hash(parse_config(spread))
     assert config_hash(parse_config(text)) != config_hash(parse_config(text.replace("always_sample}", "always_sample}, {name: b, type: always_sample}")))
+
+
+async def test_an_exporter_changed_under_its_name_is_replaced_and_keeps_its_gauges(tmp_path: Path) -> None:
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    config = collector_config([{"type": "file", "name": "archive", "path": str(first)}],
+                              {"decision_wait": "100ms", "policies": EVERYTHING})
+    collector, path = await in_process(tmp_path, config)
+    try:
+        client = SdkClient("http", f"127.0.0.1:{collector.http.port}")
+
+        async def one_trace_into(file: Path, lines: int) -> None:
+            with client.tracer.start_as_current_span("GET /"):
+                pass
+            await asyncio.to_thread(client.flush)
+            await eventually(lambda: file.exists() and len(file.read_text().splitlines()) == lines, 10)
+
+        await one_trace_into(first, 1)
+        config["exporters"][0]["path"] = str(second)
+        path.write_text(yaml.safe_dump(config))
+        outcome = await collector.reload()
+        assert outcome is not None and outcome.changed == ["exporters"]
+        await one_trace_into(second, 1)
+        assert len(first.read_text().splitlines()) == 1
+        value = collector.metrics.registry.get_sample_value
+        assert value("tailsampler_exporter_queue_capacity", {"exporter": "archive"}) == 1000
+        assert value("tailsampler_exporter_circuit_state", {"exporter": "archive"}) == 0
+        client.shutdown()
+    finally:
+        await collector.stop()
