@@ -124,7 +124,12 @@ class Collector:
         await self._refresher.stop()
         await self._overload_check.stop()
         if self._loop_task is not None:
-            await self._loop_task
+            try:  # a round waiting on a backend that never answers must not hold shutdown up
+                await asyncio.wait_for(asyncio.shield(self._loop_task), max(0.1, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                self._loop_task.cancel()
+                await asyncio.gather(self._loop_task, return_exceptions=True)
+                log.error("shutdown: the decision round in progress did not end within service.shutdown_timeout")
         async with self._reloading:  # a reload in progress finishes its swap first
             pass
         drop = self.config.tail_sampling.drop_pending_traces_on_shutdown

@@ -54,8 +54,9 @@ class DecisionLoop:
         self._renewal = Periodic("claim-renewal", tick, lambda: buffer.renew(time.time()))
         self._changes: list[tuple[Callable[[], None], asyncio.Future[None]]] = []
         self._running = False
-        # the deadline of the oldest trace of the round in progress, while the loop is behind
-        self._behind_since: float | None = None
+        # the traces of the round in progress while the loop is behind (their oldest deadline is
+        # looked up only when asked: overload relief asks once a tick, the loop runs per trace)
+        self._behind: list[Claimed] = []
         self._round_trouble = Incident(log, "decision round failed")
         self._settle_trouble = Incident(log, "settling delivered traces failed; they will be decided again")
         self._evaluation_trouble = Incident(log, "policy evaluation failed; such traces are kept")
@@ -69,14 +70,13 @@ class DecisionLoop:
             while not self._stopping.is_set():
                 self._apply_changes()
                 try:
-                    claimed = await self._buffer.claim_due(time.time(), self._batch)
-                    self._behind_since = min((c.due for c in claimed if c.due), default=None)
+                    claimed = self._behind = await self._buffer.claim_due(time.time(), self._batch)
                     if claimed:
                         await self.decide(claimed)
                     self._round_trouble.resolved()
                     if len(claimed) == self._batch:
                         continue
-                    self._behind_since = None
+                    self._behind = []
                 except BufferUnavailable as exc:
                     log.debug("decision round: %s", exc)
                 except Exception as exc:
@@ -96,7 +96,8 @@ class DecisionLoop:
     def lag(self, now: float) -> float:
         """How far behind its deadlines the loop is now: 0 when it has caught up, and growing while a
         round that claimed overdue traces has not finished (an exporter queue full, say)."""
-        return max(0.0, now - self._behind_since) if self._behind_since is not None else 0.0
+        oldest = min((c.due for c in self._behind if c.due), default=now)
+        return max(0.0, now - oldest)
 
     async def between_rounds(self, change: Callable[[], None]) -> None:
         """Run ``change`` after the round in progress and before the next one, and return once it

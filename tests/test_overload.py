@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -185,3 +186,33 @@ def test_relief_settings_are_checked(tmp_path: Path) -> None:
     config = parse_config("tail_sampling:\n  policies: [{name: all, type: always_sample}]\n  overload: {}\n", "x.yaml")
     overload: Any = config.tail_sampling.overload
     assert (overload.activate_at, overload.deactivate_at, overload.sampling_percentage) == (90, 75, 10)
+
+
+async def test_relief_engages_when_decisions_fall_behind(
+    start_collector: StartCollector, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exporter whose backend never answers fills its queue; the decision round waits on it
+    and falls behind its deadlines, which is overload too, however empty the buffer."""
+    caplog.set_level(logging.INFO, logger="tailsampler.collector.overload")
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(16)
+    try:
+        collector = await start_collector(collector_config(
+            [{"type": "otlp", "endpoint": f"127.0.0.1:{blackhole.getsockname()[1]}", "insecure": True,
+              "queue_size": 1, "batch_max_traces": 1, "timeout": "60s"}],
+            {"decision_wait": "100ms", "policies": [{"name": "all", "type": "always_sample"}],
+             "overload": {**OVERLOAD, "max_decision_lag": "1s"}},
+            service={"shutdown_timeout": "1s"},
+        ))
+        client = SdkClient("grpc", f"127.0.0.1:{collector.grpc.port}")
+        for _ in range(5):
+            with client.tracer.start_as_current_span("GET /"):
+                pass
+        await asyncio.to_thread(client.flush)
+        await eventually(lambda: collector.overload.relief is not None, 10, "relief on: decisions are behind")
+        assert "overload relief on: decision lag at" in caplog.text
+        assert (await collector.buffer.occupancy()).traces <= 5
+        client.shutdown()
+    finally:
+        blackhole.close()

@@ -32,15 +32,13 @@ class _Lru:
             return
         self._entries[key] = (expires, verdict)
         self._entries.move_to_end(key)
-        self._trim()
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
 
     def resize(self, size: int) -> None:
         """Hold at most ``size`` from now on; shrinking forgets the least recently used."""
         self.size = size
-        self._trim()
-
-    def _trim(self) -> None:
-        while len(self._entries) > max(0, self.size):
+        while len(self._entries) > max(0, size):
             self._entries.popitem(last=False)
 
 
