@@ -47,7 +47,7 @@ class Collector:
         ``worker`` is the index of a ``serve --workers`` process, whose admin port is offset by it."""
         self.config = config
         self.source = source
-        self.config_hash = config_hash(config)
+        self.config_hash = config_hash(config, source)
         self._reuse_port = reuse_port
         self._worker = worker
         self.metrics = Metrics()
@@ -181,11 +181,13 @@ class Collector:
             config = load_config(self.source)
         except ConfigError as exc:
             return rejected(*str(exc).splitlines())
+        digest = config_hash(config, self.source)
         changed = live.changed_keys(self.config, config)
         refused = live.restart_problems(changed)
         if refused:
             return rejected(*(f"{self.source}: {problem}" for problem in refused))
-        if not changed:
+        if not changed:  # the same config, perhaps written otherwise: the file's hash is what shows
+            self._set_hash(digest)
             return ReloadOutcome("applied", self.config_hash)
         running = {
             name: (spec, exporter)
@@ -193,7 +195,7 @@ class Collector:
         }
         plan = live.plan_exporters(
             running, config.exporters, exporter_names(config.exporters),
-            lambda specs: build_exporters(specs, self.metrics.registry),
+            lambda specs, names: build_exporters(specs, self.metrics.registry, names),
         )
         try:
             for exporter in plan.new:
@@ -217,9 +219,8 @@ class Collector:
             self.exporters = plan.exporters
             if config.service != self.config.service:
                 logs.configure(config.service)
-            self.metrics.config_info.remove(self.config_hash)
-            self.config, self.config_hash, self._loaded_at = config, config_hash(config), time.time()
-            self.metrics.config_info.labels(self.config_hash).set(1)
+            self.config, self._loaded_at = config, time.time()
+            self._set_hash(digest)
 
         await self.loop.between_rounds(swap)
         for exporter in plan.new:
@@ -229,6 +230,11 @@ class Collector:
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
         return ReloadOutcome("applied", self.config_hash, changed=changed)
+
+    def _set_hash(self, digest: str) -> None:
+        self.metrics.config_info.remove(self.config_hash)
+        self.config_hash = digest
+        self.metrics.config_info.labels(digest).set(1)
 
     async def _retire(self, plan: live.ExporterPlan, previous_route: asyncio.Future[None]) -> None:
         """Close the exporters a reload took away, once no hand-over to them is left: what they

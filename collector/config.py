@@ -199,9 +199,15 @@ def check_config(data: Any, source: str) -> Config:
     return config
 
 
-def config_hash(config: Config) -> str:
-    """A short digest of a config's meaning (not its layout or comments), so agents running the
-    same config show the same hash."""
+def config_hash(config: Config, source: str = "") -> str:
+    """A short digest of the config an agent runs, so that agents given the same file show the
+    same hash: of the file as written when there is one (values taken from the environment or
+    from files, secrets among them, never enter it), else of the decoded config."""
+    if source:
+        try:
+            return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:12]
+        except OSError:
+            pass
     return hashlib.sha256(msgspec.json.encode(config, enc_hook=enc_hook)).hexdigest()[:12]
 
 

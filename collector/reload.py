@@ -82,9 +82,12 @@ def plan_exporters(
     running: dict[str, tuple[ExporterSpec, Exporter]],
     specs: list[ExporterSpec],
     names: list[str],
-    build: Callable[[list[ExporterSpec]], list[Exporter]],
+    build: Callable[[list[ExporterSpec], list[str]], list[Exporter]],
 ) -> ExporterPlan:
-    fresh = iter(build([spec for name, spec in zip(names, specs) if name not in running or running[name][0] != spec]))
+    """``running``: name -> (spec, exporter) of what runs now; ``build(specs, names)`` makes the
+    exporters that are new or changed."""
+    changed = [(name, spec) for name, spec in zip(names, specs) if name not in running or running[name][0] != spec]
+    fresh = iter(build([spec for _, spec in changed], [name for name, _ in changed]))
     plan = ExporterPlan([])
     for name, spec in zip(names, specs):
         if name in running and running[name][0] == spec:

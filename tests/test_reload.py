@@ -96,7 +96,7 @@ def post_reload(agent: AgentProcess) -> tuple[int, Any]:
 
 def write(agent: AgentProcess, config: dict[str, Any]) -> str:
     agent.config_path.write_text(yaml.safe_dump(config))
-    return config_hash(load_config(agent.config_path))
+    return config_hash(load_config(agent.config_path), str(agent.config_path))
 
 
 async def test_policies_and_exporters_change_under_traffic_and_a_broken_file_changes_nothing(
@@ -332,11 +332,18 @@ async def _agents(configs: Any, expected: dict[str, int]) -> bool:
     return {h: len(agents) for h, agents in (await configs()).items()} == expected
 
 
-def test_the_running_config_hash_ignores_layout(tmp_path: Path) -> None:
+def test_the_config_hash_is_of_the_file_as_written(tmp_path: Path) -> None:
+    """Agents given one file show one hash, and what the file leaves to the environment (a
+    password) never enters it; a config given in code is hashed as decoded."""
     text = "tail_sampling: {policies: [{name: all, type: always_sample}]}\n"
-    spread = "# comment\ntail_sampling:\n  policies:\n    - name: all\n      type: always_sample\n"
+    one, two = tmp_path / "one.yaml", tmp_path / "two.yaml"
+    one.write_text(text)
+    two.write_text(text)
+    assert config_hash(load_config(one), str(one)) == config_hash(load_config(two), str(two))
+    two.write_text("# the same policies\n" + text)
+    assert config_hash(load_config(one), str(one)) != config_hash(load_config(two), str(two))
+    spread = "tail_sampling:\n  policies:\n    - name: all\n      type: always_sample\n"
     assert config_hash(parse_config(text)) == config_hash(parse_config(spread))
-    assert config_hash(parse_config(text)) != config_hash(parse_config(text.replace("always_sample}", "always_sample}, {name: b, type: always_sample}")))
 
 
 async def test_an_exporter_changed_under_its_name_is_replaced_and_keeps_its_gauges(tmp_path: Path) -> None:
@@ -366,3 +373,26 @@ async def test_an_exporter_changed_under_its_name_is_replaced_and_keeps_its_gaug
         client.shutdown()
     finally:
         await collector.stop()
+
+
+def test_exporters_keep_their_names_when_some_of_a_list_change() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from tailsampler.collector.reload import plan_exporters
+    from tailsampler.storage import build_exporters, exporter_names
+
+    def specs(*endpoints: str) -> Any:
+        return parse_config(yaml.safe_dump({
+            "tail_sampling": {"policies": EVERYTHING},
+            "exporters": [{"type": "otlp", "endpoint": e} for e in endpoints],
+        })).exporters
+
+    registry = CollectorRegistry()
+    before = specs("a:1", "b:1")
+    running = dict(zip(exporter_names(before), zip(before, build_exporters(before, registry))))
+    after = specs("a:1", "c:1", "d:1")
+    plan = plan_exporters(running, after, exporter_names(after), lambda s, n: build_exporters(s, registry, n))
+    assert [e.name for e in plan.exporters] == ["otlp/0", "otlp/1", "otlp/2"]
+    assert plan.exporters[0] is running["otlp/0"][1], "an unchanged exporter keeps running"
+    assert [e.name for e in plan.new] == ["otlp/1", "otlp/2"]
+    assert plan.replaced == [running["otlp/1"][1]] and plan.removed == []
