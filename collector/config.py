@@ -228,7 +228,7 @@ def sampling_problems(ts: TailSamplingConfig, root: str) -> list[Problem]:
         problems.append(Problem(
             f"{root}.policies",
             "at least one policy is required (the OpenTelemetry Collector's tail_sampling processor "
-            "requires policies too); to keep every trace write [{name: all, type: always_sample}]",
+            "lists policies as required too); to keep every trace write [{name: all, type: always_sample}]",
         ))
     if ts.overload is not None:
         problems += ts.overload.problems(f"{root}.overload")

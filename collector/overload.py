@@ -135,7 +135,6 @@ class OverloadRelief:
         self._metrics.overload_level.set(self.level)
         what = f"{which} at {self.level:.0%}"
         if self.relief is None and self.level >= config.activate_at.share:
-            self._since = now
             self._switch(True, what, now)
         elif (
             self.relief is not None
@@ -149,6 +148,7 @@ class OverloadRelief:
         if on:
             assert config is not None and self._verdicts is not None
             self.relief = self._verdicts
+            self._since = now
             self.decided = 0
             self._metrics.overload_activations.inc()
             log.warning(

@@ -25,7 +25,10 @@ end
 local marked = 0
 
 if ARGV[9] == '1' then
-  local over_traces, over_bytes = pressure(prefix, tids, tonumber(ARGV[6]), tonumber(ARGV[7]), #packed)
+  -- under relief no new trace is buffered: only the traces already here count (bytes are
+  -- counted whole, which errs on the side of room)
+  local counted = relief ~= '' and {} or tids
+  local over_traces, over_bytes = pressure(prefix, counted, tonumber(ARGV[6]), tonumber(ARGV[7]), #packed)
   while over_traces > 0 or over_bytes > 0 do
     local oldest = redis.call('ZRANGE', due, '(' .. EARLY, '+inf', 'BYSCORE', 'LIMIT', 0, 1)[1]
     if not oldest then break end
