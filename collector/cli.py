@@ -9,7 +9,9 @@ import logging
 import signal
 import sys
 
-from tailsampler.collector.config import read_config
+from tailsampler.collector import logs
+from tailsampler.collector.config import config_warnings, read_config
+from tailsampler.collector.summary import version
 from tailsampler.common.errors import ConfigError
 from tailsampler.storage import ExporterSetupError
 
@@ -26,29 +28,36 @@ def _serve(args: argparse.Namespace) -> int:
         _print_problems(exc)
         return 2
     config = loaded.config
-    logging.basicConfig(
-        level=getattr(logging, config.service.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(config.service)
     for warning in loaded.warnings:
         logging.getLogger("tailsampler").warning("not run: %s", warning)
     if args.workers > 1:
         from tailsampler.collector.workers import run_workers
 
         return run_workers(args.config, config, args.workers)
-    if args.worker is not None:
-        config.admin.endpoint = config.admin.endpoint.with_port(config.admin.endpoint.port + args.worker)
-    return asyncio.run(_run(config, reuse_port=args.worker is not None))
+    return asyncio.run(_run(config, args.config, args.worker))
 
 
-async def _run(config, reuse_port: bool) -> int:
+async def _run(config, source: str, worker: int | None) -> int:
     from tailsampler.collector.app import Collector
 
-    collector = Collector(config, reuse_port=reuse_port)
+    collector = Collector(config, reuse_port=worker is not None, source=source, worker=worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[object]] = set()
+    started = False
+
+    def reload() -> None:  # SIGHUP: read the config file again (reloads queue up, one at a time)
+        if not started:
+            logging.getLogger("tailsampler").warning("SIGHUP while starting: ignored, send it again once started")
+            return
+        task = asyncio.create_task(collector.reload(), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)  # at once: SIGHUP's default would end the process
     try:
         await collector.start()
     except (ExporterSetupError, OSError) as exc:
@@ -56,9 +65,11 @@ async def _run(config, reuse_port: bool) -> int:
         logging.disable(logging.INFO)  # nothing was taken in: the one line above says it all
         await collector.stop()
         return 2
+    started = True
     await stop.wait()
     log = logging.getLogger("tailsampler")
     log.info("shutting down (a second signal exits at once)")
+    loop.remove_signal_handler(signal.SIGHUP)
     stop.clear()
     shutdown = asyncio.create_task(collector.stop())
     second = asyncio.create_task(stop.wait())
@@ -83,6 +94,8 @@ def _validate(args: argparse.Namespace) -> int:
         return 1
     for warning in loaded.warnings:
         print(f"not run: {warning}", file=sys.stderr)
+    for warning in config_warnings(loaded.config):
+        print(f"{args.config}: warning: {warning}", file=sys.stderr)
     if loaded.translated is not None:
         print(
             f"{args.config}: ok, an OpenTelemetry Collector config: `tailsampler serve --config {args.config}` runs its "
@@ -119,6 +132,7 @@ def _validate_otel(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tailsampler", description="Tail-based sampling trace collector")
+    parser.add_argument("--version", action="version", version=f"tailsampler {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the collector")

@@ -11,6 +11,7 @@ buffers receive them resolved into one ``BufferLimits`` value.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +21,13 @@ import msgspec
 import yaml
 
 from tailsampler.collector import otelcol
+from tailsampler.collector.overload import OverloadConfig
 from tailsampler.common.confmap import expand, redact_url
 from tailsampler.common.durations import Duration
 from tailsampler.common.endpoints import Endpoint
 from tailsampler.common.errors import ConfigError, Problem
-from tailsampler.common.settings import INVALID, collect
-from tailsampler.policies import PolicyContext, PolicySpec, RecordingConfig, policy_problems
+from tailsampler.common.settings import INVALID, collect, enc_hook
+from tailsampler.policies import PolicyContext, PolicySpec, RecordingConfig, never_keeps, policy_problems
 from tailsampler.storage import ExporterSpec, exporter_names
 
 
@@ -140,6 +142,7 @@ class TailSamplingConfig(msgspec.Struct, forbid_unknown_fields=True):
     decision_cache: DecisionCacheConfig = msgspec.field(default_factory=DecisionCacheConfig)
     recording: RecordingConfig = msgspec.field(default_factory=RecordingConfig)
     policies: list[PolicySpec] = msgspec.field(default_factory=list)
+    overload: OverloadConfig | None = None
 
 
 Overflow = Literal["decide_early", "backpressure"]
@@ -183,6 +186,7 @@ class AdminConfig(_Listener, kw_only=True):
 class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True):
     shutdown_timeout: Duration = Duration(30.0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
 
 
 def _default_exporters() -> list[Any]:
@@ -280,7 +284,11 @@ def read(data: Any, source: str, processor: str | None = None) -> Loaded:
     try:
         config = check_config(translation.native, source)
     except ConfigError as exc:
-        problems += [Problem(translation.origin(p.path), p.message) for p in exc.problems]
+        for problem in exc.problems:
+            origin = translation.origin(problem.path)
+            # what the file did not write follows from what could not be carried over: said already
+            if origin is not None or not translation.problems:
+                problems.append(Problem(problem.path if origin is None else origin, problem.message))
     if problems:
         raise ConfigError(*problems, source=source)
     return Loaded(config, translation.native, tuple(f"{source}: {w}" for w in translation.warnings))
@@ -311,10 +319,46 @@ def check_config(data: Any, source: str) -> Config:
     return config
 
 
+def config_hash(config: Config, source: str = "") -> str:
+    """A short digest of the config an agent runs, so that agents given the same file show the
+    same hash: of the file as written when there is one (values taken from the environment or
+    from files, secrets among them, never enter it), else of the decoded config."""
+    if source:
+        try:
+            return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:12]
+        except OSError:
+            pass
+    return hashlib.sha256(msgspec.json.encode(config, enc_hook=enc_hook)).hexdigest()[:12]
+
+
+def config_warnings(config: Config) -> list[Problem]:
+    """What is allowed but almost certainly not meant: ``validate`` prints it, ``serve`` and a
+    reload log it."""
+    reason = never_keeps(config.tail_sampling.policies)
+    if reason:
+        return [Problem("tail_sampling.policies", f"no trace can ever be kept: {reason}")]
+    return []
+
+
+def sampling_problems(ts: TailSamplingConfig, root: str) -> list[Problem]:
+    """The checks of a ``tail_sampling`` section beyond its types (ours, and a Collector's block
+    that ``validate --otel-collector-config`` reads)."""
+    problems: list[Problem] = []
+    if not ts.policies:
+        problems.append(Problem(
+            f"{root}.policies",
+            "at least one policy is required (the OpenTelemetry Collector's tail_sampling processor "
+            "lists policies as required too); to keep every trace write [{name: all, type: always_sample}]",
+        ))
+    if ts.overload is not None:
+        problems += ts.overload.problems(f"{root}.overload")
+    return problems
+
+
 def _cross_checks(config: Config) -> list[Problem]:
     """Rules that span several keys, beyond what the types say."""
     ts = config.tail_sampling
-    problems: list[Problem] = []
+    problems: list[Problem] = sampling_problems(ts, "tail_sampling")
     if ts.decision_wait <= 0:
         problems.append(Problem("tail_sampling.decision_wait", "must be greater than 0"))
     if ts.num_traces <= 0:

@@ -3,6 +3,9 @@
 A kept trace is settled (removed from the buffer) only after every exporter has finished with
 it, so an agent that dies before that leaves the trace claimed, another agent decides it again
 after the lease, and the worst case is a duplicate delivery, never a loss.
+
+A live config change (``between_rounds``) is applied where one round has ended and the next has
+not begun, so every trace of a round is decided by one set of policies.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ import logging
 import time
 from collections import Counter
 from itertools import chain
+from typing import Callable
 
-from tailsampler.collector.buffer import Claimed, Settlement, TraceBuffer
+from tailsampler.collector.buffer import BufferUnavailable, Claimed, Settlement, TraceBuffer
 from tailsampler.collector.forward import Forwarder
 from tailsampler.collector.metrics import Metrics
 from tailsampler.collector.periodic import Periodic
+from tailsampler.common.incident import Incident
 from tailsampler.common.verdict import DROPPED, Verdict
 from tailsampler.policies import Decision, Engine, TraceView
 
@@ -37,7 +42,7 @@ class DecisionLoop:
         batch: int = 2000,
     ) -> None:
         self._buffer = buffer
-        self._engine = engine
+        self.engine = engine  # replaced only between two rounds (``between_rounds``)
         self._forwarder = forwarder
         self._metrics = metrics
         self._tick = tick
@@ -47,38 +52,81 @@ class DecisionLoop:
         # claims are kept on a task of their own: a round waiting on a full exporter queue must
         # not let the leases of the traces it holds run out
         self._renewal = Periodic("claim-renewal", tick, lambda: buffer.renew(time.time()))
+        self._changes: list[tuple[Callable[[], None], asyncio.Future[None]]] = []
+        self._running = False
+        # the traces of the round in progress while the loop is behind (their oldest deadline is
+        # looked up only when asked: overload relief asks once a tick, the loop runs per trace)
+        self._behind: list[Claimed] = []
+        self._round_trouble = Incident(log, "decision round failed")
+        self._settle_trouble = Incident(log, "settling delivered traces failed; they will be decided again")
+        self._evaluation_trouble = Incident(log, "policy evaluation failed; such traces are kept")
 
     async def run(self) -> None:
-        """Decide due traces until ``stop``; a failing round is logged and retried next tick."""
+        """Decide due traces until ``stop``; a failing round is retried next tick. A buffer whose
+        store is away says so itself (``BufferUnavailable``), once, so that is not logged here."""
         await self._renewal.start()
+        self._running = True
         try:
             while not self._stopping.is_set():
+                self._apply_changes()
                 try:
-                    claimed = await self._buffer.claim_due(time.time(), self._batch)
+                    claimed = self._behind = await self._buffer.claim_due(time.time(), self._batch)
                     if claimed:
                         await self.decide(claimed)
-                        if len(claimed) == self._batch:
-                            continue
-                except Exception:
-                    log.exception("decision round failed; retrying next tick")
+                    self._round_trouble.resolved()
+                    if len(claimed) == self._batch:
+                        continue
+                    self._behind = []
+                except BufferUnavailable as exc:
+                    log.debug("decision round: %s", exc)
+                except Exception as exc:
+                    self._round_trouble.failed(f"{type(exc).__name__}: {exc}; retrying every tick", traceback=exc)
                 try:  # wake on the next tick boundary, where the next slot of deadlines falls due
                     await asyncio.wait_for(self._stopping.wait(), self._tick - time.time() % self._tick)
                 except asyncio.TimeoutError:
                     pass
         finally:
+            self._running = False
+            self._apply_changes()
             await self._renewal.stop()
 
     def stop(self) -> None:
         self._stopping.set()
 
+    def lag(self, now: float) -> float:
+        """How far behind its deadlines the loop is now: 0 when it has caught up, and growing while a
+        round that claimed overdue traces has not finished (an exporter queue full, say)."""
+        oldest = min((c.due for c in self._behind if c.due), default=now)
+        return max(0.0, now - oldest)
+
+    async def between_rounds(self, change: Callable[[], None]) -> None:
+        """Run ``change`` after the round in progress and before the next one, and return once it
+        has run; with the loop not running, at once."""
+        if not self._running:
+            change()
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._changes.append((change, done))
+        await done
+
+    def _apply_changes(self) -> None:
+        changes, self._changes = self._changes, []
+        for change, done in changes:
+            try:
+                change()
+            except Exception as exc:  # a change that fails is the caller's error, not the loop's
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+
     def _evaluate(self, claimed: Claimed) -> tuple[Verdict, dict[str, Decision], int]:
         """The verdict, every policy's vote and the span count."""
         try:
             view = TraceView(claimed.trace_id, claimed.data)
-            evaluation = self._engine.decide(view)
+            evaluation = self.engine.decide(view)
             return evaluation.verdict, evaluation.votes, view.span_count
-        except Exception:
-            log.exception("policy evaluation failed for trace %s; keeping it", claimed.trace_id.hex())
+        except Exception as exc:
+            self._evaluation_trouble.failed(f"trace {claimed.trace_id.hex()}: {type(exc).__name__}: {exc}", traceback=exc)
             self._metrics.decision_errors.inc()
             return _EVALUATION_FAILED, {}, 0
 
@@ -87,6 +135,7 @@ class DecisionLoop:
         dropped: list[Settlement] = []
         deliveries: list[tuple[Settlement, list[asyncio.Future[bool]]]] = []
         tally = _Tally()
+        failures = self._evaluation_trouble.failures
         started = time.perf_counter()
         now = time.time()
         for claimed in batch:
@@ -101,6 +150,8 @@ class DecisionLoop:
             else:
                 dropped.append(settlement)
         tally.publish(self._metrics)
+        if self._evaluation_trouble.failures == failures:  # a round without a failed evaluation ends the incident
+            self._evaluation_trouble.resolved()
         self._metrics.decision_round_seconds.observe(time.perf_counter() - started)
         if dropped:
             await self._buffer.settle(dropped, time.time())
@@ -118,8 +169,11 @@ class DecisionLoop:
             stragglers = await self._buffer.settle(list(finished.values()), time.time())
             for trace_id, data in stragglers.items():
                 await self._forwarder.forward(trace_id, data, finished[trace_id].verdict, late=True)
-        except Exception:
-            log.exception("settling %d delivered traces failed; they will be decided again", len(deliveries))
+            self._settle_trouble.resolved()
+        except BufferUnavailable as exc:
+            log.debug("settling %d delivered traces: %s", len(deliveries), exc)
+        except Exception as exc:
+            self._settle_trouble.failed(f"{len(deliveries)} traces: {type(exc).__name__}: {exc}", traceback=exc)
 
     async def settled(self) -> None:
         """Wait until every kept trace handed to the exporters has been settled."""

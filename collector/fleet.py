@@ -20,8 +20,8 @@ from tailsampler.storage import Exporter
 AGENT_NAME = f"{socket.gethostname()}/{os.getpid()}"
 
 
-def agent_facts(admin: str, started: float, exporters: list[Exporter], now: float) -> dict[str, Any]:
-    """Who this agent is and how its exporters are doing (queues, circuits)."""
+def agent_facts(admin: str, started: float, exporters: list[Exporter], now: float, config_hash: str) -> dict[str, Any]:
+    """Who this agent is, which config it runs, and how its exporters are doing (queues, circuits)."""
     states = {}
     for exporter in exporters:
         healthy, info = exporter.health()
@@ -29,6 +29,7 @@ def agent_facts(admin: str, started: float, exporters: list[Exporter], now: floa
     return {
         "name": AGENT_NAME,
         "admin": admin,
+        "config_hash": config_hash,
         "started": started,
         "uptime_seconds": round(now - started, 3),
         "exporters": states,
@@ -46,7 +47,7 @@ def fleet_view(published: list[dict[str, Any]], buffer: dict[str, Any], query: S
         histories.append(snapshot.pop("history", None) or {})
         members.append(snapshot.pop("agent", None) or {})
         counters.append(snapshot)
-    view: dict[str, Any] = {**merge(counters), "buffer": buffer, "agents": len(published)}
+    view: dict[str, Any] = {**merge(counters), "buffer": buffer, "agents": len(published), "configs": _configs(members)}
     if query.window is None:
         view["members"] = members
         return view
@@ -62,3 +63,11 @@ def fleet_view(published: list[dict[str, Any]], buffer: dict[str, Any], query: S
         member["window"] = {"rates": own["rates"], "keep_percent": own["keep_percent"]}
     view["members"] = members
     return view
+
+
+def _configs(members: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Which agents run which config (by the hash of its file): a fleet with mixed configs shows it."""
+    configs: dict[str, list[str]] = {}
+    for member in members:
+        configs.setdefault(str(member.get("config_hash", "unknown")), []).append(str(member.get("name", "unknown")))
+    return configs

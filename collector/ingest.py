@@ -4,11 +4,15 @@ Both receivers call ``Ingest.accept`` and only translate the ``Outcome`` to thei
 accepted (with refused spans as ``partial_success``), invalid (not an OTLP request), or
 unavailable (buffer full or unreachable: a retryable error, so the client keeps the spans and
 nothing accepted is lost).
+
+Under overload relief the buffer decides new traces at once; their verdicts travel the same way
+as the decision loop's (counted, recorded, forwarded, remembered for late spans).
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,7 +22,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from tailsampler.collector.buffer import BufferFull, BufferUnavailable, TraceBuffer
 from tailsampler.collector.forward import Forwarder
 from tailsampler.collector.metrics import Metrics
-from tailsampler.collector.split import split_body
+from tailsampler.collector.overload import OverloadRelief
+from tailsampler.collector.split import Fragment, split_body
+from tailsampler.common.verdict import Verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +55,11 @@ class Outcome:
 
 
 class Ingest:
-    def __init__(self, buffer: TraceBuffer, forwarder: Forwarder, metrics: Metrics) -> None:
+    def __init__(self, buffer: TraceBuffer, forwarder: Forwarder, metrics: Metrics, overload: OverloadRelief) -> None:
         self._buffer = buffer
         self._forwarder = forwarder
         self._metrics = metrics
+        self._overload = overload
 
     async def accept(self, body: bytes, transport: str) -> Outcome:
         """Take an ExportTraceServiceRequest body: buffer its spans, forward those of traces
@@ -67,7 +74,7 @@ class Ingest:
             metrics.spans_refused.labels("invalid_id").inc(split.rejected_spans)
         if split.fragments:
             try:
-                result = await self._buffer.append(split.fragments, time.time())
+                result = await self._buffer.append(split.fragments, time.time(), self._overload.relief)
             except BufferFull as exc:
                 metrics.overflow_refusals.inc()
                 metrics.spans_refused.labels("buffer_full").inc(split.span_count)
@@ -83,6 +90,10 @@ class Ingest:
                 fragment = split.fragments[trace_id]
                 metrics.late_spans.labels("kept").inc(fragment.span_count)
                 await self._forwarder.forward(trace_id, fragment.data, verdict, fragment.span_count, late=True)
+            if result.decided_now:
+                await self._decided_now(result.decided_now, split.fragments)
+            if result.rescued:
+                metrics.overload_rescued.inc(result.rescued)
             metrics.spans_received.labels(transport).inc(split.span_count)
             metrics.received_bytes.labels(transport).inc(len(body))
             services = metrics.services
@@ -90,3 +101,19 @@ class Ingest:
                 metrics.service_traces_received.labels(services.of_field(resource)).inc(roots)
         metrics.requests.labels(transport, "partial" if split.rejected_spans else "ok").inc()
         return Outcome("accepted", split.error_message, split.rejected_spans)
+
+    async def _decided_now(self, verdicts: dict[bytes, Verdict], fragments: dict[bytes, Fragment]) -> None:
+        """Count and forward the traces overload relief decided at once."""
+        metrics = self._metrics
+        self._overload.decided += len(verdicts)
+        traces: Counter[Verdict] = Counter(verdicts.values())
+        spans: Counter[bool] = Counter()
+        for trace_id, verdict in verdicts.items():
+            fragment = fragments[trace_id]
+            spans[verdict.keep] += fragment.span_count
+            if verdict.keep:
+                await self._forwarder.forward(trace_id, fragment.data, verdict, fragment.span_count)
+        for verdict, count in traces.items():
+            metrics.traces_decided.labels("kept" if verdict.keep else "dropped", verdict.policy or "").inc(count)
+        for keep, count in spans.items():
+            metrics.spans_decided.labels("kept" if keep else "dropped").inc(count)

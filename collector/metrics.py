@@ -2,11 +2,17 @@
 
 A registry per instance (rather than the process-global default) keeps several collectors in
 one process, as tests and ``--workers`` run them, from sharing or clashing counters.
+
+No ``_created`` series: prometheus-client would add one per counter and histogram child (the time
+it was first used), which doubles what every scrape carries and what Prometheus stores, for a
+value that no query of ours reads.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+disable_created_metrics()
 
 from tailsampler.collector.services import ServiceNames
 
@@ -86,6 +92,30 @@ class Metrics:
             "Time to evaluate the policies on one round of due traces and hand the kept ones over",
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r,
         )
+        self.overload_active = Gauge(
+            "tailsampler_overload_active", "1 while overload relief decides new traces at once, else 0", registry=r,
+        )
+        self.overload_level = Gauge(
+            "tailsampler_overload_level_ratio",
+            "The highest of buffer traces / num_traces, buffer bytes / max_bytes and decision lag / max_decision_lag",
+            registry=r,
+        )
+        self.overload_activations = Counter(
+            "tailsampler_overload_activations", "Times overload relief turned on", registry=r,
+        )
+        self.overload_rescued = Counter(
+            "tailsampler_overload_rescued_traces",
+            "Traces overload relief had dropped that an error span turned into kept ones",
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "tailsampler_config_reloads", "Config reloads (SIGHUP or POST /api/v1/reload), by result",
+            ["result"], registry=r,
+        )
+        self.config_info = Gauge(
+            "tailsampler_config_info", "1, labelled with the hash of the config the agent runs", ["hash"], registry=r,
+        )
+        self.build_info = Gauge("tailsampler_build_info", "1, labelled with the version", ["version"], registry=r)
         self.decision_lag = Histogram(
             "tailsampler_decision_lag_seconds",
             "How long after its deadline a trace was decided (the decision loop keeping up, or not)",

@@ -46,12 +46,13 @@ class Translation:
     def came_from(self, ours: str, theirs: str) -> None:
         self._origins[ours] = theirs
 
-    def origin(self, path: str) -> str:
-        """Where our key path ``path`` was written in the Collector config."""
+    def origin(self, path: str) -> str | None:
+        """Where our key path ``path`` was written in the Collector config; None for what the
+        file did not write (a default, or a part the translation could not carry over)."""
         for ours in sorted(self._origins, key=len, reverse=True):
             if path == ours or path.startswith((ours + ".", ours + "[")):
                 return self._origins[ours] + path[len(ours):]
-        return path
+        return None
 
     def problem(self, path: str, message: str) -> None:
         self.problems.append(Problem(path, message))

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from tailsampler.collector import otelcol
-from tailsampler.collector.config import TailSamplingConfig, read, read_yaml
+from tailsampler.collector.config import TailSamplingConfig, read, read_yaml, sampling_problems
 from tailsampler.common.errors import ConfigError, Problem
 from tailsampler.common.settings import INVALID, collect
 from tailsampler.policies import PolicyContext, policy_problems
@@ -48,6 +48,8 @@ def check_block(block: Any, processor: str, source: str) -> TailSamplingConfig:
     ts = collect(block, TailSamplingConfig, root, problems)
     if isinstance(block.get("policies"), list):
         problems += policy_problems(block["policies"], f"{root}.policies", PolicyContext(clock=lambda: 0.0))
+    if ts is not INVALID:
+        problems += sampling_problems(ts, root)
     if problems or ts is INVALID:
         raise ConfigError(*problems, source=source)
     return ts

@@ -7,12 +7,17 @@ import logging
 import time
 from typing import Awaitable, Callable
 
+from tailsampler.common.incident import Incident
+
 log = logging.getLogger(__name__)
 
 
 class Periodic:
     """Runs ``step`` now and then every ``interval`` seconds until stopped. Stopping waits for the
-    step in flight rather than cancelling it, so no call to a store is abandoned half-way."""
+    step in flight rather than cancelling it, so no call to a store is abandoned half-way.
+
+    A step that keeps failing is one incident: a warning with its traceback the first time, a
+    reminder now and then, a line when a step succeeds again; never a traceback per interval."""
 
     def __init__(self, name: str, interval: float, step: Callable[[], Awaitable[None]], aligned: bool = False) -> None:
         """``aligned``: run on the wall clock's multiples of ``interval`` rather than ``interval``
@@ -23,6 +28,7 @@ class Periodic:
         self._step = step
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._trouble = Incident(log, f"{name}: step failed")
 
     async def start(self) -> None:
         if self._task is None:
@@ -39,8 +45,9 @@ class Periodic:
         while not self._stopping.is_set():
             try:
                 await self._step()
-            except Exception:
-                log.exception("%s: step failed; trying again in %.1fs", self._name, self._interval)
+                self._trouble.resolved()
+            except Exception as exc:
+                self._trouble.failed(f"{type(exc).__name__}: {exc}; trying again every {self._interval:.1f}s", traceback=exc)
             try:
                 wait = self._interval - time.time() % self._interval if self._aligned else self._interval
                 await asyncio.wait_for(self._stopping.wait(), wait)

@@ -58,13 +58,14 @@ def snapshot(metrics: Metrics, buffer: Occupancy) -> dict[str, object]:
 
 
 def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
-    """Add up several agents' counters, key by key (nested dicts of numbers)."""
+    """Add up several agents' counters, key by key (nested dicts of numbers). What is not a
+    number (an agent's name, its config hash) is not a counter and is left out."""
     total: dict[str, Any] = {}
     for snap in snapshots:
         for key, value in snap.items():
             if isinstance(value, dict):
                 total[key] = merge([total.get(key, {}), value])
-            else:
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 total[key] = total.get(key, 0) + value
     return total
 

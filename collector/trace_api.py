@@ -1,14 +1,16 @@
 """The admin listener's query API over the embedded SQLite store of kept traces.
 
 ``limit`` is capped at ``MAX_LIMIT`` rows, so one request cannot make the agent read the whole
-store into memory; ``since`` must be finite Unix seconds a trace can start at.
+store into memory; ``since`` must be finite Unix seconds a trace can start at. The store is looked
+up on every request (``store``), so a config reload that adds, moves or removes the ``sqlite``
+exporter is followed; without one the API answers 404.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from typing import Mapping
+from typing import Callable, Mapping
 
 import msgspec
 from aiohttp import web
@@ -49,8 +51,16 @@ def _query_bounds(query: Mapping[str, str]) -> tuple[int, dict[str, float]]:
     return min(limit, MAX_LIMIT), bounds
 
 
-def routes(db_path: str) -> list[web.RouteDef]:
+def _db_path(store: Callable[[], str | None]) -> str:
+    path = store()
+    if path is None:
+        raise web.HTTPNotFound(text="no sqlite exporter is configured, so no kept traces can be queried here")
+    return path
+
+
+def routes(store: Callable[[], str | None]) -> list[web.RouteDef]:
     async def list_page(request: web.Request) -> web.Response:
+        db_path = _db_path(store)
         query = request.query
         limit, numbers = _query_bounds(query)
         try:
@@ -68,6 +78,7 @@ def routes(db_path: str) -> list[web.RouteDef]:
         return web.json_response({"traces": rows})
 
     async def trace_page(request: web.Request) -> web.Response:
+        db_path = _db_path(store)
         try:
             row = await asyncio.to_thread(get_trace, db_path, request.match_info["trace_id"])
         except TraceStoreError as exc:

@@ -34,6 +34,7 @@ def run_workers(path: str, config: Config, workers: int) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # each worker reloads the config file itself
     while any(child.poll() is None for child in children):
         if any(child.returncode not in (None, 0) for child in children):
             forward(signal.SIGTERM, None)  # one worker failing takes the group down cleanly

@@ -20,10 +20,11 @@ import msgspec
 from .durations import Duration
 from .endpoints import Endpoint
 from .errors import ConfigError, Problem
+from .percent import Percent
 
 T = TypeVar("T")
 
-_PARSERS = {Duration: Duration.parse, Endpoint: Endpoint.parse}
+_PARSERS = {Duration: Duration.parse, Endpoint: Endpoint.parse, Percent: Percent.parse}
 _AT = re.compile(r" - at `\$(.*)`$")
 
 
@@ -33,6 +34,15 @@ def dec_hook(type_: type, obj: Any) -> Any:
     if parse is None:
         raise NotImplementedError(f"cannot decode {type_!r}")
     return parse(obj)
+
+
+def enc_hook(obj: Any) -> Any:
+    """How the config's own value types are written back (for hashing and comparing configs)."""
+    if isinstance(obj, Endpoint):
+        return str(obj)
+    if isinstance(obj, float):  # Duration, Percent
+        return float(obj)
+    raise NotImplementedError(f"cannot encode {type(obj)!r}")
 
 
 def decode(data: Any, type_: type[T], path: str = "") -> T:

@@ -11,6 +11,9 @@ Two collectors run per buffer type, one after the other:
 - *e2e* (the example policies, a short decision wait): CPU per span from ingest to export of the
   kept share, net of the process's idle CPU, and decision latency from the acknowledgement of a
   trace's root span to the trace's arrival at the sink.
+
+The ``overload`` mode (``bench_overload``) drives a memory-buffer collector at three times its
+sustainable load, with and without overload relief, and samples its memory.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tailsampler.loadgen.batching import Payload
+from tailsampler.loadgen.bench_overload import OverloadOptions, run_overload
 from tailsampler.loadgen.model import TrafficShape
 from tailsampler.loadgen.processes import (
     CollectorProcess,
@@ -50,7 +54,7 @@ from tailsampler.loadgen.traffic import (
 )
 from tailsampler.loadgen.transport import GrpcTransport
 
-MODES = ("memory", "redis")
+MODES = ("memory", "redis", "overload")
 _SLOW_THRESHOLD_MS = 1000
 
 
@@ -68,12 +72,15 @@ class BenchOptions:
     modes: tuple[str, ...] = MODES
     workdir: Path | None = None
     profile: bool = False
+    overload: OverloadOptions = OverloadOptions()
 
     @classmethod
     def smoke(cls, **overrides: Any) -> BenchOptions:
         """A few seconds' run that exercises every measurement (for CI)."""
         return cls(**{"rounds": 1, "spans_per_round": 4096, "latency_seconds": 1.0,
-                      "latency_traces_per_second": 60.0, **overrides})
+                      "latency_traces_per_second": 60.0,
+                      "overload": OverloadOptions(num_traces=200, decision_wait_s=1.0, overload_seconds=4.0),
+                      **overrides})
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.spans_per_round < self.batch_spans:
@@ -138,6 +145,11 @@ class _Run:
         try:
             for mode in options.modes:
                 try:
+                    if mode == "overload":
+                        modes[mode] = await run_overload(
+                            options.overload, self.shape, self.workdir / "overload", _SLOW_THRESHOLD_MS, null.endpoint
+                        )
+                        continue
                     modes[mode] = await self._mode(mode, null)
                 except ProcessFailed as exc:
                     modes[mode] = {"available": False, "reason": str(exc)[:2000]}
@@ -321,6 +333,9 @@ def targets(result: dict[str, Any], options: BenchOptions) -> dict[str, dict[str
          f"decision latency p99 <= {bound:.2f}s (after-root wait + 2 ticks, memory)"),
         ("redis", "decision_latency_p99_s", "<=", bound,
          f"decision latency p99 <= {bound:.2f}s (after-root wait + 2 ticks, redis)"),
+        ("overload", "rss_second_half_to_first_half", "<=", 1.2,
+         "RSS levels off at 3x the sustainable load (second-half peak <= 1.2x first-half, relief on)"),
+        ("overload", "buffer_peak_fill", "<=", 1.0, "buffer within num_traces at 3x the sustainable load (relief on)"),
     ]
     out: dict[str, dict[str, Any]] = {}
     for mode, metric, op, limit, label in wanted:

@@ -39,7 +39,7 @@ def _cell(result: dict[str, Any], mode: str, metric: str, kind: str, ratio_metri
 
 def markdown(result: dict[str, Any]) -> str:
     options = result["options"]
-    modes = [m for m in ("memory", "redis") if m in result["modes"]]
+    modes = [m for m in ("memory", "redis") if result["modes"].get(m, {}).get("median")]
     bound = options["after_root_s"] + 2 * options["tick_s"]
     null_rate = result["null_server"]["median"]
     rows: list[tuple[str, str, list[str], str]] = [
@@ -77,15 +77,17 @@ def markdown(result: dict[str, Any]) -> str:
         f"decision_wait_after_root_received {options['after_root_s']}s, tick {options['tick_s']}s and "
         "the example policies (errors, latency > 1s, 1% of the rest)."
     )
-    lines = [
-        machine_line,
-        "",
-        setup_line,
-        "",
-        "| metric | null server | " + " | ".join(f"tailsampler {m}" for m in modes) + " | target |",
-        "|---|---:|" + "---:|" * len(modes) + "---|",
-    ]
-    lines += [f"| {name} | {null} | " + " | ".join(cells) + f" | {target} |" for name, null, cells, target in rows]
+    lines = [machine_line]
+    if modes:
+        lines += [
+            "",
+            setup_line,
+            "",
+            "| metric | null server | " + " | ".join(f"tailsampler {m}" for m in modes) + " | target |",
+            "|---|---:|" + "---:|" * len(modes) + "---|",
+        ]
+        lines += [f"| {name} | {null} | " + " | ".join(cells) + f" | {target} |" for name, null, cells, target in rows]
+    lines += _overload_lines(result["modes"].get("overload", {}))
     lines += ["", "| target | measured | met |", "|---|---:|---|"]
     for label, target in result["targets"].items():
         met = {True: "yes", False: "**no**", None: "not measured"}[target["met"]]
@@ -101,6 +103,43 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [f"| `{r['function']}` | {r['own_share']:.1%} | {r['cumulative_share']:.1%} | {r['calls']} |"
                   for r in rows_[:12]]
     return "\n".join(lines)
+
+
+def _overload_lines(data: dict[str, Any]) -> list[str]:
+    """The overload mode's table: the same traffic into a collector with relief and one without."""
+    median = data.get("median")
+    if not median:
+        return []
+    o = data["options"]
+    rows = [
+        ("traces/s sent", "sent_traces_per_second", "rate"),
+        ("spans/s sent", "sent_spans_per_second", "rate"),
+        ("spans refused", "refused_spans", "rate"),
+        ("RSS idle", "rss_idle_bytes", "bytes"),
+        ("RSS peak", "rss_peak_bytes", "bytes"),
+        ("RSS peak, second half ÷ first half", "rss_second_half_to_first_half", "ratio"),
+        ("buffer peak, share of num_traces", "buffer_peak_fill", "share"),
+        ("time with relief on", "relief_active_share", "share"),
+        ("traces decided at once by relief", "decided_at_once_share", "share"),
+        ("traces decided early (buffer full)", "decided_early_share", "share"),
+    ]
+
+    def cell(key: str, kind: str) -> str:
+        value = median.get(key)
+        return f"{value:.0%}" if kind == "share" and value is not None else _fmt(value, kind)
+
+    lines = [
+        "",
+        f"Overload: a memory buffer of num_traces {o['num_traces']:,} and decision_wait {o['decision_wait_s']}s sustains "
+        f"{median['sustainable_traces_per_second']:,.0f} new traces/s; {o['times_sustainable']:g}× that "
+        f"({median['offered_traces_per_second']:,.0f} traces/s) for {o['overload_seconds']:g}s, the example policies, "
+        "relief at 90% (off at 75%, 10% kept by trace ID, errors kept).",
+        "",
+        "| at 3× the sustainable load | relief on | relief off |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {name} | {cell(key, kind)} | {cell('without_relief_' + key, kind)} |" for name, key, kind in rows]
+    return lines
 
 
 def write_result(result: dict[str, Any], json_path: Path | None, markdown_path: Path | None) -> None:

@@ -27,6 +27,7 @@ from tailsampler.collector.decide import DecisionLoop
 from tailsampler.collector.forward import Forwarder
 from tailsampler.collector.ingest import Ingest
 from tailsampler.collector.metrics import Metrics
+from tailsampler.collector.overload import OverloadRelief
 from tailsampler.collector.split import split_body
 from tailsampler.loadgen.model import TrafficShape
 from tailsampler.loadgen.processes import example_policies
@@ -76,7 +77,7 @@ def _pipeline(bodies: list[bytes], config: Config, engine: Engine) -> Callable[[
 
     async def one_pass() -> None:
         buffer = MemoryTraceBuffer(limits, config.buffer, metrics.registry)
-        ingest = Ingest(buffer, forwarder, metrics)
+        ingest = Ingest(buffer, forwarder, metrics, OverloadRelief(None, limits.max_traces, limits.max_bytes, metrics))
         decider = DecisionLoop(buffer, engine, forwarder, metrics, limits.tick)
         for body in bodies:
             await ingest.accept(body, "grpc")

@@ -10,6 +10,7 @@ from tailsampler.common.verdict import Verdict
 
 from .base import Decision, LocalTokenBucket, Policy, PolicyContext, TokenBucket
 from .engine import Engine, EngineSettings, Evaluation, build_engine, policy_problems
+from .reach import never_keeps
 from .recording import RecordingConfig, record
 from .specs import PolicySpec
 from .trace import SpanRef, TraceView
@@ -29,6 +30,7 @@ __all__ = [
     "TraceView",
     "Verdict",
     "build_engine",
+    "never_keeps",
     "policy_problems",
     "record",
 ]

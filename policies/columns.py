@@ -44,3 +44,14 @@ TraceColumns = declare("tailsampler.columns", [
     ]),
     ("TracesData", [FieldSpec(1, "resource_spans", FIELD.TYPE_MESSAGE, False, "ResourceSpans")]),
 ])["TracesData"]
+
+
+_ERROR_CODE = b"\x18\x02"  # Status.code (field 3, varint) = STATUS_CODE_ERROR, as encoders write it
+
+
+def has_error(data: bytes) -> bool:
+    """Whether any span of a ``TracesData`` body has status ERROR. The bytes an error status is
+    written as are looked for first, so most bodies without an error are never parsed."""
+    if _ERROR_CODE not in data:
+        return False
+    return 2 in TraceColumns.FromString(data).resource_spans.scope_spans.spans.status.code

@@ -38,16 +38,25 @@ class KeptTrace:
 class Exporter(abc.ABC):
     name: str
 
+    async def open(self) -> None:
+        """Acquire what can fail (connections, files, certificates, databases) without taking
+        traces yet, so a config reload can refuse an exporter that cannot work before it replaces
+        a running one."""
+
     async def start(self) -> None:
-        """Open connections, files or databases."""
+        """Open (if not yet done) and begin delivering."""
+        await self.open()
 
     @abc.abstractmethod
     async def submit(self, trace: KeptTrace) -> None:
         """Queue a kept trace for delivery; waits while the bounded queue is full."""
 
     @abc.abstractmethod
-    async def close(self, timeout: float) -> None:
-        """Deliver what is queued (within ``timeout`` seconds), then release resources."""
+    async def close(self, timeout: float, reason: str = "shutdown") -> None:
+        """Deliver what is queued (within ``timeout`` seconds), then release resources. What is
+        left is counted as failed with ``reason``: at ``shutdown`` the buffer keeps those traces
+        for another decision; when a reload ``removed`` or ``replaced`` the exporter they are
+        given up for good."""
 
     @abc.abstractmethod
     def health(self) -> tuple[bool, dict[str, object]]:

@@ -43,10 +43,14 @@ def exporter_names(specs: list[ExporterSpec]) -> list[str]:
     return names
 
 
-def build_exporters(specs: list[ExporterSpec], registry: CollectorRegistry) -> list[Exporter]:
-    """Exporters ready to ``start()``; their metrics are registered on ``registry``."""
+def build_exporters(
+    specs: list[ExporterSpec], registry: CollectorRegistry, names: list[str] | None = None
+) -> list[Exporter]:
+    """Exporters ready to ``start()``; their metrics are registered on ``registry``. ``names``
+    (default: ``exporter_names(specs)``) is for some entries of a longer list, whose names
+    depend on the whole list."""
     exporters: list[Exporter] = []
-    for name, spec in zip(exporter_names(specs), specs):
+    for name, spec in zip(names or exporter_names(specs), specs):
         local = isinstance(spec, (FileSpec, SqliteSpec, DebugSpec))  # one writer keeps lines and rows in order
         exporters.append(
             QueuedExporter(

@@ -4,7 +4,12 @@ circuit breaker and metrics. An exporter type only says how to send one batch (a
 Backpressure instead of loss: ``submit`` waits while the queue is full, so a slow or dead backend
 slows the decision loop down (which then applies the buffer's overflow behaviour) rather than
 silently discarding kept traces. A batch is given up only for a reason that is counted and logged:
-the backend refused it, its retries ran out of time or budget, or shutdown came first.
+the backend refused it, its retries ran out of time or budget, shutdown came first, or a config
+reload removed the exporter.
+
+A backend that is down is one incident in the log: a warning when the circuit opens, a reminder
+now and then while it stays open, a line when it closes again; batches given up and partial
+successes are incidents too, so a backend refusing everything does not write a line per batch.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from typing import Callable, Protocol
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from tailsampler.common.incident import Incident
 
 from .base import Exporter, KeptTrace
 from .specs import CircuitConfig, RetryConfig
@@ -210,6 +217,14 @@ class ExporterMetrics:
             registry=registry,
         )
 
+    def forget(self, name: str) -> None:
+        """Drop the gauges of an exporter that is gone, so no dashboard shows it as still there."""
+        for gauge in (self.queue, self.queue_capacity, self.circuit):
+            try:
+                gauge.remove(name)
+            except KeyError:
+                pass
+
 
 _METRICS: "weakref.WeakKeyDictionary[CollectorRegistry, ExporterMetrics]" = weakref.WeakKeyDictionary()
 _CIRCUIT_VALUE = {CircuitBreaker.CLOSED: 0, CircuitBreaker.HALF_OPEN: 1, CircuitBreaker.OPEN: 2}
@@ -250,35 +265,44 @@ class QueuedExporter(Exporter):
         self._consumers = consumers
         self._workers: list[asyncio.Task[None]] = []
         self._unresolved = 0
+        self._opened = False
+        self._started = False
         self._closing = False
+        self._gone_for_good = False
         self._last_error: str | None = None
-        m = metrics_for(registry)
+        self._metrics = m = metrics_for(registry)
         self._traces = m.traces.labels(name)
         self._spans = m.spans.labels(name)
         self._rejected = m.rejected_spans.labels(name)
         self._failed = m.failed_traces
         self._send_failures = m.send_failures
         self._retries = m.retries.labels(name)
-        m.queue.labels(name).set_function(self._queue.qsize)
-        m.queue_capacity.labels(name).set(queue_size)
-        circuit_gauge = m.circuit.labels(name)
-        circuit_gauge.set(0)
-        self.breaker = CircuitBreaker(circuit, self._circuit_changed(circuit_gauge))
+        self.breaker = CircuitBreaker(circuit, self._circuit_changed)
+        self._down = Incident(log, f"exporter {name}")
+        self._giving_up = Incident(log, f"exporter {name}: kept traces not delivered")
+        self._refused = Incident(log, f"exporter {name}: backend refused spans")
 
-    def _circuit_changed(self, gauge: Gauge) -> Callable[[str], None]:
-        def changed(state: str) -> None:
-            gauge.set(_CIRCUIT_VALUE[state])
-            (log.info if state == CircuitBreaker.CLOSED else log.warning)(
-                "exporter %s: circuit %s%s",
-                self.name,
-                state,
-                f" (last error: {self._last_error})" if state == CircuitBreaker.OPEN else "",
-            )
+    def _circuit_changed(self, state: str) -> None:
+        if state == CircuitBreaker.OPEN:
+            self._down.failed(f"circuit open, kept traces wait in the queue (last error: {self._last_error})")
+        elif state == CircuitBreaker.CLOSED:
+            self._down.resolved()
+        else:
+            log.debug("exporter %s: circuit half-open, probing the backend", self.name)
 
-        return changed
+    async def open(self) -> None:
+        if not self._opened:
+            await self.sink.open()
+            self._opened = True
 
     async def start(self) -> None:
-        await self.sink.open()
+        await self.open()
+        # the gauges follow this exporter from now on (one that replaces another of its name takes them over)
+        m = self._metrics
+        m.queue.labels(self.name).set_function(self._queue.qsize)
+        m.queue_capacity.labels(self.name).set(self._queue.maxsize)
+        m.circuit.labels(self.name).set_function(lambda: _CIRCUIT_VALUE[self.breaker.state])
+        self._started = True
         self._workers = [
             asyncio.create_task(self._work(), name=f"exporter-{self.name}-{i}") for i in range(self._consumers)
         ]
@@ -301,27 +325,34 @@ class QueuedExporter(Exporter):
             "last_error": self._last_error,
         }
 
-    async def close(self, timeout: float) -> None:
+    async def close(self, timeout: float, reason: str = "shutdown") -> None:
         self._closing = True
         try:
             await asyncio.wait_for(self._queue.join(), timeout)
         except TimeoutError:
             log.error(
-                "exporter %s: %d kept trace(s) not delivered within the %.1fs shutdown timeout",
+                "exporter %s: %d kept trace(s) not delivered within %.1fs (%s)",
                 self.name,
                 self._unresolved,
                 timeout,
+                reason,
             )
         lost = self._unresolved  # queued or mid-send; workers resolve their batch when cancelled
+        # at shutdown the buffer keeps what this cuts short (another agent, or a restart, decides
+        # it again); an exporter that a reload took away will never be back for those traces
+        self._gone_for_good = reason != "shutdown"
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
         while not self._queue.empty():
-            _resolve(self._queue.get_nowait(), False)
+            _resolve(self._queue.get_nowait(), self._gone_for_good)
         if lost:
-            self._failed.labels(self.name, "shutdown").inc(lost)
-        await self.sink.close()
+            self._failed.labels(self.name, reason).inc(lost)
+        if reason == "removed" and self._started:
+            self._metrics.forget(self.name)
+        if self._opened:
+            await self.sink.close()
 
     async def _work(self) -> None:
         carry: KeptTrace | None = None
@@ -344,7 +375,7 @@ class QueuedExporter(Exporter):
                 self._unresolved -= len(batch)
                 for trace in batch:
                     self._queue.task_done()
-                    _resolve(trace, finished)
+                    _resolve(trace, finished or self._gone_for_good)
 
     async def _deliver(self, batch: list[KeptTrace]) -> None:
         """Send until delivered, refused, or out of retry time or budget."""
@@ -382,16 +413,14 @@ class QueuedExporter(Exporter):
                 continue
             self.breaker.success()
             self._last_error = None
+            self._giving_up.resolved()
             self._traces.inc(len(batch))
             self._spans.inc(sum(t.span_count or count_spans(t.data) for t in batch))
             if outcome.rejected_spans or outcome.message:
                 self._rejected.inc(outcome.rejected_spans)
-                log.warning(
-                    "exporter %s: backend refused %d span(s): %s",
-                    self.name,
-                    outcome.rejected_spans,
-                    outcome.message,
-                )
+                self._refused.failed(f"{outcome.rejected_spans} span(s) in a partial success: {outcome.message}")
+            else:
+                self._refused.resolved()
             return None
 
     async def _send(self, batch: list[KeptTrace]) -> Delivered:
@@ -402,12 +431,13 @@ class QueuedExporter(Exporter):
         except SendFailed:
             raise
         except Exception as exc:
-            log.exception("exporter %s: cannot send a batch", self.name)
             raise SendFailed(f"{type(exc).__name__}: {exc}", retryable=False, reason="exception") from exc
 
     def _give_up(self, batch: list[KeptTrace], reason: str, exc: SendFailed) -> None:
         self._failed.labels(self.name, reason).inc(len(batch))
-        log.warning("exporter %s: %d kept trace(s) not delivered (%s): %s", self.name, len(batch), reason, exc)
+        # an unexpected exception in a sink is a bug: its traceback is worth one look
+        bug = exc.__cause__ if exc.reason == "exception" and exc.__cause__ is not None else False
+        self._giving_up.failed(f"{len(batch)} kept trace(s) ({reason}): {exc}", traceback=bug)
 
 
 def _resolve(trace: KeptTrace, finished: bool) -> None:

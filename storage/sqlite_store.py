@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from tailsampler.common.incident import Incident
+
 from .base import ExporterSetupError, KeptTrace
 from .delivery import Delivered, SendFailed
 from .specs import RetentionConfig, SqliteSpec
@@ -181,6 +183,7 @@ class SqliteSink:
         self._thread = WorkerThread(f"exporter-{name}")
         self._store = _Store(spec.path)
         self._retention: asyncio.Task[None] | None = None
+        self._retention_trouble = Incident(log, f"exporter {name}: retention failed")
 
     async def open(self) -> None:
         try:
@@ -194,8 +197,9 @@ class SqliteSink:
             try:
                 deleted = await self._thread.run(self._apply_retention)
             except (OSError, sqlite3.Error) as exc:
-                log.warning("exporter %s: retention failed: %s", self._name, exc)
+                self._retention_trouble.failed(exc)
             else:
+                self._retention_trouble.resolved()
                 if deleted:
                     log.info("exporter %s: retention deleted %d trace(s)", self._name, deleted)
             await asyncio.sleep(self._spec.retention.interval)

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from tailsampler.collector.buffer import BufferFull, Settlement, TraceBuffer, make_buffer
 from tailsampler.collector.config import Config
+from tailsampler.collector.overload import OverloadConfig, ReliefVerdicts
 from tailsampler.common.settings import decode
 from tailsampler.common.verdict import DROPPED, Verdict
 from tests.otlp_data import fragments, new_trace_id
@@ -173,3 +174,48 @@ async def test_fragments_of_many_requests_rebuild_a_valid_trace_in_arrival_order
     services = [rs.resource.attributes[0].value.string_value for rs in data.resource_spans]
     assert services == ["svc-1", "svc-2", "svc-3"]
     assert claimed.data == b"".join(p[tid].data for p in parts)
+
+
+def relief_ids(relief: ReliefVerdicts) -> tuple[bytes, bytes]:
+    """A trace ID the relief hash keeps, and one it drops."""
+    keep = drop = None
+    while keep is None or drop is None:
+        tid = new_trace_id()
+        if relief.choose(tid, fragments(tid)[tid]) is relief.kept:
+            keep = keep or tid
+        else:
+            drop = drop or tid
+    return keep, drop
+
+
+async def test_overload_relief_decides_new_traces_at_once_and_later_spans_follow(make: MakeBuffer) -> None:
+    buffer = await make()
+    relief = ReliefVerdicts.of(OverloadConfig(sampling_percentage=50))
+    buffered = new_trace_id()
+    (keep, drop), (_, failing) = relief_ids(relief), relief_ids(relief)
+    await buffer.append(fragments(buffered), T0)
+
+    result = await buffer.append(
+        {**fragments(buffered, 2), **fragments(keep), **fragments(drop, 2), **fragments(failing, 2, error=True)}, T0 + 1, relief
+    )
+    assert result.decided_now == {keep: relief.kept, drop: relief.dropped, failing: relief.kept_for_error}
+    assert result.late_kept == {} and (await buffer.occupancy()).traces == 1, "only the buffered trace is held"
+
+    later = await buffer.append({**fragments(keep, 2), **fragments(drop, 3)}, T0 + 2)  # relief is off again
+    assert later.late_kept == {keep: relief.kept} and later.late_dropped_spans == 3
+    rescued = await buffer.append(fragments(drop, 1, error=True), T0 + 3, relief)
+    assert rescued.late_kept == {drop: relief.kept_for_error} and rescued.rescued == 1, "an error keeps its trace"
+    assert (await buffer.append(fragments(drop), T0 + 4)).late_kept == {drop: relief.kept_for_error}
+
+    [claimed] = await buffer.claim_due(T0 + 11, 100)
+    assert claimed.trace_id == buffered and len(spans_of(claimed.data)) == 3, "a buffered trace follows its trace"
+
+
+async def test_overload_relief_takes_new_traces_that_backpressure_would_refuse(make: MakeBuffer) -> None:
+    buffer = await make({"num_traces": 2}, overflow="backpressure", shards=1)
+    relief = ReliefVerdicts.of(OverloadConfig())
+    a, b, c = new_trace_id(), new_trace_id(), new_trace_id()
+    await buffer.append({**fragments(a), **fragments(b)}, T0)
+    result = await buffer.append(fragments(c), T0 + 1, relief)
+    assert set(result.decided_now) == {c}
+    assert (await buffer.occupancy()).traces == 2

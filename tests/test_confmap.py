@@ -17,6 +17,7 @@ from tailsampler.common.errors import ConfigError, Problem
 from tests.collectors import REPO
 
 SECRET = "hunter2-not-for-logs"
+ALWAYS = "tail_sampling: {policies: [{name: all, type: always_sample}]}"
 
 
 def problems(text: str) -> list[str]:
@@ -90,7 +91,8 @@ def test_expanded_values_are_decoded_as_the_key_expects(monkeypatch: pytest.Monk
     monkeypatch.setenv("TS_BLOCK", "true")
     monkeypatch.setenv("TS_WAIT", "2s")
     config = parse_config(
-        "tail_sampling: {num_traces: '${env:TS_TRACES}', block_on_overflow: '${env:TS_BLOCK}', decision_wait: '${env:TS_WAIT}'}",
+        "tail_sampling: {num_traces: '${env:TS_TRACES}', block_on_overflow: '${env:TS_BLOCK}', decision_wait: '${env:TS_WAIT}',"
+        " policies: [{name: all, type: always_sample}]}",
         "x.yaml",
     )
     assert config.tail_sampling.num_traces == 1234
@@ -123,7 +125,7 @@ service: {log_level: "${env:TS_LEVEL}"}
 
 
 def test_a_redis_password_written_in_the_file_is_masked_too() -> None:
-    [line] = problems(f'buffer: {{type: redis, url: "http://app:{SECRET}@redis:6379/0"}}')
+    [line] = problems(f'buffer: {{type: redis, url: "http://app:{SECRET}@redis:6379/0"}}\n{ALWAYS}')
     assert SECRET not in line and "http://app:***@redis:6379/0" in line
 
 
@@ -152,6 +154,7 @@ def test_validate_expands_references_like_serve(tmp_path: Path) -> None:
     path.write_text(
         "receivers: {otlp: {grpc: {endpoint: '${env:TS_GRPC}'}, auth: {bearer_tokens: ['${env:TS_TOKEN}']}}}\n"
         "buffer: {type: redis, url: 'redis://:${env:TS_PASSWORD}@127.0.0.1:6379/0'}\n"
+        f"{ALWAYS}\n"
     )
     env = {key: value for key, value in os.environ.items() if not key.startswith("TS_")}
     missing = subprocess.run(

@@ -46,13 +46,21 @@ def test_bench_smoke_produces_a_well_formed_result(tmp_path: Path, capsys: pytes
         assert after_root <= data["median"]["decision_latency_p50_s"] <= data["median"]["decision_latency_p99_s"]
         assert data["median"]["decision_latency_samples"] > 10
     assert result["modes"]["redis"]["median"]["redis_used_memory_per_buffered_span"] > 0
+    overload = result["modes"]["overload"]
+    assert overload["available"], overload.get("reason")
+    figures = overload["median"]
+    assert figures["sent_traces_per_second"] > figures["sustainable_traces_per_second"], "beyond what the buffer holds"
+    assert figures["relief_active_share"] > 0 and figures["decided_at_once_share"] > 0
+    assert figures["without_relief_relief_active_share"] == 0 and figures["without_relief_decided_early_share"] > 0
+    assert figures["rss_peak_bytes"] >= figures["rss_idle_bytes"] > 0
     targets = result["targets"]
-    assert len(targets) == 6 and all(t["measured"] is not None and t["met"] in (True, False)
+    assert len(targets) == 8 and all(t["measured"] is not None and t["met"] in (True, False)
                                      for t in targets.values())
     table = markdown_path.read_text()
     assert table.startswith("# Benchmarks\n")
     assert "| metric | null server | tailsampler memory | tailsampler redis | target |" in table
-    assert table.count("\n| ") >= 17
+    assert "| at 3× the sustainable load | relief on | relief off |" in table
+    assert table.count("\n| ") >= 30
 
 
 def test_bench_reports_a_buffer_that_cannot_start(tmp_path: Path, monkeypatch) -> None:

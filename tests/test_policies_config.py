@@ -100,7 +100,7 @@ def test_reference_readme_example_loads_and_validates_unchanged():
 
 def test_recording_is_off_by_default_and_bytes_pass_through():
     trace = view(span())
-    options = parse_config("", "x.yaml").tail_sampling.recording
+    options = parse_config("tail_sampling: {policies: [{name: all, type: always_sample}]}", "x.yaml").tail_sampling.recording
     assert not options.enabled
     assert record(trace.data, Verdict(True, "p", 10.0), options) is trace.data
 

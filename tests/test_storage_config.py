@@ -9,12 +9,15 @@ from tailsampler.collector.config import ConfigError, parse_config
 from tailsampler.storage import FileSpec, OtlpHttpSpec, OtlpSpec, SqliteSpec, build_exporters, exporter_names
 
 
+POLICIES = "tail_sampling: {policies: [{name: all, type: always_sample}]}\n"  # a config needs one
+
+
 def exporters(yaml_text: str):
-    return parse_config(yaml_text, "x.yaml").exporters
+    return parse_config(POLICIES + yaml_text, "x.yaml").exporters
 
 
 def test_default_is_the_embedded_sqlite_store() -> None:
-    [only] = parse_config("", "x.yaml").exporters
+    [only] = parse_config(POLICIES, "x.yaml").exporters
     assert isinstance(only, SqliteSpec)
     assert only.path == "./tailsampler.db"
     assert only.retention.max_age == 7 * 86400
@@ -83,5 +86,5 @@ def test_exporters_share_one_registry() -> None:
     registry = CollectorRegistry()
     built = build_exporters(exporters("exporters: [{type: otlp}, {type: sqlite}]"), registry)
     assert [e.name for e in built] == ["otlp", "sqlite"]
-    assert registry.get_sample_value("tailsampler_exporter_queue_capacity", {"exporter": "sqlite"}) == 1000
-    assert registry.get_sample_value("tailsampler_exporter_circuit_state", {"exporter": "otlp"}) == 0
+    assert registry.get_sample_value("tailsampler_exporter_traces_exported_total", {"exporter": "sqlite"}) == 0
+    assert registry.get_sample_value("tailsampler_exporter_traces_exported_total", {"exporter": "otlp"}) == 0

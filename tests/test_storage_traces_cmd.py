@@ -82,12 +82,13 @@ async def test_show_marks_spans_whose_parent_never_arrived(tmp_path: Path, capsy
 async def test_db_path_from_config(store, tmp_path: Path, capsys) -> None:
     db, failing, _ = store
     config = tmp_path / "c.yaml"
+    policies = "tail_sampling: {policies: [{name: all, type: always_sample}]}\n"
     config.write_text(
-        f"exporters:\n  - {{type: file, path: {tmp_path / 'x.jsonl'}}}\n  - {{type: sqlite, path: {db}}}\n"
+        f"{policies}exporters:\n  - {{type: file, path: {tmp_path / 'x.jsonl'}}}\n  - {{type: sqlite, path: {db}}}\n"
     )
     assert run("list", "--config", str(config)) == 0
     assert failing.trace_id.hex() in capsys.readouterr().out
-    config.write_text("exporters:\n  - {type: otlp, endpoint: 'localhost:4317'}\n")
+    config.write_text(f"{policies}exporters:\n  - {{type: otlp, endpoint: 'localhost:4317'}}\n")
     assert run("list", "--config", str(config)) == 1
     assert "c.yaml: exporters: no sqlite exporter" in capsys.readouterr().err
 

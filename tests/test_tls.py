@@ -280,7 +280,8 @@ def test_exporter_tls_problems(entry: str, message: str) -> None:
 def test_flat_exporter_tls_keys_still_work_and_fold_into_tls() -> None:
     [grpc_spec, http_spec] = parse_config(
         "exporters: [{type: otlp, endpoint: 'a:1', insecure: true}, "
-        "{type: otlphttp, endpoint: 'https://b', ca_file: ca.pem, cert_file: c.pem, key_file: k.pem}]",
+        "{type: otlphttp, endpoint: 'https://b', ca_file: ca.pem, cert_file: c.pem, key_file: k.pem}]\n"
+        "tail_sampling: {policies: [{name: all, type: always_sample}]}",
         "x.yaml",
     ).exporters
     assert grpc_spec.insecure and grpc_spec.tls.insecure

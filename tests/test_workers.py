@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import signal
 import subprocess
 import sys
@@ -38,6 +40,11 @@ def _ready(endpoint: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+def _stats(endpoint: str) -> Any:
+    with urllib.request.urlopen(f"http://{endpoint}/api/v1/stats", timeout=5) as response:
+        return json.load(response)
 
 
 def test_workers_need_the_shared_buffer(tmp_path: Path) -> None:
@@ -83,6 +90,14 @@ def test_workers_share_the_ports_and_stop_together(
             return set()
 
     wait_until(lambda: stored() == set(errors), timeout=20, message="the error traces stored")
+
+    hashes = lambda: {_stats(e)["config"]["hash"] for e in (agent.admin_endpoint, second)}  # noqa: E731
+    [before] = hashes()  # both workers run the one file, whatever their ports
+    changed = copy.deepcopy(agent.config)
+    changed["tail_sampling"]["policies"] = [{"name": "all", "type": "always_sample"}]
+    agent.config_path.write_text(yaml.safe_dump(changed))
+    agent.signal(signal.SIGHUP)  # the parent passes it to each worker, which reloads the file
+    wait_until(lambda: len(hashes()) == 1 and hashes() != {before}, timeout=20, message="both workers reloaded")
     agent.signal(signal.SIGTERM)
     assert agent.wait(timeout=30) == 0, agent.log()
     wait_until(lambda: not workers(), timeout=10, message="every worker gone")

@@ -14,9 +14,10 @@ the rate-limiting budgets, and every agent's published counters. It has its own 
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
+from tailsampler.collector.config import DecisionCacheConfig
 from tailsampler.collector.split import Fragment
 from tailsampler.common.verdict import Verdict
 from tailsampler.policies import TokenBucket
@@ -35,6 +36,20 @@ class BufferUnavailable(Exception):
     """The buffer's backing store cannot be reached; ingest answers retryable errors."""
 
 
+class Relief(Protocol):
+    """Overload relief's verdicts for one request: a trace neither buffered nor decided is not
+    buffered but decided at once with ``choose``'s verdict, recorded like any decision so its
+    later spans follow it. ``choose`` answers one of ``kept``, ``kept_for_error`` (the fragment
+    holds an error span) and ``dropped``; a trace that relief dropped earlier whose fragment here
+    holds an error span is kept from now on (``kept_for_error``)."""
+
+    kept: Verdict
+    kept_for_error: Verdict
+    dropped: Verdict
+
+    def choose(self, trace_id: bytes, fragment: Fragment) -> Verdict: ...
+
+
 @dataclass(slots=True)
 class AppendResult:
     """What happened to a request's fragments beyond plain buffering.
@@ -42,11 +57,16 @@ class AppendResult:
     ``late_kept`` holds the verdicts of traces already kept: their fragments in this request go
     out now with that verdict. ``late_dropped_spans`` counts spans of traces already dropped
     (discarded); ``early`` counts traces pushed to an early decision because a bound was hit.
+    Under overload relief, ``decided_now`` holds the traces decided at once instead of buffered
+    (their fragments here are the whole trace so far), and ``rescued`` counts relief-dropped
+    traces that an error span turned into kept ones (they are in ``late_kept``).
     """
 
     late_kept: dict[bytes, Verdict]
     late_dropped_spans: int = 0
     early: int = 0
+    decided_now: dict[bytes, Verdict] = field(default_factory=dict)
+    rescued: int = 0
 
 
 @dataclass(slots=True)
@@ -81,10 +101,11 @@ class TraceBuffer(abc.ABC):
     shared = False  # True when several agents use this buffer at once
 
     @abc.abstractmethod
-    async def append(self, fragments: dict[bytes, Fragment], now: float) -> AppendResult:
+    async def append(self, fragments: dict[bytes, Fragment], now: float, relief: Relief | None = None) -> AppendResult:
         """Buffer fragments keyed by trace ID; raise BufferFull or BufferUnavailable to push back.
 
-        ``now`` is wall-clock seconds. A request is taken whole or refused whole.
+        ``now`` is wall-clock seconds. A request is taken whole or refused whole. With ``relief``
+        (overload), traces not yet buffered or decided are decided at once instead.
         """
 
     @abc.abstractmethod
@@ -107,6 +128,10 @@ class TraceBuffer(abc.ABC):
     @abc.abstractmethod
     async def occupancy(self) -> Occupancy:
         """Traces and bytes currently buffered (cluster-wide for a shared buffer)."""
+
+    @abc.abstractmethod
+    def set_decision_cache(self, config: DecisionCacheConfig) -> None:
+        """Remember verdicts with these sizes and TTL from now on (a live config change)."""
 
     async def close(self) -> None:
         """Release connections and hand back unsettled claims; buffered data stays where the

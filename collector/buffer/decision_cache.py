@@ -35,12 +35,24 @@ class _Lru:
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
+    def resize(self, size: int) -> None:
+        """Hold at most ``size`` from now on; shrinking forgets the least recently used."""
+        self.size = size
+        while len(self._entries) > max(0, size):
+            self._entries.popitem(last=False)
+
 
 class DecisionCache:
     def __init__(self, config: DecisionCacheConfig) -> None:
         self.ttl = float(config.ttl)
         self._kept = _Lru(config.sampled_cache_size)
         self._dropped = _Lru(config.non_sampled_cache_size)
+
+    def configure(self, config: DecisionCacheConfig) -> None:
+        """New sizes and TTL (a live config change): entries kept keep the expiry they were given."""
+        self.ttl = float(config.ttl)
+        self._kept.resize(config.sampled_cache_size)
+        self._dropped.resize(config.non_sampled_cache_size)
 
     def get(self, trace_id: bytes, now: float) -> Verdict | None:
         return self._kept.get(trace_id, now) or self._dropped.get(trace_id, now)

@@ -16,11 +16,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from tailsampler.collector.config import BufferConfig, BufferLimits
+from tailsampler.collector.config import BufferConfig, BufferLimits, DecisionCacheConfig
 from tailsampler.collector.split import Fragment
+from tailsampler.common.verdict import Verdict
 from tailsampler.policies import LocalTokenBucket
 
-from .base import AppendResult, BufferFull, Claimed, Occupancy, Settlement, SharedState, TraceBuffer
+from .base import AppendResult, BufferFull, Claimed, Occupancy, Relief, Settlement, SharedState, TraceBuffer
 from .decision_cache import DecisionCache
 
 
@@ -80,12 +81,16 @@ class MemoryTraceBuffer(TraceBuffer):
         self._early.append(trace_id)
         self._early_bytes += trace.nbytes
 
-    async def append(self, fragments: dict[bytes, Fragment], now: float) -> AppendResult:
+    async def append(self, fragments: dict[bytes, Fragment], now: float, relief: Relief | None = None) -> AppendResult:
         result = AppendResult({})
         traces = self._traces
         # traces not buffered: already decided (a cached verdict) or new (None)
         unbuffered = {tid: self._cache.get(tid, now) for tid in fragments if tid not in traces}
-        new = sum(1 for cached in unbuffered.values() if cached is None)
+        if relief is not None:
+            fragments = self._relieve(fragments, unbuffered, relief, now, result)
+            new = 0  # relief decided every new trace at once
+        else:
+            new = sum(1 for cached in unbuffered.values() if cached is None)
         incoming = sum(f.size for f in fragments.values())
         # traces already waiting for an early decision are on their way out: they do not count
         over_traces = len(traces) - len(self._early) + new - self._max_traces
@@ -124,6 +129,28 @@ class MemoryTraceBuffer(TraceBuffer):
                 if slot < trace.slot:
                     self._place(trace_id, trace, slot)
         return result
+
+    def _relieve(
+        self, fragments: dict[bytes, Fragment], unbuffered: dict[bytes, Verdict | None], relief: Relief, now: float,
+        result: AppendResult,
+    ) -> dict[bytes, Fragment]:
+        """Decide the new traces of a request at once (and rescue relief-dropped traces that
+        now show an error); returns the fragments left to buffer or to follow their verdict."""
+        rest = dict(fragments)
+        for trace_id, cached in unbuffered.items():
+            if cached is not None and cached != relief.dropped:
+                continue
+            verdict = relief.choose(trace_id, fragments[trace_id])
+            if cached is None:
+                result.decided_now[trace_id] = verdict
+            elif verdict.keep:
+                result.late_kept[trace_id] = verdict
+                result.rescued += 1
+            else:
+                continue  # relief dropped it and still would: it follows that verdict below
+            self._cache.put(trace_id, verdict, now)
+            del rest[trace_id]
+        return rest
 
     def _evict_oldest(self, over_traces: int, over_bytes: int) -> int:
         """Send the traces nearest their deadline to the decider now, until the request fits."""
@@ -192,6 +219,9 @@ class MemoryTraceBuffer(TraceBuffer):
 
     async def occupancy(self) -> Occupancy:
         return Occupancy(len(self._traces), self._bytes)
+
+    def set_decision_cache(self, config: DecisionCacheConfig) -> None:
+        self._cache.configure(config)
 
 
 class LocalState(SharedState):

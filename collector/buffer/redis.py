@@ -20,7 +20,9 @@ Every key has a TTL, so nothing outlives a fleet that is gone for good.
 
 Commands that time out raise ``BufferUnavailable``; a command that reaches Redis after the agent gave
 up on it is refused by the script itself (a fence computed from Redis's clock), so a client's retry
-never doubles spans that a paused Redis would otherwise have taken late.
+never doubles spans that a paused Redis would otherwise have taken late. A Redis that is away is one
+incident in the log (a warning, a reminder now and then, a line when it answers again), however
+many operations fail meanwhile.
 """
 
 from __future__ import annotations
@@ -52,11 +54,12 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from tailsampler.collector.config import BufferConfig, BufferLimits
+from tailsampler.collector.config import BufferConfig, BufferLimits, DecisionCacheConfig
 from tailsampler.collector.split import Fragment
+from tailsampler.common.incident import Incident
 from tailsampler.common.verdict import Verdict
 
-from .base import AppendResult, BufferFull, BufferUnavailable, Claimed, Occupancy, Settlement, TraceBuffer
+from .base import AppendResult, BufferFull, BufferUnavailable, Claimed, Occupancy, Relief, Settlement, TraceBuffer
 from .redis_budget import UNREACHABLE
 
 log = logging.getLogger(__name__)
@@ -136,10 +139,8 @@ class RedisTraceBuffer(TraceBuffer):
         self._backpressure = limits.overflow == "backpressure"
         self._retry_after = max(1.0, self._wait_after_root or limits.tick)
         self._hold_ms = int(max(_MIN_HOLD, 2 * (self._wait + self._lease)) * 1000)
-        cache = limits.decision_cache
-        ttl_ms = int(float(cache.ttl) * 1000)
-        self._kept_ttl_ms = ttl_ms if cache.sampled_cache_size > 0 else 0
-        self._dropped_ttl_ms = ttl_ms if cache.non_sampled_cache_size > 0 else 0
+        self._kept_ttl_ms = self._dropped_ttl_ms = 0
+        self.set_decision_cache(limits.decision_cache)
         self._shards = [
             _Shard(
                 n,
@@ -155,6 +156,7 @@ class RedisTraceBuffer(TraceBuffer):
         )]
         self._early_seen = [0] * config.shards
         self._client = connect(config.url, config.cluster, self._timeout)
+        self._outage = Incident(log, f"redis buffer {where(self._client)}")
         self._clock_offset_ms: float | None = None
         self._held: dict[bytes, tuple[int, int]] = {}
         self._renewed_at = 0.0
@@ -218,9 +220,11 @@ class RedisTraceBuffer(TraceBuffer):
             if str(exc).startswith("STALE"):
                 self._fail(operation, exc)
             raise
+        self._outage.resolved()
 
     def _fail(self, operation: str, exc: Exception) -> None:
         self._unavailable.labels(operation).inc()
+        self._outage.failed(f"unavailable ({operation}: {exc}); ingest answers retryable errors, decisions wait")
         # Redis may come back as another server (restart, failover) with another clock
         self._clock_offset_ms = None
         raise BufferUnavailable(f"redis {where(self._client)} unavailable during {operation}: {exc}") from exc
@@ -255,11 +259,20 @@ class RedisTraceBuffer(TraceBuffer):
 
     # -- the TraceBuffer interface ------------------------------------------------------------
 
-    async def append(self, fragments: dict[bytes, Fragment], now: float) -> AppendResult:
+    async def append(self, fragments: dict[bytes, Fragment], now: float, relief: Relief | None = None) -> AppendResult:
         groups = self._by_shard(fragments)
         result = AppendResult({})
+        # relief's verdict for every trace, should the script find it new (it alone can tell)
+        chosen: dict[bytes, Verdict] = {}
+        letters: dict[Verdict, bytes] = {}
+        decisions = [b"", b"", b""]
+        if relief is not None:
+            chosen = {tid: relief.choose(tid, fragment) for tid, fragment in fragments.items()}
+            letters = {relief.kept: b"k", relief.kept_for_error: b"e", relief.dropped: b"d"}
+            decisions = [verdict.encode() for verdict in letters]
         async with self._reaching("append"):
-            await self._admit(groups, fragments)
+            if relief is None:  # under relief new traces are not buffered: nothing to refuse them for
+                await self._admit(groups, fragments)
             fence = self._fence()
             calls = []
             for index, trace_ids in groups.items():
@@ -271,6 +284,10 @@ class RedisTraceBuffer(TraceBuffer):
                     b"".join(b"1" if part.has_root else b"0" for part in parts),
                     ",".join([str(part.size) for part in parts]),
                     b"".join(chain.from_iterable(part.pieces for part in parts)),
+                    b"".join([letters[chosen[t]] for t in trace_ids]) if letters else b"",
+                    *decisions,
+                    self._kept_ttl_ms,
+                    self._dropped_ttl_ms,
                 )
                 calls.append(_Call("append", shard, args))
             replies = await self._run(calls)
@@ -279,6 +296,14 @@ class RedisTraceBuffer(TraceBuffer):
             self._early_seen[call.shard.index] = reply[1]
             for trace_id, status in zip(trace_ids, reply[2:]):
                 if status == 0:
+                    continue
+                if status == 1:
+                    result.decided_now[trace_id] = chosen[trace_id]
+                    continue
+                if status == 2:
+                    assert relief is not None
+                    result.late_kept[trace_id] = relief.kept_for_error
+                    result.rescued += 1
                     continue
                 verdict = Verdict.decode(status)
                 if verdict.keep:
@@ -391,6 +416,13 @@ class RedisTraceBuffer(TraceBuffer):
             if data
         }
 
+    def set_decision_cache(self, config: DecisionCacheConfig) -> None:
+        """Decision keys get this TTL; a size of 0 turns that kind of decision key off (Redis
+        bounds the keys by their TTL, not by a count)."""
+        ttl_ms = int(float(config.ttl) * 1000)
+        self._kept_ttl_ms = ttl_ms if config.sampled_cache_size > 0 else 0
+        self._dropped_ttl_ms = ttl_ms if config.non_sampled_cache_size > 0 else 0
+
     async def occupancy(self) -> Occupancy:
         """The fleet's buffered traces and bytes; also notices a Redis that came back empty."""
         async with self._reaching("occupancy"):
@@ -447,8 +479,10 @@ class RedisTraceBuffer(TraceBuffer):
         self._renewed_at = now
         try:
             await self._renew(now + self._lease)
-        except (BufferUnavailable, RedisError) as exc:
-            log.warning("redis buffer: lease renewal failed (%s); retrying", exc)
+        except BufferUnavailable:
+            pass  # the outage is on record; renewal goes on at the next tick
+        except RedisError as exc:
+            self._outage.failed(f"lease renewal failed ({exc}); retrying")
 
     async def _renew(self, deadline: float) -> None:
         groups: dict[int, list[str]] = {}

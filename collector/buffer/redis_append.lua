@@ -3,14 +3,19 @@
 --       evict (1: decide the oldest early when full), hold_ttl_ms, then the fragments packed
 --       into four arguments (one argument per trace each would cost the client more than the
 --       work): trace IDs (hex, concatenated), root flags ("1"/"0" per trace), fragment sizes
---       (comma-separated), fragments (concatenated).
+--       (comma-separated), fragments (concatenated); then overload relief: one letter per trace
+--       ("" when relief is off): k (keep), e (keep: the fragment holds an error span) or d (drop),
+--       the three decisions those letters stand for, and the kept and dropped decision TTLs.
 -- Returns {traces marked early now, traces marked early in the shard, then per trace: 0 when
--- buffered, or the cached decision ("1"/"0" followed by the policy name)}.
+-- buffered, 1 when decided now by relief, 2 when a trace relief had dropped is kept from now on
+-- (an error span), or the cached decision ("1"/"0" followed by the policy name)}.
 local stale = refuse_if_stale(ARGV[1])
 if stale then return stale end
 local prefix, now, wait, after_root = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local max_trace_bytes, hold_ttl = tonumber(ARGV[8]), tonumber(ARGV[10])
 local tids, roots, packed = trace_ids(ARGV[11]), ARGV[12], ARGV[14]
+local relief, relief_decisions = ARGV[15], {k = ARGV[16], e = ARGV[17], d = ARGV[18]}
+local kept_ttl, dropped_ttl = tonumber(ARGV[19]), tonumber(ARGV[20])
 local datas, at = {}, 1
 for size in string.gmatch(ARGV[13], '%d+') do
   size = tonumber(size)
@@ -20,7 +25,10 @@ end
 local marked = 0
 
 if ARGV[9] == '1' then
-  local over_traces, over_bytes = pressure(prefix, tids, tonumber(ARGV[6]), tonumber(ARGV[7]), #packed)
+  -- under relief no new trace is buffered: only the traces already here count (bytes are
+  -- counted whole, which errs on the side of room)
+  local counted = relief ~= '' and {} or tids
+  local over_traces, over_bytes = pressure(prefix, counted, tonumber(ARGV[6]), tonumber(ARGV[7]), #packed)
   while over_traces > 0 or over_bytes > 0 do
     local oldest = redis.call('ZRANGE', due, '(' .. EARLY, '+inf', 'BYSCORE', 'LIMIT', 0, 1)[1]
     if not oldest then break end
@@ -35,8 +43,15 @@ local stored, stored_early = 0, 0  -- bytes added, and of those to traces marked
 for i, tid in ipairs(tids) do
   local root, data = string.sub(roots, i, i) == '1' and after_root > 0, datas[i]
   local decided = redis.call('GET', decision_key(prefix, tid))
-  if decided then
+  local letter = relief ~= '' and string.sub(relief, i, i) or nil
+  if decided and letter == 'e' and decided == relief_decisions.d then
+    remember(prefix, tid, relief_decisions.e, kept_ttl)
+    out[#out + 1] = 2
+  elseif decided then
     out[#out + 1] = decided
+  elseif letter and not redis.call('ZSCORE', due, tid) and not redis.call('ZSCORE', claims, tid) then
+    remember(prefix, tid, relief_decisions[letter], letter == 'd' and dropped_ttl or kept_ttl)
+    out[#out + 1] = 1
   else
     local skey = span_key(prefix, tid)
     local size = redis.call('APPEND', skey, data)

@@ -18,6 +18,13 @@ end
 local function span_key(prefix, tid) return prefix .. 's:' .. tid end
 local function decision_key(prefix, tid) return prefix .. 'd:' .. tid end
 
+-- A trace's decision, for its late spans; a TTL of 0 means that kind of decision is not cached.
+local function remember(prefix, tid, decision, ttl_ms)
+  if ttl_ms > 0 then
+    redis.call('SET', decision_key(prefix, tid), decision, 'PX', ttl_ms)
+  end
+end
+
 local function mark_early(prefix, tid, kind)
   redis.call('ZADD', due, kind, tid)
   local size = redis.call('STRLEN', span_key(prefix, tid))

@@ -16,10 +16,7 @@ for i = 5, #ARGV, 3 do
   -- usual drift, reset when the shard empties
   if redis.call('DEL', skey) == 1 then freed = freed + offset + #rest end
   redis.call('ZREM', claims, tid)
-  local ttl = string.sub(decision, 1, 1) == '1' and kept_ttl or dropped_ttl
-  if ttl > 0 then
-    redis.call('SET', decision_key(prefix, tid), decision, 'PX', ttl)
-  end
+  remember(prefix, tid, decision, string.sub(decision, 1, 1) == '1' and kept_ttl or dropped_ttl)
 end
 if freed > 0 then redis.call('HINCRBY', meta, 'tb', -freed) end
 return out

@@ -39,9 +39,10 @@ def _read(name: str) -> bytes:
     return (_FILES / name).read_bytes()
 
 
-def console_routes(current: Callable[[], Config], store: str | None) -> list[web.RouteDef]:
+def console_routes(current: Callable[[], Config], store: Callable[[], str | None]) -> list[web.RouteDef]:
     """The console's routes; ``current`` returns the config in force (for its active policies),
-    ``store`` is the SQLite trace store the what-if box replays, if any."""
+    ``store`` the SQLite trace store the what-if box replays, if any (both as they are now, so a
+    reload is followed)."""
     openapi = _read("openapi.json")
     static = {name: (_read(f"static/{name}"), kind) for name, kind in _STATIC.items()}
 
@@ -67,11 +68,12 @@ def console_routes(current: Callable[[], Config], store: str | None) -> list[web
             "decision_wait_seconds": limits.decision_wait,
             "decision_wait_after_root_seconds": limits.decision_wait_after_root,
             "policies": msgspec.to_builtins(ts.policies),
-            "trace_store": store is not None,
+            "trace_store": store() is not None,
         })
 
     async def replay(request: web.Request) -> web.Response:
-        if store is None:
+        path = store()
+        if path is None:
             return web.json_response({"error": "no sqlite exporter is configured: there are no kept traces to replay"}, status=409)
         try:
             body = json.loads(await request.content.read(_MAX_BODY + 1) or b"null")
@@ -88,7 +90,7 @@ def console_routes(current: Callable[[], Config], store: str | None) -> list[web
             problems = [{"path": p.path, "message": p.message} for p in exc.problems]
             return web.json_response({"error": str(exc), "problems": problems}, status=400)
         try:
-            answer = await asyncio.to_thread(what_if, settings, store, traces)
+            answer = await asyncio.to_thread(what_if, settings, path, traces)
         except TraceStoreError as exc:
             return web.json_response({"error": str(exc)}, status=503)
         return web.json_response(answer)
