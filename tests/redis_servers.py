@@ -244,6 +244,15 @@ class RedisCluster:
         master.kill()
         return self.wait_promoted(replicas)
 
+    def rejoin(self, node: RedisProcess) -> None:
+        """Start a killed node again, as its supervisor would: without persistence it comes back
+        empty, learns from the others that its slots have a new master, and replicates it."""
+        node.start()
+        wait_until(
+            lambda: node.client.execute_command("ROLE")[0] == b"slave" and self._ready(),
+            _CLUSTER_DEADLINE, f"node {node.port} rejoined as a replica, in sync",
+        )
+
     def wait_promoted(self, replicas: list[RedisProcess]) -> RedisProcess:
         def promoted() -> RedisProcess | None:
             up = [r for r in replicas if r.alive and r in self.masters()]

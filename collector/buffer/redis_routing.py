@@ -69,7 +69,10 @@ class NotReplicated(RedisError):
     failover now could lose what it wrote."""
 
     def __init__(self, node: str, acked: object, wanted: int, reply: object) -> None:
-        super().__init__(f"{node}: WAIT saw {acked} of {wanted} replica(s) acknowledge the write in time")
+        if isinstance(acked, int):
+            super().__init__(f"{node}: {acked} of {wanted} replica(s) acknowledged the write in time (WAIT)")
+        else:
+            super().__init__(f"{node}: WAIT for {wanted} replica(s) failed: {acked}")
         self.reply = reply
 
 
