@@ -105,6 +105,10 @@ def _text(reply: object) -> str:
     return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
+def in_sync(replica: RedisProcess) -> bool:
+    return replica.client.info("replication").get("master_link_status") == "up"
+
+
 class RedisCluster:
     """Masters sharing the slot range (CLUSTER MEET, ADDSLOTSRANGE), each with ``replicas``
     replicas (CLUSTER REPLICATE).
@@ -162,11 +166,7 @@ class RedisCluster:
         for node in self.live():
             if "cluster_state:ok" not in _text(node.client.execute_command("CLUSTER", "INFO")):
                 return False
-        return all(self._in_sync(node) for node in self.live() if node not in self.masters())
-
-    @staticmethod
-    def _in_sync(replica: RedisProcess) -> bool:
-        return replica.client.info("replication").get("master_link_status") == "up"
+        return all(in_sync(node) for node in self.live() if node not in self.masters())
 
     def live(self) -> list[RedisProcess]:
         return [node for node in self.nodes if node.alive]
@@ -383,3 +383,16 @@ def replicated_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def replicated_redis(tmp_path: Path) -> Iterator[tuple[RedisProcess, RedisProcess]]:
+    """A standalone master and its replica, of this test's own."""
+    master = RedisProcess(tmp_path / "master", "--repl-diskless-sync-delay", "0")
+    replica = RedisProcess(tmp_path / "replica", "--replicaof", "127.0.0.1", str(master.port))
+    try:
+        wait_until(lambda: in_sync(replica), _START_DEADLINE, "the replica in sync with its master")
+        yield master, replica
+    finally:
+        replica.stop()
+        master.stop()

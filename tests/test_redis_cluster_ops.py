@@ -316,3 +316,25 @@ def trace_in(shard: int) -> bytes:
 
 async def _claim(one: Agent, trace_id: bytes) -> Claimed | None:
     return next((c for c in await one.buffer.claim_due(time.time(), 100) if c.trace_id == trace_id), None)
+
+
+async def test_readiness_names_the_shards_whose_master_is_down_and_comes_back_with_it(movable_cluster: RedisCluster) -> None:
+    state = RedisState(decode({"buffer": {"type": "redis", "url": movable_cluster.url, "cluster": True, "shards": SHARDS}}, Config).buffer)
+    try:
+        ready, detail = await state.check()
+        assert ready and "ok (16 shard(s))" in detail
+        down = movable_cluster.masters()[1]
+        shards = [n for n in range(SHARDS) if movable_cluster.owner(shard_slot(n)) is down]
+        assert shards, "the master holds shards"
+        down.kill()
+        ready, detail = await state.check()
+        assert not ready
+        assert f"shard(s) {', '.join(map(str, shards))} of 16 unavailable" in detail
+        down.start()  # back on its port with its slots (and none of its data)
+        await eventually(lambda: _ready(state), 15, "ready again once the master is back")
+    finally:
+        await state.close()
+
+
+async def _ready(state: RedisState) -> bool:
+    return (await state.check())[0]

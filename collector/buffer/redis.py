@@ -273,12 +273,12 @@ class RedisTraceBuffer(TraceBuffer):
             until, replicated,
         )
         for call, result in zip(calls, results):
-            if isinstance(result, Exception):
+            if isinstance(result, NotReplicated) or not isinstance(result, Exception):
+                self._failing.discard(call.shard.index)  # the shard answered
+            else:
                 self._failing.add(call.shard.index)
                 if _stale(result):  # our idea of Redis's clock may be off: learn it again
                     self._clock_checked = False
-            else:
-                self._failing.discard(call.shard.index)
         return results
 
     def _first_failure(self, operation: str, results: list[object], keep: bool = False) -> None:

@@ -129,10 +129,18 @@ class Router:
             by_node[""] = (None, pending)
         groups = list(by_node.values())
         wait = self._wait if replicated else None
-        replies = await asyncio.gather(
-            *(self._send(node, [commands[i] for i in indices], wait) for node, indices in groups),
-            return_exceptions=True,
-        )
+        replies: list[list[object] | BaseException]
+        if len(groups) == 1:  # a single server, or one node: no task to gather
+            node, indices = groups[0]
+            try:
+                replies = [await self._send(node, [commands[i] for i in indices], wait)]
+            except Exception as exc:
+                replies = [exc]
+        else:
+            replies = await asyncio.gather(
+                *(self._send(node, [commands[i] for i in indices], wait) for node, indices in groups),
+                return_exceptions=True,
+            )
         again: list[int] = []
         pause = False
         for (node, indices), reply in zip(groups, replies):
