@@ -342,7 +342,10 @@ class RedisTraceBuffer(TraceBuffer):
         """A request some shards took and another could not is refused: the client keeps its
         spans and sends them again. The spans the other shards took are then buffered twice;
         they are counted, and the failing shard is probed before the next request writes."""
-        if not any(isinstance(reply, Exception) for reply in replies):
+        for reply in replies:
+            if isinstance(reply, Exception):
+                break
+        else:
             return
         taken = 0
         for reply, trace_ids in zip(replies, groups.values()):

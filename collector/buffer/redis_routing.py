@@ -30,8 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable, NamedTuple, Sequence
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
@@ -56,9 +55,9 @@ _MAX_ROUNDS = 32  # MOVED and NOSCRIPT are sent again without a pause; this boun
 _NOT_NOW = (AskError, TryAgainError, ClusterDownError, BusyLoadingError)
 
 
-@dataclass(frozen=True, slots=True)
-class Routed:
-    """One command and a key of the shard it belongs to, which names its slot."""
+class Routed(NamedTuple):
+    """One command and a key of the shard it belongs to, which names its slot (a tuple: one is
+    made per shard per request)."""
 
     key: bytes
     args: tuple[object, ...]
@@ -152,9 +151,13 @@ class Router:
                 self._refresh(node)
                 continue
             acked = reply[-1] if wait else None
+            replicas_short = wait is not None and not (isinstance(acked, int) and acked >= wait[1])
             for i, answer in zip(indices, reply):
                 results[i] = answer
-                if isinstance(answer, MovedError):
+                if not isinstance(answer, Exception):
+                    if replicas_short:
+                        results[i] = NotReplicated(node.name if node else "redis", acked, wait[1], answer)  # type: ignore[index]
+                elif isinstance(answer, MovedError):
                     await self._client.nodes_manager.move_slot(answer)
                     again.append(i)
                 elif isinstance(answer, _NOT_NOW):
@@ -165,24 +168,25 @@ class Router:
                 elif isinstance(answer, NoScriptError) and self._reload is not None:
                     await self._reload(node)
                     again.append(i)
-                elif wait and not isinstance(answer, Exception) and not (isinstance(acked, int) and acked >= wait[1]):
-                    results[i] = NotReplicated(node.name if node else "redis", acked, wait[1], answer)
         return again, pause
 
     async def _send(
         self, node: ClusterNode | None, commands: list[Routed], wait: tuple[str, int, int] | None
     ) -> list[object]:
         pipe = self._client.pipeline(transaction=False)
+        if node is None:
+            for command in commands:
+                pipe.execute_command(*command.args)
+            if wait:
+                pipe.execute_command(*wait)
+            return await pipe.execute(raise_on_error=False)
         # a node named explicitly: the commands go where their slot was looked up, and WAIT
         # follows them on the connection that node's part of the pipeline takes
-        options = {"target_nodes": node} if node is not None else {}
         for command in commands:
-            pipe.execute_command(*command.args, **options)
+            pipe.execute_command(*command.args, target_nodes=node)
         if wait:
-            pipe.execute_command(*wait, **options)
-        if node is not None:
-            return list(await pipe.execute(raise_on_error=False, allow_redirections=False))
-        return list(await pipe.execute(raise_on_error=False))
+            pipe.execute_command(*wait, target_nodes=node)
+        return await pipe.execute(raise_on_error=False, allow_redirections=False)
 
     def _refresh(self, failed: ClusterNode | None) -> None:
         """Read the slot map again, in the background and not too often: after a master died, the
