@@ -38,9 +38,11 @@ from redis.exceptions import (
     AskError,
     BusyLoadingError,
     ClusterDownError,
+    ConnectionError,
     MovedError,
     NoScriptError,
     RedisError,
+    TimeoutError,
     TryAgainError,
 )
 
@@ -168,6 +170,8 @@ class Router:
                 elif isinstance(answer, NoScriptError) and self._reload is not None:
                     await self._reload(node)
                     again.append(i)
+                elif isinstance(answer, (ConnectionError, TimeoutError)):  # lost while reading the answers
+                    self._refresh(node)
         return again, pause
 
     async def _send(
