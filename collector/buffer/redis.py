@@ -47,9 +47,9 @@ from typing import AsyncIterator, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import (
     AskError,
     BusyLoadingError,
