@@ -163,6 +163,8 @@ class BufferConfig(msgspec.Struct, forbid_unknown_fields=True):
     lease: Duration = Duration(30.0)
     key_prefix: str = "ts"
     timeout: Duration = Duration(2.0)
+    # an append is acknowledged once this many replicas of each master it wrote to have it (WAIT)
+    wait_replicas: int = 0
 
     def __post_init__(self) -> None:
         # A request costs one script call per shard its traces fall in, and on one server shards
@@ -373,6 +375,8 @@ def _cross_checks(config: Config) -> list[Problem]:
         for key in ("shards", "lease", "timeout"):
             if getattr(config.buffer, key) <= 0:
                 problems.append(Problem(f"buffer.{key}", "must be greater than 0"))
+        if config.buffer.wait_replicas < 0:
+            problems.append(Problem("buffer.wait_replicas", "must be 0 (do not wait) or more"))
         scheme = config.buffer.url.partition("://")[0]
         if scheme not in ("redis", "rediss", "unix"):
             url = redact_url(config.buffer.url)

@@ -23,6 +23,14 @@ up on it is refused by the script itself (a fence computed from Redis's clock), 
 never doubles spans that a paused Redis would otherwise have taken late. A Redis that is away is one
 incident in the log (a warning, a reminder now and then, a line when it answers again), however
 many operations fail meanwhile.
+
+In a cluster that moves slots or fails a master over, ``redis_routing.Router`` takes each script
+to the node serving its shard and sends it again after MOVED, and after ASK, TRYAGAIN or
+CLUSTERDOWN until the fence; every script declares ``ts:{n}:absent``, a key that never exists, so
+no script runs while a shard's keys are split between two nodes. A shard that failed is probed
+(a read-only script) before a request writes to any shard, so a request is refused whole rather
+than taken by some shards only while one of them is away. With ``wait_replicas``, an append is
+acknowledged only once that many replicas have its writes.
 """
 
 from __future__ import annotations
@@ -41,13 +49,13 @@ from typing import AsyncIterator, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
+    AskError,
     BusyLoadingError,
-    ClusterDownError,
-    MasterDownError,
-    NoScriptError,
+    ClusterError,
     OutOfMemoryError,
     RedisError,
     ResponseError,
@@ -61,14 +69,16 @@ from tailsampler.common.verdict import Verdict
 
 from .base import AppendResult, BufferFull, BufferUnavailable, Claimed, Occupancy, Relief, Settlement, TraceBuffer
 from .redis_budget import UNREACHABLE
+from .redis_routing import NotReplicated, Routed, Router
 
 log = logging.getLogger(__name__)
 
 # Traces of a fleet that is gone for good are kept at least this long, so agents restarted
 # within it still decide them.
 _MIN_HOLD = 600.0
-# answers that mean "not now" rather than "wrong": the client retries later
-_TRANSIENT = (OutOfMemoryError, ClusterDownError, TryAgainError, MasterDownError, BusyLoadingError)
+# answers that mean "not now" rather than "wrong": the client retries later. ClusterError covers
+# CLUSTERDOWN and MASTERDOWN (an election), AskError MOVED and ASK (a slot still moving at the fence)
+_TRANSIENT = (OutOfMemoryError, ClusterError, TryAgainError, AskError, BusyLoadingError, NotReplicated)
 
 
 def _read(name: str) -> str:
@@ -96,15 +106,27 @@ def shard_of(trace_id: bytes, shards: int) -> int:
 
 def connect(url: str, cluster: bool, timeout: float) -> Redis | RedisCluster:
     """An asyncio client (hiredis parser when installed) that fails fast instead of retrying:
-    the buffer's callers decide what a failure means (push back, try next tick)."""
-    options = dict(
+    the buffer's callers decide what a failure means (push back, try next tick).
+
+    A cluster client patches its slot map on MOVED and never closes every connection because of
+    MOVEDs (``reinitialize_steps=0``): the connections carry other requests' commands, whose
+    answers would be lost; a failure is what makes ``Router`` read the whole map again."""
+    options: dict[str, object] = dict(
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
     )
     if cluster:
-        return RedisCluster.from_url(url, **options)
+        return RedisCluster.from_url(url, reinitialize_steps=0, **options)
     return Redis.from_url(url, **options)
+
+
+def shard_keys(key_prefix: str, index: int) -> tuple[bytes, bytes, bytes, bytes]:
+    """The keys every script of shard ``index`` declares: due, claims, meta, and ``absent``,
+    which is never written: while the shard's slot is being migrated, a script that declares a
+    missing key is refused (TRYAGAIN, or ASK then TRYAGAIN) by both nodes, so none runs with
+    the shard's keys split between them."""
+    return tuple(f"{key_prefix}:{{{index}}}:{k}".encode() for k in ("due", "claims", "meta", "absent"))  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +136,7 @@ class _Shard:
 
     index: int
     prefix: bytes
-    keys: tuple[bytes, bytes, bytes]
+    keys: tuple[bytes, bytes, bytes, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,11 +164,7 @@ class RedisTraceBuffer(TraceBuffer):
         self._kept_ttl_ms = self._dropped_ttl_ms = 0
         self.set_decision_cache(limits.decision_cache)
         self._shards = [
-            _Shard(
-                n,
-                f"{config.key_prefix}:{{{n}}}:".encode(),
-                tuple(f"{config.key_prefix}:{{{n}}}:{k}".encode() for k in ("due", "claims", "meta")),
-            )
+            _Shard(n, f"{config.key_prefix}:{{{n}}}:".encode(), shard_keys(config.key_prefix, n))
             for n in range(config.shards)
         ]
         # the append script's arguments that never change, encoded once
@@ -157,7 +175,11 @@ class RedisTraceBuffer(TraceBuffer):
         self._early_seen = [0] * config.shards
         self._client = connect(config.url, config.cluster, self._timeout)
         self._outage = Incident(log, f"redis buffer {where(self._client)}")
+        # WAIT answers within half the timeout, the other half being the script's share
+        self._router = Router(self._client, self._load_scripts, config.wait_replicas, max(1, int(self._timeout * 500)))
+        self._failing: set[int] = set()  # shards whose last command failed: probed before a request writes
         self._clock_offset_ms: float | None = None
+        self._clock_checked = False  # False after a failure: Redis may be another server now
         self._held: dict[bytes, tuple[int, int]] = {}
         self._renewed_at = 0.0
         self._run_ids: dict[str, str] = {}
@@ -179,6 +201,13 @@ class RedisTraceBuffer(TraceBuffer):
             "tailsampler_redis_script_loads", "Times the buffer's scripts were (re)loaded into Redis",
             registry=registry,
         )
+        self._refused_but_buffered = Counter(
+            "tailsampler_redis_refused_buffered_spans",
+            "Spans that shards took of requests then refused because another shard could not take "
+            "its part (or, with wait_replicas, its replicas did not acknowledge it): the client's "
+            "retry buffers them again",
+            registry=registry,
+        )
 
     async def close(self) -> None:
         """Hand this agent's unsettled claims back at once, so other agents need not wait out the lease."""
@@ -187,6 +216,7 @@ class RedisTraceBuffer(TraceBuffer):
                 await self._renew(0.0)
             except (BufferUnavailable, RedisError) as exc:
                 log.warning("redis buffer: could not release %d claims (%s); they expire with their lease", len(self._held), exc)
+        await self._router.close()
         await self._client.aclose()
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -197,10 +227,16 @@ class RedisTraceBuffer(TraceBuffer):
         seconds, micros = await self._client.time()
         after = time.time()
         self._clock_offset_ms = seconds * 1000 + micros / 1000 - (before + after) * 500
+        self._clock_checked = True
 
-    async def _load_scripts(self) -> None:
+    async def _load_scripts(self, node: ClusterNode | None) -> None:
+        """Load the scripts where one was missing: a server restarted or flushed, a replica just
+        promoted, a master just added."""
         for source in _SCRIPTS.source.values():
-            await self._client.script_load(source)
+            if node is None:
+                await self._client.script_load(source)
+            else:
+                await self._client.execute_command("SCRIPT LOAD", source, target_nodes=node)
         self._script_loads.inc()
 
     def _fence(self) -> int:
@@ -208,16 +244,21 @@ class RedisTraceBuffer(TraceBuffer):
         assert self._clock_offset_ms is not None
         return int(time.time() * 1000 + self._clock_offset_ms + self._timeout * 500)
 
+    def _deadline(self) -> float:
+        """The fence in this agent's monotonic clock: commands refused for a moving slot or an
+        election are sent again until then, and no later, since Redis would refuse them."""
+        return time.monotonic() + self._timeout / 2
+
     @asynccontextmanager
     async def _reaching(self, operation: str) -> AsyncIterator[None]:
         try:
-            if self._clock_offset_ms is None:
+            if not self._clock_checked:
                 await self._sync_clock()
             yield
         except (*UNREACHABLE, *_TRANSIENT) as exc:
             self._fail(operation, exc)
         except ResponseError as exc:
-            if str(exc).startswith("STALE"):
+            if _stale(exc):
                 self._fail(operation, exc)
             raise
         self._outage.resolved()
@@ -226,29 +267,35 @@ class RedisTraceBuffer(TraceBuffer):
         self._unavailable.labels(operation).inc()
         self._outage.failed(f"unavailable ({operation}: {exc}); ingest answers retryable errors, decisions wait")
         # Redis may come back as another server (restart, failover) with another clock
-        self._clock_offset_ms = None
+        self._clock_checked = False
         raise BufferUnavailable(f"redis {where(self._client)} unavailable during {operation}: {exc}") from exc
 
-    async def _run(self, calls: list[_Call]) -> list[object]:
-        """Run script calls in one pipeline; calls refused with NOSCRIPT run again after a reload."""
-        results = await self._pipeline(calls)
-        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
-        if missing:
-            await self._load_scripts()
-            for i, result in zip(missing, await self._pipeline([calls[i] for i in missing])):
-                results[i] = result
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
+    async def _run(self, calls: list[_Call], until: float, replicated: bool = False) -> list[object]:
+        """Each call's reply or the exception it ended with; shards are marked failing or not."""
+        results = await self._router.run(
+            [Routed(call.shard.keys[0], ("EVALSHA", _SCRIPTS.sha[call.script], 4, *call.shard.keys, *call.args)) for call in calls],
+            until, replicated,
+        )
+        for call, result in zip(calls, results):
+            if isinstance(result, NotReplicated) or not isinstance(result, Exception):
+                self._failing.discard(call.shard.index)  # the shard answered
+            else:
+                self._failing.add(call.shard.index)
+                if _stale(result):  # our idea of Redis's clock may be off: learn it again
+                    self._clock_checked = False
         return results
 
-    async def _pipeline(self, calls: list[_Call]) -> list[object]:
-        pipe = self._client.pipeline(transaction=False)
-        for call in calls:
-            # execute_command: redis-py's cluster pipeline refuses its evalsha() helper, although
-            # a script whose keys share one slot pipelines like any single-slot command
-            pipe.execute_command("EVALSHA", _SCRIPTS.sha[call.script], 3, *call.shard.keys, *call.args)
-        return list(await pipe.execute(raise_on_error=False))
+    def _first_failure(self, operation: str, results: list[object], keep: bool = False) -> None:
+        """Raise the first failure among ``results``. ``keep``: what the calls that succeeded did
+        must reach the caller (claims handed out, late spans returned), so the failures are only
+        counted; what failed is tried again later (or, for a settlement, after the lease)."""
+        failures = [result for result in results if isinstance(result, Exception)]
+        if not failures:
+            return
+        if keep:
+            self._unavailable.labels(operation).inc()
+            return
+        raise failures[0]
 
     def _by_shard(self, trace_ids: Iterable[bytes]) -> dict[int, list[bytes]]:
         groups: dict[int, list[bytes]] = {}
@@ -271,8 +318,9 @@ class RedisTraceBuffer(TraceBuffer):
             letters = {relief.kept: b"k", relief.kept_for_error: b"e", relief.dropped: b"d"}
             decisions = [verdict.encode() for verdict in letters]
         async with self._reaching("append"):
+            until = self._deadline()
             if relief is None:  # under relief new traces are not buffered: nothing to refuse them for
-                await self._admit(groups, fragments)
+                await self._admit(groups, fragments, until)
             fence = self._fence()
             calls = []
             for index, trace_ids in groups.items():
@@ -290,7 +338,8 @@ class RedisTraceBuffer(TraceBuffer):
                     self._dropped_ttl_ms,
                 )
                 calls.append(_Call("append", shard, args))
-            replies = await self._run(calls)
+            replies = await self._run(calls, until, replicated=True)
+            self._refuse_partly_taken(calls, replies, groups, fragments)
         for call, reply, trace_ids in zip(calls, replies, groups.values()):
             result.early += reply[0]
             self._early_seen[call.shard.index] = reply[1]
@@ -312,16 +361,37 @@ class RedisTraceBuffer(TraceBuffer):
                     result.late_dropped_spans += fragments[trace_id].span_count
         return result
 
-    async def _admit(self, groups: dict[int, list[bytes]], fragments: dict[bytes, Fragment]) -> None:
-        """Refuse a request that does not fit before any shard takes part of it.
+    def _refuse_partly_taken(
+        self, calls: list[_Call], replies: list[object], groups: dict[int, list[bytes]], fragments: dict[bytes, Fragment]
+    ) -> None:
+        """A request some shards took and another could not is refused: the client keeps its
+        spans and sends them again. The spans the other shards took are then buffered twice;
+        they are counted, and the failing shard is probed before the next request writes."""
+        for reply in replies:
+            if isinstance(reply, Exception):
+                break
+        else:
+            return
+        taken = 0
+        for reply, trace_ids in zip(replies, groups.values()):
+            if isinstance(reply, NotReplicated):
+                reply = reply.reply
+            if not isinstance(reply, Exception):  # a trace answered 0 was buffered, not one already decided
+                taken += sum(fragments[t].span_count for t, status in zip(trace_ids, reply[2:]) if status == 0)
+        self._refused_but_buffered.inc(taken)
+        self._first_failure("append", replies)
 
-        With decide_early a request only needs the check when a shard it touches was last seen
-        with as many traces waiting for an early decision as it may hold.
+    async def _admit(self, groups: dict[int, list[bytes]], fragments: dict[bytes, Fragment], until: float) -> None:
+        """Refuse a request that does not fit, or that a shard which failed last time still
+        cannot take, before any shard takes part of it.
+
+        With decide_early a request only needs the bounds checked when a shard it touches was
+        last seen with as many traces waiting for an early decision as it may hold.
         """
         if not self._backpressure:
             groups = {
                 index: ids for index, ids in groups.items()
-                if self._early_seen[index] + len(ids) >= self._max_traces
+                if index in self._failing or self._early_seen[index] + len(ids) >= self._max_traces
             }
             if not groups:
                 return
@@ -332,7 +402,9 @@ class RedisTraceBuffer(TraceBuffer):
             ])
             for index, ids in groups.items()
         ]
-        for call, (over_traces, over_bytes, early) in zip(calls, await self._run(calls)):
+        replies = await self._run(calls, until)
+        self._first_failure("append", replies)
+        for call, (over_traces, over_bytes, early) in zip(calls, replies):
             self._early_seen[call.shard.index] = early
             if over_traces > 0 or over_bytes > 0:
                 if self._backpressure or early >= self._max_traces:
@@ -356,6 +428,7 @@ class RedisTraceBuffer(TraceBuffer):
         count = len(self._shards)
         start = random.randrange(count)
         candidates = [self._shards[(start + i) % count] for i in range(count)]
+        failures: list[object] = []
         async with self._reaching("claim"):
             while candidates and len(claimed) < limit:
                 room = limit - len(claimed)
@@ -367,12 +440,22 @@ class RedisTraceBuffer(TraceBuffer):
                     _Call("claim", shard, [fence, shard.prefix, now, now + self._lease, quota, self._hold_ms])
                     for shard, quota in asked
                 ]
-                replies = await self._run(calls)
+                try:
+                    replies = await self._run(calls, self._deadline())
+                except (*UNREACHABLE, *_TRANSIENT) as exc:
+                    if not claimed:
+                        raise
+                    failures.append(exc)  # the traces claimed so far are this agent's: hand them out
+                    break
                 candidates = unasked
                 for (shard, quota), reply in zip(asked, replies):
+                    if isinstance(reply, Exception):  # this shard waits for the next claim
+                        failures.append(reply)
+                        continue
                     self._take(shard.index, reply, claimed)
                     if len(reply) // 4 == quota:
                         candidates.append(shard)
+            self._first_failure("claim", failures, keep=bool(claimed))
         return claimed
 
     def _take(self, index: int, reply: list[bytes], into: list[Claimed]) -> None:
@@ -391,7 +474,8 @@ class RedisTraceBuffer(TraceBuffer):
     async def settle(self, settlements: list[Settlement], now: float) -> dict[bytes, bytes]:
         """Traces are no longer renewed from here on, even if Redis cannot be reached: their
         leases run out and they are decided again (a duplicate at worst, never a trace stuck
-        under a lease that this agent renews forever)."""
+        under a lease that this agent renews forever). When only some shards can be reached,
+        what the others returned is returned."""
         groups: dict[int, list[tuple[Settlement, int]]] = {}
         for settlement in settlements:
             held = self._held.pop(settlement.trace_id, None)
@@ -408,10 +492,12 @@ class RedisTraceBuffer(TraceBuffer):
                 for s, offset in group:
                     args += (s.trace_id.hex(), offset, s.verdict.encode())
                 calls.append(_Call("settle", shard, args))
-            replies = await self._run(calls)
+            replies = await self._run(calls, self._deadline())
+            self._first_failure("settle", replies, keep=not all(isinstance(r, Exception) for r in replies))
         return {
             s.trace_id: data
             for group, reply in zip(groups.values(), replies)
+            if not isinstance(reply, Exception)
             for (s, _), data in zip(group, reply)
             if data
         }
@@ -426,13 +512,15 @@ class RedisTraceBuffer(TraceBuffer):
     async def occupancy(self) -> Occupancy:
         """The fleet's buffered traces and bytes; also notices a Redis that came back empty."""
         async with self._reaching("occupancy"):
-            pipe = self._client.pipeline(transaction=False)
-            for shard in self._shards:
-                due, claims, meta = shard.keys
-                pipe.zcard(due)
-                pipe.zcard(claims)
-                pipe.hget(meta, "tb")
-            replies = await pipe.execute()
+            replies = await self._router.run(
+                [
+                    Routed(shard.keys[0], args)
+                    for shard in self._shards
+                    for args in (("ZCARD", shard.keys[0]), ("ZCARD", shard.keys[1]), ("HGET", shard.keys[2], "tb"))
+                ],
+                self._deadline(),
+            )
+            self._first_failure("occupancy", replies)
             servers = await self._servers()
         held = [replies[i] + replies[i + 1] for i in range(0, len(replies), 3)]
         self._notice_lost(held, servers)
@@ -493,7 +581,12 @@ class RedisTraceBuffer(TraceBuffer):
             for index, ids in groups.items()
         ]
         async with self._reaching("renew"):
-            await self._run(calls)
+            self._first_failure("renew", await self._run(calls, self._deadline()))
+
+
+def _stale(exc: object) -> bool:
+    """The fence refused the call: it reached Redis after the agent had stopped waiting for it."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("STALE")
 
 
 def where(client: Redis | RedisCluster) -> str:

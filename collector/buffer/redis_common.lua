@@ -2,6 +2,10 @@
 -- One shard's keys: KEYS[1] due (ZSET trace -> decision deadline), KEYS[2] claims (ZSET trace ->
 -- lease deadline), KEYS[3] meta (HASH: tb = bytes stored, eb = bytes of traces marked early);
 -- span and decision keys are built from the shard's key prefix, so they share its hash tag.
+-- KEYS[4] is never written: a script declaring a missing key is refused by both nodes while
+-- its slot is being migrated (TRYAGAIN, or ASK then TRYAGAIN), so no script reads or writes the
+-- span and decision keys it builds while some of them are still on the old node and some on
+-- the new one.
 -- A deadline at or below EARLY marks a trace for an early decision: 1 = too big, 2 = overflow.
 local SIZE, OVERFLOW, EARLY = 1, 2, 2
 local due, claims, meta = KEYS[1], KEYS[2], KEYS[3]
