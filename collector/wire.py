@@ -8,6 +8,7 @@ set (to anything but empty or ``0``). ``CORE`` says which one runs (``"c"`` or `
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -24,7 +25,8 @@ if NO_EXTENSIONS:
 else:
     try:
         from tailsampler.collector import _wire as _core  # type: ignore[no-redef]
-    except ImportError:
+    except ImportError as missing:  # installed where it could not be compiled: the build said so too
+        logging.getLogger(__name__).warning("the C wire core is not built (%s): running the pure-Python core", missing)
         _core = wire_py
 
 CORE: str = _core.CORE
