@@ -26,8 +26,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import reduce
-from itertools import accumulate, chain, compress, count, islice, repeat
-from operator import add, and_, contains, eq, gt, itemgetter, mul, ne, or_, sub
+from itertools import compress, count, islice, repeat
+from operator import and_, contains, itemgetter, mul, ne, or_, sub
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
@@ -68,12 +68,36 @@ _UNREAD = [(5, "name", _B), (6, "kind", _V), (9, "attributes", _B), (10, "droppe
            (11, "events", _B), (12, "dropped_events_count", _V), (13, "links", _B), (14, "dropped_links_count", _V)]
 
 
-def _span(label: str, status: str) -> list[tuple[int, str, int, str, str]]:
+_LISTS = (9, 11, 13)  # attributes, events, links: repeated in OTLP
+
+
+def _span(label: str, status: str, ids: str = "", lists: str = _ONE, numbers: tuple[int, int] = (_F64, _F32)) -> list[
+    tuple[int, str, int, str, str]
+]:
+    """A span type: the fact fields ``label`` (the IDs ``ids`` when given), the times and flags of
+    the types ``numbers``, the fields the walk does not read singular or, for OTLP's repeated
+    ones, ``lists``."""
     return [
-        (1, "trace_id", _B, label, ""), (2, "span_id", _B, label, ""), (3, "trace_state", _B, label, ""),
-        (4, "parent_span_id", _B, label, ""), (7, "start_time_unix_nano", _F64, label, ""),
-        (8, "end_time_unix_nano", _F64, label, ""), (15, "status", _M, _ONE, status), (16, "flags", _F32, label, ""),
-        *[(number, name, kind, _ONE, "") for number, name, kind in _UNREAD],
+        (1, "trace_id", _B, ids or label, ""), (2, "span_id", _B, ids or label, ""), (3, "trace_state", _B, label, ""),
+        (4, "parent_span_id", _B, label, ""), (7, "start_time_unix_nano", numbers[0], label, ""),
+        (8, "end_time_unix_nano", numbers[0], label, ""), (15, "status", _M, _ONE, status),
+        (16, "flags", numbers[1], label, ""),
+        *[(number, name, kind, lists if number in _LISTS else _ONE, "") for number, name, kind in _UNREAD],
+    ]
+
+
+def _envelopes(name: str, child: str, label: str, fields: str) -> list[tuple[str, list[tuple[int, str, int, str, str]]]]:
+    """ScopeSpans, ResourceSpans and the request around spans of type ``child``: ``label`` for
+    each level's child field; the resource, scope and schema URL fields as ``fields``, or absent."""
+
+    def envelope(head: str, child_field: str, child_type: str) -> list[tuple[int, str, int, str, str]]:
+        own = [(1, head, _B, fields, ""), (3, "schema_url", _B, fields, "")] if fields else []
+        return [*own[:1], (2, child_field, _M, label, child_type), *own[1:]]
+
+    return [
+        (f"{name}ScopeSpans", envelope("scope", "spans", child)),
+        (f"{name}ResourceSpans", envelope("resource", "scope_spans", f"{name}ScopeSpans")),
+        (f"{name}Request", [(1, "resource_spans", _M, label, f"{name}ResourceSpans")]),
     ]
 
 
@@ -84,18 +108,29 @@ _TYPES = _declare("tailsampler.wire", [
         (3, "schema_url", _B, _REPEATED, ""),
     ]),
     ("LocatedRequest", [(1, "resource_spans", _M, _REPEATED, "LocatedResourceSpans")]),
+    # the check: every field on the path to the spans, as OTLP has them (protobuf's rules)
+    ("PlainStatus", [(2, "message", _B, _ONE, ""), (3, "code", _I32, _ONE, "")]),
+    ("PlainSpan", _span(_ONE, "PlainStatus", lists=_REPEATED)),
+    *_envelopes("Plain", "PlainSpan", _REPEATED, _REPEATED),
+    # a canonical request's trace and span ID columns, and any length-delimited fact number
+    ("IdStatus", [(2, "message", _B, _ONE, ""), (3, "code", _B, _REPEATED, "")]),
+    ("IdSpans", _span(_REPEATED, "IdStatus", numbers=(_B, _B))),
+    *_envelopes("Id", "IdSpans", _ONE, ""),
+    # one trace's spans of a canonical request, merged into columns
+    ("TraceStatus", [(2, "message", _B, _ONE, ""), (3, "code", _I32, _REPEATED, "")]),
+    ("TraceSpans", _span(_REPEATED, "TraceStatus", ids=_ONE)),
+    ("TraceScopeSpans", [(2, "spans", _M, _ONE, "TraceSpans")]),
+    # the spans prefixed with the fact fields' defaults, each holding each one exactly once
     ("CheckedStatus", [(2, "message", _B, _ONE, ""), (3, "code", _I32, _PRESENT, "")]),
     ("CheckedSpan", _span(_PRESENT, "CheckedStatus")),
-    ("CheckedScopeSpans", [(2, "spans", _M, _REPEATED, "CheckedSpan")]),
-    ("CheckedResourceSpans", [(2, "scope_spans", _M, _REPEATED, "CheckedScopeSpans")]),
-    ("CheckedRequest", [(1, "resource_spans", _M, _REPEATED, "CheckedResourceSpans")]),
+    *_envelopes("Checked", "CheckedSpan", _REPEATED, ""),
     ("ColumnStatus", [(2, "message", _B, _ONE, ""), (3, "code", _I32, _REPEATED, "")]),
     ("ColumnSpans", _span(_REPEATED, "ColumnStatus")),
-    ("ColumnScopeSpans", [(2, "spans", _M, _ONE, "ColumnSpans")]),
-    ("ColumnResourceSpans", [(2, "scope_spans", _M, _ONE, "ColumnScopeSpans")]),
-    ("ColumnRequest", [(1, "resource_spans", _M, _ONE, "ColumnResourceSpans")]),
+    *_envelopes("Column", "ColumnSpans", _ONE, ""),
 ])
-_Located, _Checked, _Columns = _TYPES["LocatedRequest"], _TYPES["CheckedRequest"], _TYPES["ColumnRequest"]
+_Located, _Plain, _Ids, _TraceSpans, _Checked, _Columns = (
+    _TYPES[name] for name in ("LocatedRequest", "PlainRequest", "IdRequest", "TraceScopeSpans", "CheckedRequest", "ColumnRequest")
+)
 
 # trace_id, span_id, trace_state, parent_span_id empty; start, end 0; status {code: 0}; flags 0
 _DEFAULTS = b"\x0a\x00\x12\x00\x1a\x00\x22\x00\x39" + bytes(8) + b"\x41" + bytes(8) + b"\x7a\x02\x18\x00\x85\x01" + bytes(4)
@@ -190,21 +225,96 @@ class Fragment:
 
 def split(body: bytes) -> tuple[dict[bytes, Fragment], int, int]:
     """(fragments by trace ID, spans accepted, spans refused) of an export request body; a body
-    the walk refuses raises ``WireError``."""
+    the walk refuses raises ``WireError``.
+
+    A request as encoders write them (each field once, in its shortest form) is split through
+    its ID columns and one parse per trace for the facts; any other goes through the parses that
+    give each span exactly one value of each fact field (``split_exactly``)."""
+    request = _located(body)
+    if not request.payloads:
+        return {}, 0, 0
+    if request.canonical:
+        split = _split_canonical(body, request)
+        if split is not None:
+            return split
+    return _split_exactly(request)
+
+
+def split_exactly(body: bytes) -> tuple[dict[bytes, Fragment], int, int]:
+    """``split`` through the parses that hold for any layout; the same result, more slowly."""
+    request = _located(body)
+    return _split_exactly(request) if request.payloads else ({}, 0, 0)
+
+
+def _located(body: bytes) -> _Request:
     if len(body) > MAX_BODY:
         raise WireError(first_error(body))
     try:
-        request = _Request(_Located.FromString(body))
-        checked = _Checked.FromString(request.prefixed)
+        plain = _Plain.FromString(body)
+        located = _Located.FromString(body)
     except DecodeError:
         raise WireError(first_error(body) or "malformed protobuf") from None
-    if not request.payloads:
-        return {}, 0, 0
+    # A serialization as long as the body means no field occurred twice (protobuf keeps one),
+    # none held its default or an over-long varint (protobuf writes neither).
+    return _Request(located, plain.ByteSize() == len(body))
+
+
+def _split_canonical(body: bytes, request: _Request) -> tuple[dict[bytes, Fragment], int, int] | None:
+    """The split of a request whose spans hold each field at most once, or None when a fact
+    number is length-delimited (a type of columns would read it as packed numbers) or a span has
+    no trace or span ID (it is refused by the exact split)."""
+    spans = _Ids.FromString(body).resource_spans.scope_spans.spans  # type: ignore[attr-defined]
+    if len(spans.start_time_unix_nano) or len(spans.end_time_unix_nano) or len(spans.flags) or len(spans.status.code):
+        return None
+    ids, span_ids = spans.trace_id[:], spans.span_id[:]
+    payloads, scope_of = request.payloads, request.scope_of
+    if len(ids) != len(payloads) or len(span_ids) != len(payloads):
+        return None
+    refused = 0
+    if not _all_valid(ids, span_ids):
+        valid = list(map(_valid, ids, span_ids))
+        refused = valid.count(False)
+        ids, payloads, scope_of = (list(compress(column, valid)) for column in (ids, payloads, scope_of))
+    parts = _framed_spans(payloads)
+    cuts = _cuts(ids, scope_of)
+    runs: dict[bytes, list[tuple[int, bytes, int]]] = {}  # by trace: (scope, framed spans, how many)
+    for a, b in zip(cuts, islice(cuts, 1, None)):
+        runs.setdefault(ids[a], []).append((scope_of[a], b"".join(parts[2 * a : 2 * b]), b - a))
+    fragments = {}
+    for trace_id, trace_runs in runs.items():
+        pieces, size = _assemble(request, trace_runs)
+        spans_count = sum(run[2] for run in trace_runs)
+        fragments[trace_id] = Fragment(pieces, _facts(b"".join([run[1] for run in trace_runs]), spans_count, size))
+    return fragments, len(ids), refused
+
+
+def _facts(framed: bytes, spans: int, size: int) -> bytes:
+    """The facts record of one trace's spans of a canonical request (``framed``, as ScopeSpans'
+    span fields): each field occurs at most once and never with its default, so a fact field's
+    column is shorter than the spans exactly when some span lacks it."""
+    columns = _TraceSpans.FromString(framed).spans  # type: ignore[attr-defined]
+    codes = columns.status.code[:]
+    bits = reduce(or_, map(_CODE_BITS.get, codes, repeat(wire_facts.STATUS_OTHER)), 0)
+    if len(codes) < spans:
+        bits |= _CODE_BITS[0]
+    if len(columns.parent_span_id) < spans:
+        bits |= wire_facts.ROOT
+    if len(columns.trace_state):
+        bits |= wire_facts.TRACE_STATE
+    if 1 in map(and_, columns.flags[:], repeat(1)):
+        bits |= wire_facts.SAMPLED
+    starts = columns.start_time_unix_nano[:]
+    start = min(starts) if len(starts) == spans else 0
+    return _RECORD.pack(wire_facts.FACTS_VERSION, bits, 0, spans, size, start, max(columns.end_time_unix_nano[:], default=0))
+
+
+def _split_exactly(request: _Request) -> tuple[dict[bytes, Fragment], int, int]:
+    checked = _Checked.FromString(request.prefixed())
     ids, span_ids, parents, states, starts, ends, codes, flags = _columns(checked, len(request.payloads))
     rows = [request.payloads, request.scope_of, parents, states, starts, ends,
             list(map(_CODE_BITS.get, codes, repeat(wire_facts.STATUS_OTHER))), flags]
     refused = 0
-    if not (set(map(len, ids)) == {16} and set(map(len, span_ids)) == {8} and _ZERO_TRACE not in ids and _ZERO_SPAN not in span_ids):
+    if not _all_valid(ids, span_ids):
         valid = list(map(_valid, ids, span_ids))
         refused = valid.count(False)
         ids = list(compress(ids, valid))
@@ -235,45 +345,92 @@ def _read_columns(checked: object) -> list[list]:
             spans.start_time_unix_nano[:], spans.end_time_unix_nano[:], spans.status.code[:], spans.flags[:]]
 
 
+def _all_valid(ids: list[bytes], span_ids: list[bytes]) -> bool:
+    return set(map(len, ids)) == {16} and set(map(len, span_ids)) == {8} and _ZERO_TRACE not in ids and _ZERO_SPAN not in span_ids
+
+
 def _valid(trace_id: bytes, span_id: bytes) -> bool:
     return len(trace_id) == 16 and len(span_id) == 8 and trace_id != _ZERO_TRACE and span_id != _ZERO_SPAN
 
 
+def _framed_spans(payloads: list[bytes]) -> list[bytes]:
+    """Each span's tag and length, then its bytes, as a ScopeSpans' span field."""
+    return _interleave(list(_each(_SPAN_TAGS, _span_tag, list(map(len, payloads)))), payloads)
+
+
+def _cuts(ids: list[bytes], scope_of: list[int]) -> list[int]:
+    """Where runs of one trace's spans in one scope start, and the end."""
+    changes = map(or_, map(ne, islice(ids, 1, None), ids), map(ne, islice(scope_of, 1, None), scope_of))
+    return [0, *compress(count(1), changes), len(ids)]
+
+
 class _Request:
     """What the located parse says of a request: each resource's shared head (its resource and
-    schema_url fields), each scope's head and resource, every span's bytes and scope, and the
-    spans prefixed with the fact fields' defaults, framed as a request, for the checking parse."""
+    schema_url fields), each scope's head and resource, every span's bytes and scope; and whether
+    the request is canonical (each field at most once, none at its default, shortest varints)."""
 
-    def __init__(self, located: object) -> None:
+    def __init__(self, located: object, canonical: bool) -> None:
+        self.canonical = canonical
         self.heads: list[bytes] = []
         self.scope_heads: list[bytes] = []
         self.scope_resource: list[int] = []
+        self.scope_spans: list[list[bytes]] = []
         self.payloads: list[bytes] = []
         self.scope_of: list[int] = []
-        resources = []
         for index, rs in enumerate(located.resource_spans[:]):  # type: ignore[attr-defined]
             self.heads.append(_shared(_framed(b"\x0a", rs.resource[:]) + _framed(b"\x1a", rs.schema_url[:])))
-            inner = []
             for ss in rs.scope_spans[:]:
                 spans = ss.spans[:]
                 self.scope_of += repeat(len(self.scope_heads), len(spans))
                 self.scope_heads.append(_framed(b"\x0a", ss.scope[:]) + _framed(b"\x1a", ss.schema_url[:]))
                 self.scope_resource.append(index)
+                self.scope_spans.append(spans)
                 self.payloads += spans
-                parts = [b""] * (2 * len(spans))
-                parts[::2] = _each(_PREFIXED, _prefixed, list(map(len, spans)))
-                parts[1::2] = spans
-                scope = b"".join(parts)
-                inner.append(b"\x12" + _length(len(scope)) + scope)
-            resource = b"".join(inner)
-            resources.append(b"\x0a" + _length(len(resource)) + resource)
-        self.prefixed = b"".join(resources)
+
+    def prefixed(self) -> bytes:
+        """The spans, each prefixed with the fact fields at their defaults, in their resources and
+        scopes (without their fields), as a request for the exact parse."""
+        resources: list[list[bytes]] = [[] for _ in self.heads]
+        for resource, spans in zip(self.scope_resource, self.scope_spans):
+            parts = _interleave(list(_each(_PREFIXED, _prefixed, list(map(len, spans)))), spans)
+            scope = b"".join(parts)
+            resources[resource].append(b"\x12" + _length(len(scope)) + scope)
+        return b"".join(b"\x0a" + _length(len(inner)) + inner for inner in map(b"".join, resources))
+
+
+def _assemble(request: _Request, runs: list[tuple[int, bytes, int]]) -> tuple[list[bytes], int]:
+    """One trace's pieces and size from its runs (scope, framed spans, count) in request order: per
+    resource, the entry's tag and length, the shared head, and a ScopeSpans per scope; the bytes
+    between shared heads are joined into one piece."""
+    pieces: list[bytes] = []
+    own: list[bytes] = []  # bytes since the last shared head
+    size, i = 0, 0
+    while i < len(runs):
+        resource = request.scope_resource[runs[i][0]]
+        scopes: list[bytes] = []
+        while i < len(runs) and request.scope_resource[runs[i][0]] == resource:
+            scope = runs[i][0]
+            body = [request.scope_heads[scope]]
+            while i < len(runs) and runs[i][0] == scope:
+                body.append(runs[i][1])
+                i += 1
+            scopes += (b"\x12", _length(sum(map(len, body))), *body)
+        head = request.heads[resource]
+        length = len(head) + sum(map(len, scopes))
+        tag = b"\x0a" + _length(length)
+        size += len(tag) + length
+        own.append(tag)
+        if head:
+            pieces += (b"".join(own), head)
+            own = []
+        own += scopes
+    pieces.append(b"".join(own))
+    return pieces, size
 
 
 class _Traces:
-    """The accepted spans grouped by trace: a stable sort of the trace ID column keeps each
-    trace's spans in request order. A group is a run of one trace's spans in one scope; an entry
-    is one trace's share of one resource (a ``ResourceSpans`` of its fragment)."""
+    """The accepted spans of any request grouped by trace: a stable sort of the trace ID column
+    keeps each trace's spans in request order."""
 
     def __init__(self, request: _Request, ids: list[bytes], rows: list[list]) -> None:
         self.request = request
@@ -281,24 +438,24 @@ class _Traces:
         self.order = order = sorted(range(n), key=ids.__getitem__)
         pick = _picker(order)
         self.ids = ids = pick(ids)
-        (self.payloads, self.scope_of, self.parents, self.states, self.starts, self.ends, self.codes,
+        (payloads, self.scope_of, self.parents, self.states, self.starts, self.ends, self.codes,
          flags) = map(pick, rows)
         self.sampled = list(map(and_, flags, repeat(1)))
-        tags = list(_each(_SPAN_TAGS, _span_tag, list(map(len, self.payloads))))
-        self.spans = _interleave(tags, self.payloads)  # tag and length, span, tag and length, ...
-        self.ends_at = list(accumulate(map(add, map(len, tags), map(len, self.payloads)), initial=0))
-        changes = list(map(ne, islice(ids, 1, None), ids))
-        self.trace_cuts = [0, *compress(count(1), changes), n]
-        scope_changes = map(ne, islice(self.scope_of, 1, None), self.scope_of)
-        self.group_cuts = [0, *compress(count(1), map(or_, changes, scope_changes)), n]
-        trace_starts = set(self.trace_cuts)
-        self.trace_groups = list(compress(count(), map(trace_starts.__contains__, self.group_cuts)))
+        self.parts = _framed_spans(payloads)
+        self.trace_cuts = [0, *compress(count(1), map(ne, islice(ids, 1, None), ids)), n]
+        self.group_cuts = _cuts(ids, self.scope_of)
 
     def fragments(self) -> dict[bytes, Fragment]:
         """Each trace's fragment, in the order of the traces' first spans in the request."""
         cuts = self.trace_cuts
         starts, ends = cuts[:-1], cuts[1:]
-        pieces, sizes = self._pieces()
+        runs: list[list[tuple[int, bytes, int]]] = [[] for _ in starts]
+        trace = -1
+        for a, b in zip(self.group_cuts, islice(self.group_cuts, 1, None)):
+            if trace + 1 < len(starts) and a == starts[trace + 1]:
+                trace += 1
+            runs[trace].append((self.scope_of[a], b"".join(self.parts[2 * a : 2 * b]), b - a))
+        pieces, sizes = zip(*(_assemble(self.request, trace_runs) for trace_runs in runs))
         records = list(map(_RECORD.pack, repeat(wire_facts.FACTS_VERSION), self._bits(starts, ends), repeat(0),
                            map(sub, ends, starts), sizes, map(min, self._slices(self.starts, starts, ends)),
                            map(max, self._slices(self.ends, starts, ends))))
@@ -317,66 +474,6 @@ class _Traces:
         states = map(mul, map(any, self._slices(self.states, starts, ends)), repeat(wire_facts.TRACE_STATE))
         sampled = map(mul, map(contains, self._slices(self.sampled, starts, ends), repeat(1)), repeat(wire_facts.SAMPLED))
         return map(or_, map(or_, codes, roots), map(or_, states, sampled))
-
-    def _pieces(self) -> tuple[list[list[bytes]], list[int]]:
-        """Each trace's pieces and size; at once for all traces when each entry holds one group
-        and every resource has a head (as SDKs send requests), entry by entry otherwise."""
-        request = self.request
-        groups = self.group_cuts[:-1]
-        self.group_scope = _picker(groups)(self.scope_of)
-        self.group_resource = resources = _picker(self.group_scope)(request.scope_resource)
-        trace_first = map(set(self.trace_cuts).__contains__, islice(groups, 1, None))
-        if all(request.heads) and not any(map(gt, map(eq, islice(resources, 1, None), resources), trace_first)):
-            return self._pieces_of_single_group_entries()
-        pieces, sizes = zip(*map(self._pieces_of_trace, range(len(self.trace_groups) - 1)))
-        return list(pieces), list(sizes)
-
-    def _pieces_of_single_group_entries(self) -> tuple[list[list[bytes]], list[int]]:
-        request, cuts = self.request, self.group_cuts
-        starts, ends = cuts[:-1], cuts[1:]
-        heads = _picker(self.group_resource)(request.heads)
-        scope_heads = _picker(self.group_scope)(request.scope_heads)
-        scope_lengths = list(map(add, map(len, scope_heads), map(sub, _picker(ends)(self.ends_at), _picker(starts)(self.ends_at))))
-        scope_varints = list(_each(_LENGTHS, varint, scope_lengths))
-        entry_lengths = list(map(add, map(add, map(len, heads), map(len, scope_varints)), map(add, scope_lengths, repeat(1))))
-        entry_tags = list(map(add, repeat(b"\x0a"), _each(_LENGTHS, varint, entry_lengths)))
-        scope_tags = map(add, map(add, repeat(b"\x12"), scope_varints), scope_heads)
-        following = [*entry_tags[1:], b""]  # the next entry's tag, if it is this trace's
-        for last in islice(self.trace_groups, 1, None):
-            following[last - 1] = b""
-        spans = map(self.spans.__getitem__, map(slice, map(mul, starts, repeat(2)), map(mul, ends, repeat(2))))
-        own = map(b"".join, map(chain, zip(scope_tags), spans, zip(following)))
-        flat = _interleave(heads, list(own))  # head, what follows it up to the next head, ...
-        firsts, lasts = self.trace_groups[:-1], self.trace_groups[1:]
-        pieces = list(map(add, map(list, zip(_picker(firsts)(entry_tags))),
-                          map(flat.__getitem__, map(slice, map(mul, firsts, repeat(2)), map(mul, lasts, repeat(2))))))
-        entry_sizes = list(map(add, entry_lengths, map(len, entry_tags)))
-        return pieces, list(map(sum, map(entry_sizes.__getitem__, map(slice, firsts, lasts))))
-
-    def _pieces_of_trace(self, k: int) -> tuple[list[bytes], int]:
-        """One trace's pieces and size, entry by entry."""
-        request, cuts = self.request, self.group_cuts
-        pieces: list[bytes] = []
-        own: list[bytes] = []  # bytes since the last shared head
-        size = 0
-        g, last = self.trace_groups[k], self.trace_groups[k + 1]
-        while g < last:
-            resource = self.group_resource[g]
-            scopes: list[bytes] = []
-            while g < last and self.group_resource[g] == resource:
-                scope = [request.scope_heads[self.group_scope[g]], *self.spans[2 * cuts[g] : 2 * cuts[g + 1]]]
-                scopes += (b"\x12", _length(sum(map(len, scope))), *scope)
-                g += 1
-            head = request.heads[resource]
-            length = len(head) + sum(map(len, scopes))
-            own += (b"\x0a", _length(length))
-            size += 1 + len(own[-1]) + length
-            if head:
-                pieces += (b"".join(own), head)
-                own = []
-            own += scopes
-        pieces.append(b"".join(own))
-        return pieces, size
 
 
 def _picker(indexes: list[int]) -> Callable[[Sequence], list]:
