@@ -326,7 +326,12 @@ static int walk_span(Walk *w, const uint8_t *p, const uint8_t *end, SpanFields *
         int wire = 0;
         Py_ssize_t n = 0;
         if (next_field(w, &p, end, &number, &wire) < 0) return -1;
-        if (wire == 2 && number <= 4) {
+        if (wire == 2 && (number > 4 && number != 15) && p < end && *p < 0x80) {
+            /* the fields read past, attributes above all: a length of one byte, skipped here */
+            n = *p++;
+            if (n > end - p) return fail(w, "length %llu at byte %zd runs past the end of its message", (unsigned long long)n, AT(w, at));
+            p += n;
+        } else if (wire == 2 && number <= 4) {
             if (length(w, at, &p, end, &n) < 0) return -1;
             switch (number) {
             case 1: f->trace_id = p; f->trace_id_len = n; break;
