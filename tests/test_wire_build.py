@@ -12,11 +12,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _environment(**env: str) -> dict[str, str]:
+    """This process's environment without the core switch it may run under, plus ``env``."""
+    return {**{k: v for k, v in os.environ.items() if k != "TAILSAMPLER_NO_EXTENSIONS"}, **env}
+
+
 def _build(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], list[Path]]:
     out = tmp_path / "lib"
     result = subprocess.run(
         [sys.executable, "setup.py", "build_ext", "--build-lib", str(out), "--build-temp", str(tmp_path / "temp")],
-        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=_environment(**env), capture_output=True, text=True, timeout=300,
     )
     return result, list(out.rglob("_wire*.so"))
 
@@ -41,8 +46,7 @@ def test_no_extensions_skips_the_build(tmp_path: Path) -> None:
 
 
 def _core(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k != "TAILSAMPLER_NO_EXTENSIONS"}
-    return subprocess.run([sys.executable, "-c", code], env={**environment, **env}, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-c", code], env=_environment(**env), capture_output=True, text=True, timeout=60)
 
 
 _PRINT_CORE = "from tailsampler.collector import wire; print(wire.CORE, wire.split(b'').span_count)"
