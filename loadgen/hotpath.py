@@ -9,6 +9,11 @@ and settling) ``repeat`` times after one warm-up pass, so that two runs differin
 ``repeat`` differ only in that stage's work. Under ``valgrind --tool=callgrind`` their
 instruction counts repeat exactly: (count with ``--repeat 2`` − count with ``--repeat 0``) ÷ 2 ÷
 spans is the stage's instructions per span.
+
+``wire-c`` and ``wire-python`` run the wire core's split (``collector/wire.py``) on the C or the
+pure-Python core. A stage named ``…-interleaved`` runs on the same requests with each scope's
+spans dealt out trace by trace, as an SDK that batches concurrent requests sends them, instead of
+each trace's spans side by side.
 """
 
 from __future__ import annotations
@@ -29,12 +34,53 @@ from tailsampler.collector.ingest import Ingest
 from tailsampler.collector.metrics import Metrics
 from tailsampler.collector.overload import OverloadRelief
 from tailsampler.collector.split import split_body
+from tailsampler.collector.wire import WireSplit
 from tailsampler.loadgen.model import TrafficShape
 from tailsampler.loadgen.processes import example_policies
 from tailsampler.loadgen.traffic import build_payloads
+<<<<<<< HEAD
 from tailsampler.policies import Engine, PolicyContext, PolicySpec, RecordingConfig, TraceView, build_engine
+=======
+from tailsampler.policies import Engine, PolicyContext, PolicySpec, RecordingConfig, TailSamplingConfig, TraceView, build_engine
+from tailsampler.policies.columns import FIELD, declare
+>>>>>>> wire
 
-STAGES = ("parse", "split", "decide", "pipeline")
+_LAYOUT_STAGES = ("parse", "split", "wire-c", "wire-python")
+STAGES = (*_LAYOUT_STAGES, "decide", "pipeline", *(f"{stage}-interleaved" for stage in _LAYOUT_STAGES))
+_INTERLEAVED = "-interleaved"
+
+# A request with each span as bytes: spans are dealt out again without touching their bytes.
+_SPANS_AS_BYTES = declare("tailsampler.hotpath", [
+    ("ScopeSpans", [(1, "scope", FIELD.TYPE_BYTES, False, ""), (2, "spans", FIELD.TYPE_BYTES, True, ""),
+                    (3, "schema_url", FIELD.TYPE_BYTES, False, "")]),
+    ("ResourceSpans", [(1, "resource", FIELD.TYPE_BYTES, False, ""), (2, "scope_spans", FIELD.TYPE_MESSAGE, True, "ScopeSpans"),
+                       (3, "schema_url", FIELD.TYPE_BYTES, False, "")]),
+    ("Request", [(1, "resource_spans", FIELD.TYPE_MESSAGE, True, "ResourceSpans")]),
+])["Request"]
+
+
+def interleaved(body: bytes) -> bytes:
+    """The request with each scope's spans dealt out one trace at a time (the generator writes
+    each span's trace ID first), every span's bytes unchanged."""
+    request = _SPANS_AS_BYTES.FromString(body)
+    for rs in request.resource_spans:
+        for ss in rs.scope_spans:
+            by_trace: dict[bytes, list[bytes]] = {}
+            for span in ss.spans:
+                by_trace.setdefault(span[2:18], []).append(span)
+            queues = list(by_trace.values())
+            dealt = [queue[i] for i in range(max(map(len, queues), default=0)) for queue in queues if i < len(queue)]
+            del ss.spans[:]
+            ss.spans.extend(dealt)
+    return request.SerializeToString()
+
+
+def _wire_split(core: str) -> Callable[[bytes], WireSplit]:
+    if core == "python":
+        from tailsampler.collector.wire_py import split
+    else:
+        from tailsampler.collector._wire import split  # type: ignore[no-redef]
+    return lambda body: WireSplit(*split(body))
 
 
 @dataclass(frozen=True)
@@ -48,12 +94,18 @@ class StageResult:
 def _stage(stage: str, spans: int, seed: int) -> tuple[Callable[[], object], int]:
     """The stage's work over freshly built payloads, and how many spans one pass handles."""
     bodies = [p.data for p in build_payloads(TrafficShape(slow_threshold_s=1.0), spans, seed=seed)]
+    if stage.endswith(_INTERLEAVED):
+        bodies = list(map(interleaved, bodies))
+        stage = stage.removesuffix(_INTERLEAVED)
     requests = [ExportTraceServiceRequest.FromString(body) for body in bodies]
     count = sum(len(ss.spans) for request in requests for rs in request.resource_spans for ss in rs.scope_spans)
     if stage == "parse":
         return lambda: [ExportTraceServiceRequest.FromString(body) for body in bodies], count
     if stage == "split":
         return lambda: [split_body(body) for body in bodies], count
+    if stage.startswith("wire-"):
+        split = _wire_split(stage.removeprefix("wire-"))
+        return lambda: [split(body) for body in bodies], count
     policies = msgspec.convert(example_policies(slow_threshold_ms=1000), list[PolicySpec])
     config = Config(tail_sampling=TailSamplingConfig(policies=policies), buffer=BufferConfig(max_bytes=1 << 40))
     engine = build_engine(config.tail_sampling, PolicyContext(clock=time.monotonic))
