@@ -38,12 +38,8 @@ from tailsampler.collector.wire import WireSplit
 from tailsampler.loadgen.model import TrafficShape
 from tailsampler.loadgen.processes import example_policies
 from tailsampler.loadgen.traffic import build_payloads
-<<<<<<< HEAD
+from tailsampler.common.proto_types import FIELD, FieldSpec, declare
 from tailsampler.policies import Engine, PolicyContext, PolicySpec, RecordingConfig, TraceView, build_engine
-=======
-from tailsampler.policies import Engine, PolicyContext, PolicySpec, RecordingConfig, TailSamplingConfig, TraceView, build_engine
-from tailsampler.policies.columns import FIELD, declare
->>>>>>> wire
 
 _LAYOUT_STAGES = ("parse", "split", "wire-c", "wire-python")
 STAGES = (*_LAYOUT_STAGES, "decide", "pipeline", *(f"{stage}-interleaved" for stage in _LAYOUT_STAGES))
@@ -51,11 +47,11 @@ _INTERLEAVED = "-interleaved"
 
 # A request with each span as bytes: spans are dealt out again without touching their bytes.
 _SPANS_AS_BYTES = declare("tailsampler.hotpath", [
-    ("ScopeSpans", [(1, "scope", FIELD.TYPE_BYTES, False, ""), (2, "spans", FIELD.TYPE_BYTES, True, ""),
-                    (3, "schema_url", FIELD.TYPE_BYTES, False, "")]),
-    ("ResourceSpans", [(1, "resource", FIELD.TYPE_BYTES, False, ""), (2, "scope_spans", FIELD.TYPE_MESSAGE, True, "ScopeSpans"),
-                       (3, "schema_url", FIELD.TYPE_BYTES, False, "")]),
-    ("Request", [(1, "resource_spans", FIELD.TYPE_MESSAGE, True, "ResourceSpans")]),
+    ("ScopeSpans", [FieldSpec(1, "scope", FIELD.TYPE_BYTES), FieldSpec(2, "spans", FIELD.TYPE_BYTES, True),
+                    FieldSpec(3, "schema_url", FIELD.TYPE_BYTES)]),
+    ("ResourceSpans", [FieldSpec(1, "resource", FIELD.TYPE_BYTES), FieldSpec(2, "scope_spans", FIELD.TYPE_MESSAGE, True, "ScopeSpans"),
+                       FieldSpec(3, "schema_url", FIELD.TYPE_BYTES)]),
+    ("Request", [FieldSpec(1, "resource_spans", FIELD.TYPE_MESSAGE, True, "ResourceSpans")]),
 ])["Request"]
 
 
