@@ -14,7 +14,7 @@
 
 #define DEPTH_LIMIT 100
 #define MAX_BODY (64 << 20)
-#define FACTS_SIZE 32
+#define FACTS_SIZE 40
 #define FACTS_VERSION 1
 #define ROOT 0x01
 #define TRACE_STATE 0x02
@@ -23,10 +23,12 @@
 #define SHARED_MAX 4096
 #define FNV_OFFSET 0xCBF29CE484222325ULL
 #define FNV_PRIME 0x100000001B3ULL
+#define DEFAULT_SALT "default-hash-seed"
 
 static PyObject *WireError;      /* tailsampler.collector.wire_errors.WireError */
 static PyObject *shared_heads;   /* resource head -> the one bytes object for it */
 static uint64_t seed0, seed1;    /* keys the trace table's hash against crafted collisions */
+static uint64_t default_salt;    /* FNV-1a 64 of the probabilistic policy's default salt */
 
 /* ---- growable arrays ------------------------------------------------------------------- */
 
@@ -62,6 +64,7 @@ typedef struct {
     Py_ssize_t ranges_begin, ranges_end;  /* in Walk.resource_ranges */
     PyObject *head;                        /* shared bytes of its fields, NULL when it has none */
     Py_ssize_t head_len;
+    Py_ssize_t roots;                      /* accepted spans without a parent under it */
 } Resource;
 
 typedef struct {
@@ -287,6 +290,7 @@ static int add_span(Walk *w, const SpanFields *f, const uint8_t *payload, Py_ssi
         trace->first = index;
     trace->last = index;
     trace->spans++;
+    if (f->parent_len == 0) VEC_AT(w->resources, Resource, VEC_AT(w->scopes, Scope, scope).resource).roots++;
     trace->bits |= (f->parent_len == 0 ? ROOT : 0) | (f->state_len > 0 ? TRACE_STATE : 0) | (f->flags & 1 ? SAMPLED : 0) |
                    (f->code >= 0 && f->code <= 2 ? 0x08 << f->code : STATUS_OTHER);
     if (f->start < trace->start) trace->start = f->start;
@@ -413,6 +417,7 @@ static int walk_resource_spans(Walk *w, const uint8_t *p, const uint8_t *end, Py
     if (!resource) return -1;
     Py_ssize_t index = w->resources.len - 1;
     resource->head = NULL;
+    resource->roots = 0;
     resource->ranges_begin = w->resource_ranges.len;
     if (walk_envelope(w, p, end, &w->resource_ranges, walk_scope_spans, index) < 0) return -1;
     VEC_AT(w->resources, Resource, index).ranges_end = w->resource_ranges.len;
@@ -619,7 +624,12 @@ error:
     return NULL;
 }
 
-static PyObject *facts_record(uint8_t bits, uint32_t spans, uint64_t size, uint64_t start, uint64_t end) {
+static inline uint64_t fnv(const uint8_t *p, Py_ssize_t n, uint64_t state) {
+    for (Py_ssize_t i = 0; i < n; i++) state = (state ^ p[i]) * FNV_PRIME;
+    return state;
+}
+
+static PyObject *facts_record(uint8_t bits, uint32_t spans, uint64_t size, uint64_t start, uint64_t end, uint64_t hash) {
     PyObject *record = PyBytes_FromStringAndSize(NULL, FACTS_SIZE);
     if (!record) return NULL;
     uint8_t *out = (uint8_t *)PyBytes_AS_STRING(record);
@@ -631,6 +641,7 @@ static PyObject *facts_record(uint8_t bits, uint32_t spans, uint64_t size, uint6
         out[8 + i] = (uint8_t)(size >> (8 * i));
         out[16 + i] = (uint8_t)(start >> (8 * i));
         out[24 + i] = (uint8_t)(end >> (8 * i));
+        out[32 + i] = (uint8_t)(hash >> (8 * i));
     }
     return record;
 }
@@ -652,7 +663,8 @@ static PyObject *fragments_of(Walk *w) {
         Py_ssize_t size;
         PyObject *pieces = make_fragment(w, trace, &groups, &entries, &size);
         if (!pieces) goto error;
-        PyObject *facts = facts_record(trace->bits, trace->spans, (uint64_t)size, trace->start, trace->end);
+        PyObject *facts = facts_record(trace->bits, trace->spans, (uint64_t)size, trace->start, trace->end,
+                                       fnv(trace->id, 16, default_salt));
         if (!facts) {
             Py_DECREF(pieces);
             goto error;
@@ -676,6 +688,34 @@ error:
     PyMem_Free(groups.data);
     PyMem_Free(entries.data);
     Py_DECREF(fragments);
+    return NULL;
+}
+
+/* Root spans by their resource's shared head (b"" for a resource without fields), so that
+ * traces are counted by root service once per resource rather than once per trace. */
+static PyObject *root_resources(Walk *w) {
+    PyObject *roots = PyDict_New();
+    if (!roots) return NULL;
+    for (Py_ssize_t i = 0; i < w->resources.len; i++) {
+        const Resource *r = &VEC_AT(w->resources, Resource, i);
+        if (!r->roots) continue;
+        PyObject *key = r->head;
+        if (key)
+            Py_INCREF(key);
+        else if (!(key = PyBytes_FromStringAndSize(NULL, 0)))
+            goto error;
+        PyObject *before = PyDict_GetItemWithError(roots, key);
+        Py_ssize_t count = r->roots;
+        if (before) count += PyLong_AsSsize_t(before);
+        PyObject *value = !PyErr_Occurred() ? PyLong_FromSsize_t(count) : NULL;
+        int failed = !value || PyDict_SetItem(roots, key, value) < 0;
+        Py_XDECREF(value);
+        Py_DECREF(key);
+        if (failed) goto error;
+    }
+    return roots;
+error:
+    Py_DECREF(roots);
     return NULL;
 }
 
@@ -718,7 +758,12 @@ static PyObject *split(PyObject *module, PyObject *body) {
     if (make_heads(&w) < 0) goto done;
     PyObject *fragments = fragments_of(&w);
     if (!fragments) goto done;
-    result = Py_BuildValue("(Nnn)", fragments, w.spans.len, w.rejected);
+    PyObject *roots = root_resources(&w);
+    if (!roots) {
+        Py_DECREF(fragments);
+        goto done;
+    }
+    result = Py_BuildValue("(NnnN)", fragments, w.spans.len, w.rejected, roots);
 done:
     walk_free(&w);
     return result;
@@ -745,7 +790,7 @@ static PyObject *merge_facts(PyObject *module, PyObject *records) {
         return NULL;
     }
     uint8_t bits = 0;
-    uint64_t spans = 0, size = 0, start = UINT64_MAX, end = 0;
+    uint64_t spans = 0, size = 0, start = UINT64_MAX, end = 0, hash = get_le(p + 32, 8);
     for (Py_ssize_t at = 0; at < n; at += FACTS_SIZE) {
         const uint8_t *r = p + at;
         if (r[0] != FACTS_VERSION) {
@@ -760,7 +805,7 @@ static PyObject *merge_facts(PyObject *module, PyObject *records) {
         if (s < start) start = s;
         if (e > end) end = e;
     }
-    return facts_record(bits, spans > UINT32_MAX ? UINT32_MAX : (uint32_t)spans, size, start, end);
+    return facts_record(bits, spans > UINT32_MAX ? UINT32_MAX : (uint32_t)spans, size, start, end, hash);
 }
 
 static PyObject *fnv1a_64(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -779,10 +824,112 @@ static PyObject *fnv1a_64(PyObject *module, PyObject *const *args, Py_ssize_t na
             return NULL;
         }
     }
-    const uint8_t *p = data.buf;
-    for (Py_ssize_t i = 0; i < data.len; i++) state = (state ^ p[i]) * FNV_PRIME;
+    state = fnv(data.buf, data.len, state);
     PyBuffer_Release(&data);
     return PyLong_FromUnsignedLongLong(state);
+}
+
+/* ---- chains: fragments stored with their records ------------------------------------------ */
+
+static int check_fragments(PyObject *fragments) {
+    if (!PyList_Check(fragments)) {
+        PyErr_Format(PyExc_TypeError, "fragments must be a list, not %.100s", Py_TYPE(fragments)->tp_name);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(fragments); i++) {
+        if (!PyObject_TypeCheck(PyList_GET_ITEM(fragments, i), &FragmentType)) {
+            PyErr_Format(PyExc_TypeError, "fragments must be Fragments, not %.100s", Py_TYPE(PyList_GET_ITEM(fragments, i))->tp_name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Each fragment's record, then its pieces, for every fragment in turn: what a buffer that keeps
+ * a trace as one string appends, the record's byte count saying where the fragment ends. */
+static PyObject *chain(PyObject *module, PyObject *fragments) {
+    (void)module;
+    if (check_fragments(fragments) < 0) return NULL;
+    Py_ssize_t total = 0, n = PyList_GET_SIZE(fragments);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Fragment *f = (Fragment *)PyList_GET_ITEM(fragments, i);
+        total += PyBytes_GET_SIZE(f->facts);
+        for (Py_ssize_t k = 0; k < PyList_GET_SIZE(f->pieces); k++) {
+            PyObject *piece = PyList_GET_ITEM(f->pieces, k);
+            if (!PyBytes_Check(piece)) {
+                PyErr_SetString(PyExc_TypeError, "a fragment's pieces must be bytes");
+                return NULL;
+            }
+            total += PyBytes_GET_SIZE(piece);
+        }
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (!out) return NULL;
+    char *at = PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Fragment *f = (Fragment *)PyList_GET_ITEM(fragments, i);
+        memcpy(at, PyBytes_AS_STRING(f->facts), (size_t)PyBytes_GET_SIZE(f->facts));
+        at += PyBytes_GET_SIZE(f->facts);
+        for (Py_ssize_t k = 0; k < PyList_GET_SIZE(f->pieces); k++) {
+            PyObject *piece = PyList_GET_ITEM(f->pieces, k);
+            memcpy(at, PyBytes_AS_STRING(piece), (size_t)PyBytes_GET_SIZE(piece));
+            at += PyBytes_GET_SIZE(piece);
+        }
+    }
+    return out;
+}
+
+/* A chain back into the trace's bytes and one merged record. */
+static PyObject *unchain(PyObject *module, PyObject *value) {
+    (void)module;
+    if (!PyBytes_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "a chain must be bytes, not %.100s", Py_TYPE(value)->tp_name);
+        return NULL;
+    }
+    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(value), *end = p + PyBytes_GET_SIZE(value);
+    Py_ssize_t records = 0, data_len = 0;
+    for (const uint8_t *at = p; at < end;) {
+        if (end - at < FACTS_SIZE || at[0] != FACTS_VERSION) {
+            PyErr_Format(PyExc_ValueError, "not a chain of facts records and fragments at byte %zd", (Py_ssize_t)(at - p));
+            return NULL;
+        }
+        uint64_t n = get_le(at + 8, 8);
+        if (n > (uint64_t)(end - at - FACTS_SIZE)) {
+            PyErr_Format(PyExc_ValueError, "a fragment of %llu bytes at byte %zd runs past the chain's end", (unsigned long long)n,
+                         (Py_ssize_t)(at - p));
+            return NULL;
+        }
+        records++;
+        data_len += (Py_ssize_t)n;
+        at += FACTS_SIZE + n;
+    }
+    if (!records) {
+        PyErr_SetString(PyExc_ValueError, "an empty chain");
+        return NULL;
+    }
+    PyObject *data = PyBytes_FromStringAndSize(NULL, data_len);
+    PyObject *facts = PyBytes_FromStringAndSize(NULL, records * FACTS_SIZE);
+    if (!data || !facts) {
+        Py_XDECREF(data);
+        Py_XDECREF(facts);
+        return NULL;
+    }
+    char *out = PyBytes_AS_STRING(data), *rec = PyBytes_AS_STRING(facts);
+    for (const uint8_t *at = p; at < end;) {
+        uint64_t n = get_le(at + 8, 8);
+        memcpy(rec, at, FACTS_SIZE);
+        rec += FACTS_SIZE;
+        memcpy(out, at + FACTS_SIZE, (size_t)n);
+        out += n;
+        at += FACTS_SIZE + n;
+    }
+    PyObject *merged = records == 1 ? (Py_INCREF(facts), facts) : merge_facts(NULL, facts);
+    Py_DECREF(facts);
+    if (!merged) {
+        Py_DECREF(data);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", data, merged);
 }
 
 /* ---- the Fragment type ------------------------------------------------------------------ */
@@ -882,6 +1029,8 @@ static PyMethodDef methods[] = {
     {"split", split, METH_O, "split(body) -> (fragments by trace ID, spans accepted, spans refused)"},
     {"merge_facts", merge_facts, METH_O, "merge_facts(records) -> one facts record for a concatenation of records"},
     {"fnv1a_64", (PyCFunction)(void (*)(void))fnv1a_64, METH_FASTCALL, "fnv1a_64(data, state=FNV offset basis) -> int"},
+    {"chain", chain, METH_O, "chain(fragments) -> each fragment's facts record and bytes, in turn"},
+    {"unchain", unchain, METH_O, "unchain(chain) -> (the fragments' bytes joined, their merged facts record)"},
     {NULL},
 };
 
@@ -904,6 +1053,7 @@ PyMODINIT_FUNC PyInit__wire(void) {
     if (!random) return NULL;
     memcpy(&seed0, PyBytes_AS_STRING(random), 8);
     memcpy(&seed1, PyBytes_AS_STRING(random) + 8, 8);
+    default_salt = fnv((const uint8_t *)DEFAULT_SALT, (Py_ssize_t)strlen(DEFAULT_SALT), FNV_OFFSET);
     Py_DECREF(random);
     PyObject *module = PyModule_Create(&module_def);
     if (!module) return NULL;

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from tailsampler.collector import wire_py
 from tailsampler.collector.wire_errors import WireError
-from tailsampler.collector.wire_facts import FACTS_SIZE, Facts
+from tailsampler.common.trace_facts import FACTS_SIZE
 
 NO_EXTENSIONS = os.environ.get("TAILSAMPLER_NO_EXTENSIONS", "") not in ("", "0")
 FNV_OFFSET = 0xCBF29CE484222325
@@ -33,6 +33,8 @@ CORE: str = _core.CORE
 Fragment = _core.Fragment
 merge_facts = _core.merge_facts
 fnv1a_64 = _core.fnv1a_64
+chain = _core.chain
+unchain = _core.unchain
 REFUSED_MESSAGE = "{} span(s) rejected: trace_id must be 16 bytes and span_id 8 bytes, not all zero"
 
 
@@ -40,11 +42,14 @@ REFUSED_MESSAGE = "{} span(s) rejected: trace_id must be 16 bytes and span_id 8 
 class WireSplit:
     """One request, split: ``fragments`` by trace ID in the order of their first span,
     ``span_count`` spans accepted, ``rejected_spans`` refused for invalid IDs (OTLP's
-    ``partial_success``, with ``error_message``)."""
+    ``partial_success``, with ``error_message``), and ``root_resources``: the accepted root spans
+    by the shared head of the resource they were sent under (``b""`` for a resource without
+    fields), so that traces are counted by root service once per resource, not once per trace."""
 
     fragments: dict[bytes, Fragment]
     span_count: int
     rejected_spans: int
+    root_resources: dict[bytes, int]
 
     @property
     def error_message(self) -> str:
@@ -56,9 +61,16 @@ def split(body: bytes) -> WireSplit:
     return WireSplit(*_core.split(body))
 
 
+def facts_of(data: bytes) -> bytes:
+    """The facts record of a trace's bytes as a buffer hands them out or a store keeps them (a
+    ``TracesData`` body): its split's records merged. Raises ``WireError`` for bytes the walk
+    refuses and ``ValueError`` for bytes without an accepted span."""
+    return merge_facts(b"".join([fragment.facts for fragment in split(data).fragments.values()]))
+
+
 DEFAULT_SALT_STATE = fnv1a_64(DEFAULT_HASH_SALT.encode())
 
 __all__ = [
-    "CORE", "DEFAULT_HASH_SALT", "DEFAULT_SALT_STATE", "FACTS_SIZE", "FNV_OFFSET", "Facts", "Fragment", "WireError",
-    "WireSplit", "fnv1a_64", "merge_facts", "split",
+    "CORE", "DEFAULT_HASH_SALT", "DEFAULT_SALT_STATE", "FACTS_SIZE", "FNV_OFFSET", "Fragment", "WireError",
+    "WireSplit", "chain", "facts_of", "fnv1a_64", "merge_facts", "split", "unchain",
 ]

@@ -1,40 +1,48 @@
 """The pure-Python wire core: the reference twin of the C walk (``_wire.c``), same interface.
 
 Every span passes through here when the extension is not built, so no span costs an interpreter
-step; the per-span work is left to upb, in four C passes over the request:
+step; the per-span work is left to upb and to C passes over columns (``map``, ``compress``,
+slices), and Python runs once per trace. For a request as encoders write them (each field once,
+none at its default, the shortest varints: *canonical*):
 
-1. A parse into ``Located`` types that declare the path to the spans and take each span, the
-   resource and scope fields and the schema URLs as bytes: it checks the request's framing down
-   to the spans and hands back each span's bytes.
-2. Each span's bytes are prefixed with every fact field at its default (``_DEFAULTS``) and the
-   spans parsed again, as ``Checked`` types whose fact fields track presence: this checks each
-   span's own framing, and protobuf's rules (the last occurrence of a singular field wins, a
-   message field merges) make every span hold exactly one value of each fact field.
-3. That parse is serialized again, so each span now carries each fact field exactly once.
-4. A parse into ``Columns`` types, which declare ``resource_spans``, ``scope_spans`` and
-   ``spans`` singular and the fact fields repeated, merges all spans into one message whose
-   fields are columns with one entry per span, in span order.
+1. A parse into ``Plain`` types, as OTLP declares the path to the spans, checks the framing and
+   that the request is canonical (its serialization is as long as the body).
+2. A parse into ``Located`` types takes each span, each resource and scope field and each schema
+   URL as bytes: each span's bytes and where it sits.
+3. A parse into ``Id`` types, which declare ``resource_spans``, ``scope_spans`` and ``spans``
+   singular and the span fields repeated, merges every span into one message of columns: the
+   trace and span IDs, one per span.
+4. A stable sort of the trace ID column groups each trace's spans in request order, and each
+   trace's fragment is cut from the spans' bytes and wrapped in its scopes and resources.
+5. One parse of all the fragments, into ``Entry`` types that merge the spans of each ResourceSpans
+   into columns, gives each trace's facts.
 
-Spans are then grouped by a stable sort of the trace ID column, and each trace's fragments are cut
-from the spans' bytes and wrapped in their scope and resource. The checks are those of
-``wire_check`` (which also words the error): the declared types hold no ``string`` field, so
-UTF-8 is not checked, and no field that the walk does not read is declared a message.
+Any other request goes through the exact split: each span's bytes are prefixed with every fact
+field at its default (``_DEFAULTS``) and the spans parsed as ``Checked`` types whose fact fields
+track presence (so protobuf's rules, the last occurrence of a singular field winning, give each
+span exactly one value of each), serialized again and parsed into columns with one value per span.
+
+The checks are those of ``wire_check`` (which also words the error): the declared types hold no
+``string`` field, so UTF-8 is not checked, and no field that the walk does not read is declared a
+message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import reduce
+from functools import partial, reduce
+import itertools
 from itertools import compress, count, islice, repeat
-from operator import and_, contains, itemgetter, mul, ne, or_, sub
+from operator import add, and_, attrgetter, itemgetter, mul, ne, or_, sub
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
-from tailsampler.collector import wire_facts
 from tailsampler.collector.wire_check import MAX_BODY, first_error
 from tailsampler.collector.wire_errors import WireError
+from tailsampler.common import trace_facts
+from tailsampler.common.framing import LENGTHS, length
 
 CORE = "python"
 _FIELD = descriptor_pb2.FieldDescriptorProto
@@ -116,10 +124,15 @@ _TYPES = _declare("tailsampler.wire", [
     ("IdStatus", [(2, "message", _B, _ONE, ""), (3, "code", _B, _REPEATED, "")]),
     ("IdSpans", _span(_REPEATED, "IdStatus", numbers=(_B, _B))),
     *_envelopes("Id", "IdSpans", _ONE, ""),
-    # one trace's spans of a canonical request, merged into columns
-    ("TraceStatus", [(2, "message", _B, _ONE, ""), (3, "code", _I32, _REPEATED, "")]),
-    ("TraceSpans", _span(_REPEATED, "TraceStatus", ids=_ONE)),
-    ("TraceScopeSpans", [(2, "spans", _M, _ONE, "TraceSpans")]),
+    # the fragments of a canonical request, one ResourceSpans per trace and resource, each with its
+    # spans merged into columns
+    ("EntryStatus", [(2, "message", _B, _ONE, ""), (3, "code", _I32, _REPEATED, "")]),
+    ("EntrySpans", _span(_REPEATED, "EntryStatus", ids=_ONE)),
+    ("EntryScopeSpans", [(1, "scope", _B, _ONE, ""), (2, "spans", _M, _ONE, "EntrySpans"), (3, "schema_url", _B, _ONE, "")]),
+    ("EntryResourceSpans", [
+        (1, "resource", _B, _ONE, ""), (2, "scope_spans", _M, _ONE, "EntryScopeSpans"), (3, "schema_url", _B, _ONE, ""),
+    ]),
+    ("EntryRequest", [(1, "resource_spans", _M, _REPEATED, "EntryResourceSpans")]),
     # the spans prefixed with the fact fields' defaults, each holding each one exactly once
     ("CheckedStatus", [(2, "message", _B, _ONE, ""), (3, "code", _I32, _PRESENT, "")]),
     ("CheckedSpan", _span(_PRESENT, "CheckedStatus")),
@@ -128,8 +141,8 @@ _TYPES = _declare("tailsampler.wire", [
     ("ColumnSpans", _span(_REPEATED, "ColumnStatus")),
     *_envelopes("Column", "ColumnSpans", _ONE, ""),
 ])
-_Located, _Plain, _Ids, _TraceSpans, _Checked, _Columns = (
-    _TYPES[name] for name in ("LocatedRequest", "PlainRequest", "IdRequest", "TraceScopeSpans", "CheckedRequest", "ColumnRequest")
+_Located, _Plain, _Ids, _Entries, _Checked, _Columns = (
+    _TYPES[name] for name in ("LocatedRequest", "PlainRequest", "IdRequest", "EntryRequest", "CheckedRequest", "ColumnRequest")
 )
 
 # trace_id, span_id, trace_state, parent_span_id empty; start, end 0; status {code: 0}; flags 0
@@ -137,7 +150,17 @@ _DEFAULTS = b"\x0a\x00\x12\x00\x1a\x00\x22\x00\x39" + bytes(8) + b"\x41" + bytes
 _ZERO_TRACE, _ZERO_SPAN = bytes(16), bytes(8)
 _FNV_PRIME = 0x100000001B3
 _MASK64 = (1 << 64) - 1
-merge_facts = wire_facts.merge
+_TABLE = len(LENGTHS)
+_SPAN_TAGS = [b"\x12" + v for v in LENGTHS]  # a span's tag and length in ScopeSpans, a scope's in ResourceSpans
+_ENTRY_TAGS = [b"\x0a" + v for v in LENGTHS]  # a ResourceSpans' tag and length in TracesData
+_PREFIXED = [b"\x12" + length(n + len(_DEFAULTS)) + _DEFAULTS for n in range(_TABLE)]
+_CODE_BITS = trace_facts.STATUS_BITS
+_UNSET = _CODE_BITS[0]
+_RECORD = trace_facts.RECORD
+_flatten = itertools.chain.from_iterable
+_ENTRY_SPANS = attrgetter("scope_spans.spans")
+_COLUMNS = attrgetter("parent_span_id", "trace_state", "status.code", "flags", "start_time_unix_nano", "end_time_unix_nano")
+merge_facts = trace_facts.merge
 
 
 def fnv1a_64(data: bytes, state: int = 0xCBF29CE484222325) -> int:
@@ -147,43 +170,30 @@ def fnv1a_64(data: bytes, state: int = 0xCBF29CE484222325) -> int:
     return state
 
 
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+_DEFAULT_SALT = fnv1a_64(b"default-hash-seed")
 
 
-_TABLE = 16384  # every length a span usually has
-_LENGTHS = [varint(n) for n in range(_TABLE)]
-_SPAN_TAGS = [b"\x12" + v for v in _LENGTHS]  # a span's tag and length in ScopeSpans
-_PREFIXED = [b"\x12" + varint(n + len(_DEFAULTS)) + _DEFAULTS for n in range(_TABLE)]
-_CODE_BITS = wire_facts.STATUS_BITS
-_RECORD = wire_facts.RECORD
-
-
-def _length(n: int) -> bytes:
-    return _LENGTHS[n] if n < _TABLE else varint(n)
-
-
-def _each(table: list[bytes], make: Callable[[int], bytes], lengths: list[int]) -> Iterator[bytes]:
+def _each(table: list[bytes], make: Callable[[int], bytes], lengths: Iterable[int]) -> list[bytes]:
     """``make`` of each length, from ``table`` when every length is within it (as usual)."""
-    return map(table.__getitem__, lengths) if max(lengths, default=0) < _TABLE else map(make, lengths)
+    lengths = list(lengths)
+    return list(map(table.__getitem__, lengths)) if max(lengths, default=0) < _TABLE else list(map(make, lengths))
 
 
 def _span_tag(n: int) -> bytes:
-    return _SPAN_TAGS[n] if n < _TABLE else b"\x12" + varint(n)
+    return b"\x12" + length(n)
+
+
+def _entry_tag(n: int) -> bytes:
+    return b"\x0a" + length(n)
 
 
 def _prefixed(n: int) -> bytes:
-    return _PREFIXED[n] if n < _TABLE else b"\x12" + varint(n + len(_DEFAULTS)) + _DEFAULTS
+    return b"\x12" + length(n + len(_DEFAULTS)) + _DEFAULTS
 
 
 def _framed(tag: bytes, payloads: list[bytes]) -> bytes:
     """Each payload as a length-delimited field ``tag``, in a minimal encoding."""
-    return b"".join([tag + _length(len(p)) + p for p in payloads])
+    return b"".join([tag + length(len(p)) + p for p in payloads])
 
 
 _SHARED: dict[bytes, bytes] = {}
@@ -216,23 +226,26 @@ class Fragment:
 
     @property
     def has_root(self) -> bool:
-        return bool(self.facts[1] & wire_facts.ROOT)
+        return bool(self.facts[1] & trace_facts.ROOT)
 
     @property
     def data(self) -> bytes:
         return b"".join(self.pieces)
 
 
-def split(body: bytes) -> tuple[dict[bytes, Fragment], int, int]:
-    """(fragments by trace ID, spans accepted, spans refused) of an export request body; a body
-    the walk refuses raises ``WireError``.
+Split = tuple[dict[bytes, Fragment], int, int, dict[bytes, int]]
+
+
+def split(body: bytes) -> Split:
+    """(fragments by trace ID, spans accepted, spans refused, root spans by resource head) of an
+    export request body; a body the walk refuses raises ``WireError``.
 
     A request as encoders write them (each field once, in its shortest form) is split through
-    its ID columns and one parse per trace for the facts; any other goes through the parses that
-    give each span exactly one value of each fact field (``split_exactly``)."""
+    its ID columns and one parse of the fragments for the facts; any other goes through the
+    parses that give each span exactly one value of each fact field (``split_exactly``)."""
     request = _located(body)
     if not request.payloads:
-        return {}, 0, 0
+        return {}, 0, 0, {}
     if request.canonical:
         split = _split_canonical(body, request)
         if split is not None:
@@ -240,10 +253,35 @@ def split(body: bytes) -> tuple[dict[bytes, Fragment], int, int]:
     return _split_exactly(request)
 
 
-def split_exactly(body: bytes) -> tuple[dict[bytes, Fragment], int, int]:
+def split_exactly(body: bytes) -> Split:
     """``split`` through the parses that hold for any layout; the same result, more slowly."""
     request = _located(body)
-    return _split_exactly(request) if request.payloads else ({}, 0, 0)
+    return _split_exactly(request) if request.payloads else ({}, 0, 0, {})
+
+
+def chain(fragments: list[Fragment]) -> bytes:
+    """Each fragment's record, then its bytes, for every fragment in turn: what a buffer that
+    keeps a trace as one string appends (the record's byte count says where the fragment ends)."""
+    return b"".join([piece for fragment in fragments for piece in (fragment.facts, *fragment.pieces)])
+
+
+def unchain(value: bytes) -> tuple[bytes, bytes]:
+    """A chain back into (the fragments' bytes joined, their merged facts record)."""
+    size = trace_facts.FACTS_SIZE
+    at, records, data = 0, [], []
+    while at < len(value):
+        record = value[at : at + size]
+        if len(record) < size or record[0] != trace_facts.FACTS_VERSION:
+            raise ValueError(f"not a chain of facts records and fragments at byte {at}")
+        n = int.from_bytes(record[8:16], "little")
+        if n > len(value) - at - size:
+            raise ValueError(f"a fragment of {n} bytes at byte {at} runs past the chain's end")
+        records.append(record)
+        data.append(value[at + size : at + size + n])
+        at += size + n
+    if not records:
+        raise ValueError("an empty chain")
+    return b"".join(data), records[0] if len(records) == 1 else merge_facts(b"".join(records))
 
 
 def _located(body: bytes) -> _Request:
@@ -259,7 +297,7 @@ def _located(body: bytes) -> _Request:
     return _Request(located, plain.ByteSize() == len(body))
 
 
-def _split_canonical(body: bytes, request: _Request) -> tuple[dict[bytes, Fragment], int, int] | None:
+def _split_canonical(body: bytes, request: _Request) -> Split | None:
     """The split of a request whose spans hold each field at most once, or None when a fact
     number is length-delimited (a type of columns would read it as packed numbers) or a span has
     no trace or span ID (it is refused by the exact split)."""
@@ -275,53 +313,27 @@ def _split_canonical(body: bytes, request: _Request) -> tuple[dict[bytes, Fragme
         valid = list(map(_valid, ids, span_ids))
         refused = valid.count(False)
         ids, payloads, scope_of = (list(compress(column, valid)) for column in (ids, payloads, scope_of))
-    parts = _framed_spans(payloads)
-    cuts = _cuts(ids, scope_of)
-    runs: dict[bytes, list[tuple[int, bytes, int]]] = {}  # by trace: (scope, framed spans, how many)
-    for a, b in zip(cuts, islice(cuts, 1, None)):
-        runs.setdefault(ids[a], []).append((scope_of[a], b"".join(parts[2 * a : 2 * b]), b - a))
-    fragments = {}
-    for trace_id, trace_runs in runs.items():
-        pieces, size = _assemble(request, trace_runs)
-        spans_count = sum(run[2] for run in trace_runs)
-        fragments[trace_id] = Fragment(pieces, _facts(b"".join([run[1] for run in trace_runs]), spans_count, size))
-    return fragments, len(ids), refused
+    if not ids:
+        return {}, 0, refused, {}
+    layout = _Layout(request, ids, payloads, scope_of)
+    return (*layout.fragments(_entry_facts_of_fragments(layout)), refused, layout.roots)
 
 
-def _facts(framed: bytes, spans: int, size: int) -> bytes:
-    """The facts record of one trace's spans of a canonical request (``framed``, as ScopeSpans'
-    span fields): each field occurs at most once and never with its default, so a fact field's
-    column is shorter than the spans exactly when some span lacks it."""
-    columns = _TraceSpans.FromString(framed).spans  # type: ignore[attr-defined]
-    codes = columns.status.code[:]
-    bits = reduce(or_, map(_CODE_BITS.get, codes, repeat(wire_facts.STATUS_OTHER)), 0)
-    if len(codes) < spans:
-        bits |= _CODE_BITS[0]
-    if len(columns.parent_span_id) < spans:
-        bits |= wire_facts.ROOT
-    if len(columns.trace_state):
-        bits |= wire_facts.TRACE_STATE
-    if 1 in map(and_, columns.flags[:], repeat(1)):
-        bits |= wire_facts.SAMPLED
-    starts = columns.start_time_unix_nano[:]
-    start = min(starts) if len(starts) == spans else 0
-    return _RECORD.pack(wire_facts.FACTS_VERSION, bits, 0, spans, size, start, max(columns.end_time_unix_nano[:], default=0))
-
-
-def _split_exactly(request: _Request) -> tuple[dict[bytes, Fragment], int, int]:
+def _split_exactly(request: _Request) -> Split:
     checked = _Checked.FromString(request.prefixed())
     ids, span_ids, parents, states, starts, ends, codes, flags = _columns(checked, len(request.payloads))
-    rows = [request.payloads, request.scope_of, parents, states, starts, ends,
-            list(map(_CODE_BITS.get, codes, repeat(wire_facts.STATUS_OTHER))), flags]
+    payloads, scope_of = request.payloads, request.scope_of
+    rows = [parents, states, starts, ends, codes, flags]
     refused = 0
     if not _all_valid(ids, span_ids):
         valid = list(map(_valid, ids, span_ids))
         refused = valid.count(False)
-        ids = list(compress(ids, valid))
+        ids, payloads, scope_of = (list(compress(column, valid)) for column in (ids, payloads, scope_of))
         rows = [list(compress(row, valid)) for row in rows]
     if not ids:
-        return {}, 0, refused
-    return _Traces(request, ids, rows).fragments(), len(ids), refused
+        return {}, 0, refused, {}
+    layout = _Layout(request, ids, payloads, scope_of)
+    return (*layout.fragments(_entry_facts_of_columns(layout, rows)), refused, layout.roots)
 
 
 def _columns(checked: object, n: int) -> list[list]:
@@ -353,17 +365,6 @@ def _valid(trace_id: bytes, span_id: bytes) -> bool:
     return len(trace_id) == 16 and len(span_id) == 8 and trace_id != _ZERO_TRACE and span_id != _ZERO_SPAN
 
 
-def _framed_spans(payloads: list[bytes]) -> list[bytes]:
-    """Each span's tag and length, then its bytes, as a ScopeSpans' span field."""
-    return _interleave(list(_each(_SPAN_TAGS, _span_tag, list(map(len, payloads)))), payloads)
-
-
-def _cuts(ids: list[bytes], scope_of: list[int]) -> list[int]:
-    """Where runs of one trace's spans in one scope start, and the end."""
-    changes = map(or_, map(ne, islice(ids, 1, None), ids), map(ne, islice(scope_of, 1, None), scope_of))
-    return [0, *compress(count(1), changes), len(ids)]
-
-
 class _Request:
     """What the located parse says of a request: each resource's shared head (its resource and
     schema_url fields), each scope's head and resource, every span's bytes and scope; and whether
@@ -392,88 +393,156 @@ class _Request:
         scopes (without their fields), as a request for the exact parse."""
         resources: list[list[bytes]] = [[] for _ in self.heads]
         for resource, spans in zip(self.scope_resource, self.scope_spans):
-            parts = _interleave(list(_each(_PREFIXED, _prefixed, list(map(len, spans)))), spans)
-            scope = b"".join(parts)
-            resources[resource].append(b"\x12" + _length(len(scope)) + scope)
-        return b"".join(b"\x0a" + _length(len(inner)) + inner for inner in map(b"".join, resources))
+            scope = b"".join(_interleave(_each(_PREFIXED, _prefixed, map(len, spans)), spans))
+            resources[resource].append(b"\x12" + length(len(scope)) + scope)
+        return b"".join(b"\x0a" + length(len(inner)) + inner for inner in map(b"".join, resources))
 
 
-def _assemble(request: _Request, runs: list[tuple[int, bytes, int]]) -> tuple[list[bytes], int]:
-    """One trace's pieces and size from its runs (scope, framed spans, count) in request order: per
-    resource, the entry's tag and length, the shared head, and a ScopeSpans per scope; the bytes
-    between shared heads are joined into one piece."""
+def _cuts(*columns: list) -> list[int]:
+    """Where a run of equal rows (over ``columns``) starts, and the end."""
+    changes = reduce(partial(map, or_), (map(ne, islice(column, 1, None), column) for column in columns))
+    return [0, *compress(count(1), changes), len(columns[0])]
+
+
+def _spans(column: list, cuts: list[int]) -> Iterator[list]:
+    """``column`` cut at ``cuts``: one slice per run."""
+    return map(column.__getitem__, map(slice, cuts, islice(cuts, 1, None)))
+
+
+class _Layout:
+    """The accepted spans of a request as fragments. A stable sort of the trace ID column puts
+    each trace's spans together in request order, so its spans of one scope are adjacent and
+    its scopes, and resources, follow in request order. Each trace's fragment is then one
+    ResourceSpans *entry* per resource it has spans under (the resource's shared head and one
+    ScopeSpans per scope, the scope's fields first), every entry's tag and length and scopes the
+    fragment's own bytes, between the shared heads.
+
+    Only what is done per trace is done in Python; what is done per span, scope or entry is one
+    C pass over a column (``map``, ``compress``, slices)."""
+
+    def __init__(self, request: _Request, ids: list[bytes], payloads: list[bytes], scope_of: list[int]) -> None:
+        self.order = order = sorted(range(len(ids)), key=ids.__getitem__)
+        pick = _picker(order)
+        self.ids = ids = pick(ids)
+        scope_of = pick(scope_of)
+        payloads = pick(payloads)
+        parts = _interleave(_each(_SPAN_TAGS, _span_tag, map(len, payloads)), payloads)
+        # runs of one trace and one scope: a ScopeSpans each, its fields first
+        groups = _cuts(ids, scope_of)
+        starts = groups[:-1]
+        group_scope = _picker(starts)(scope_of)
+        bodies = list(map(b"".join, map(parts.__getitem__, map(slice, map(mul, starts, repeat(2)), map(mul, groups[1:], repeat(2))))))
+        scope_heads = _picker(group_scope)(request.scope_heads)
+        scopes = list(map(add, map(add, _each(_SPAN_TAGS, _span_tag, map(add, map(len, scope_heads), map(len, bodies))),
+                                   scope_heads), bodies))
+        # runs of groups of one trace and one resource: an entry each
+        group_ids = _picker(starts)(ids)
+        group_resource = _picker(group_scope)(request.scope_resource)
+        entries = _cuts(group_ids, group_resource)
+        if len(entries) != len(groups):  # a trace with spans under several scopes of one resource
+            scopes = list(map(b"".join, _spans(scopes, entries)))
+        entry_starts = entries[:-1]
+        self.entry_spans = _picker(entry_starts)(starts) + [len(ids)]  # where each entry's spans start
+        self.entry_heads = heads = _picker(_picker(entry_starts)(group_resource))(request.heads)
+        inner = list(map(add, map(len, heads), map(len, scopes)))
+        tags = _each(_ENTRY_TAGS, _entry_tag, inner)
+        self.entry_sizes = list(map(add, map(len, tags), inner))
+        self.entry_tags, self.entry_scopes = tags, scopes
+        # traces: runs of entries of one trace
+        self.traces = traces = _cuts(_picker(entry_starts)(group_ids))
+        self.trace_spans = _picker(traces)(self.entry_spans)  # where each trace's spans start, and the end
+        self.roots: dict[bytes, int] = {}
+
+    def pieces(self) -> Iterable[list[bytes]]:
+        """Each trace's pieces: its own bytes, a shared head, its own bytes, ..., its own bytes."""
+        tags, heads, scopes, traces = self.entry_tags, self.entry_heads, self.entry_scopes, self.traces
+        if not all(heads):
+            return map(_pieces, _spans(tags, traces), _spans(heads, traces), _spans(scopes, traces))
+        # every entry ends the own bytes before it: own = tag; scopes + next tag; ...; scopes
+        joints = list(map(add, scopes, islice(tags, 1, None)))
+        lasts = list(map(sub, islice(traces, 1, None), repeat(1)))
+        return map(_shared_pieces, map(tags.__getitem__, traces[:-1]), map(joints.__getitem__, map(slice, traces, lasts)),
+                   map(scopes.__getitem__, lasts), _spans(heads, traces))
+
+    def fragments(self, entry_facts: Iterable[tuple[int, int, int, int]]) -> tuple[dict[bytes, Fragment], int]:
+        """Each trace's fragment in the order of the traces' first spans in the request, and the
+        spans accepted; ``entry_facts`` are each entry's facts bits, root spans, earliest start
+        and latest end. Root spans are counted by the head of their entry's resource."""
+        bits, roots, starts, ends = map(list, zip(*entry_facts))
+        for head, found in compress(zip(self.entry_heads, roots), roots):
+            self.roots[head] = self.roots.get(head, 0) + found
+        traces, trace_spans = self.traces, self.trace_spans
+        trace_ids = _picker(trace_spans[:-1])(self.ids)
+        records = map(
+            _RECORD.pack, repeat(trace_facts.FACTS_VERSION), map(reduce, repeat(or_), _spans(bits, traces)), repeat(0),
+            map(sub, islice(trace_spans, 1, None), trace_spans), map(sum, _spans(self.entry_sizes, traces)),
+            map(min, _spans(starts, traces)), map(max, _spans(ends, traces)), map(fnv1a_64, trace_ids, repeat(_DEFAULT_SALT)),
+        )
+        fragments = list(map(Fragment, self.pieces(), records))
+        first_span = _picker(trace_spans[:-1])(self.order)  # a stable sort keeps each trace's first span first
+        by_first = _picker(sorted(range(len(fragments)), key=first_span.__getitem__))
+        return dict(zip(by_first(trace_ids), by_first(fragments))), trace_spans[-1]
+
+    def entry_counts(self) -> list[int]:
+        return list(map(sub, islice(self.entry_spans, 1, None), self.entry_spans))
+
+
+def _shared_pieces(first: bytes, joints: list[bytes], last: bytes, heads: list[bytes]) -> list[bytes]:
+    return _interleave([first, *joints, last], heads)
+
+
+def _pieces(tags: list[bytes], heads: list[bytes], scopes: list[bytes]) -> list[bytes]:
+    """A trace's pieces from its entries when some resource has no fields (no head to share)."""
     pieces: list[bytes] = []
-    own: list[bytes] = []  # bytes since the last shared head
-    size, i = 0, 0
-    while i < len(runs):
-        resource = request.scope_resource[runs[i][0]]
-        scopes: list[bytes] = []
-        while i < len(runs) and request.scope_resource[runs[i][0]] == resource:
-            scope = runs[i][0]
-            body = [request.scope_heads[scope]]
-            while i < len(runs) and runs[i][0] == scope:
-                body.append(runs[i][1])
-                i += 1
-            scopes += (b"\x12", _length(sum(map(len, body))), *body)
-        head = request.heads[resource]
-        length = len(head) + sum(map(len, scopes))
-        tag = b"\x0a" + _length(length)
-        size += len(tag) + length
+    own: list[bytes] = []
+    for tag, head, entry_scopes in zip(tags, heads, scopes):
         own.append(tag)
         if head:
             pieces += (b"".join(own), head)
             own = []
-        own += scopes
+        own.append(entry_scopes)
     pieces.append(b"".join(own))
-    return pieces, size
+    return pieces
 
 
-class _Traces:
-    """The accepted spans of any request grouped by trace: a stable sort of the trace ID column
-    keeps each trace's spans in request order."""
+def _entry_facts_of_fragments(layout: _Layout) -> Iterator[tuple[int, int, int, int]]:
+    """Each entry's facts from one parse of every fragment, whose entries merge their spans into
+    columns: in a canonical request each fact field occurs at most once per span and never with
+    its default, so a column is shorter than the entry's spans exactly when some span lacks it."""
+    body = b"".join(_flatten(zip(layout.entry_tags, layout.entry_heads, layout.entry_scopes)))
+    entries = _Entries.FromString(body).resource_spans[:]  # type: ignore[attr-defined]
+    return map(_canonical_facts, map(_COLUMNS, map(_ENTRY_SPANS, entries)), layout.entry_counts())
 
-    def __init__(self, request: _Request, ids: list[bytes], rows: list[list]) -> None:
-        self.request = request
-        n = len(ids)
-        self.order = order = sorted(range(n), key=ids.__getitem__)
-        pick = _picker(order)
-        self.ids = ids = pick(ids)
-        (payloads, self.scope_of, self.parents, self.states, self.starts, self.ends, self.codes,
-         flags) = map(pick, rows)
-        self.sampled = list(map(and_, flags, repeat(1)))
-        self.parts = _framed_spans(payloads)
-        self.trace_cuts = [0, *compress(count(1), map(ne, islice(ids, 1, None), ids)), n]
-        self.group_cuts = _cuts(ids, self.scope_of)
 
-    def fragments(self) -> dict[bytes, Fragment]:
-        """Each trace's fragment, in the order of the traces' first spans in the request."""
-        cuts = self.trace_cuts
-        starts, ends = cuts[:-1], cuts[1:]
-        runs: list[list[tuple[int, bytes, int]]] = [[] for _ in starts]
-        trace = -1
-        for a, b in zip(self.group_cuts, islice(self.group_cuts, 1, None)):
-            if trace + 1 < len(starts) and a == starts[trace + 1]:
-                trace += 1
-            runs[trace].append((self.scope_of[a], b"".join(self.parts[2 * a : 2 * b]), b - a))
-        pieces, sizes = zip(*(_assemble(self.request, trace_runs) for trace_runs in runs))
-        records = list(map(_RECORD.pack, repeat(wire_facts.FACTS_VERSION), self._bits(starts, ends), repeat(0),
-                           map(sub, ends, starts), sizes, map(min, self._slices(self.starts, starts, ends)),
-                           map(max, self._slices(self.ends, starts, ends))))
-        firsts = _picker(starts)(self.order)
-        by_first = sorted(range(len(starts)), key=firsts.__getitem__)
-        return {self.ids[starts[k]]: Fragment(pieces[k], records[k]) for k in by_first}
+def _canonical_facts(columns: tuple, count: int) -> tuple[int, int, int, int]:
+    """(bits, root spans, earliest start, latest end) of an entry's merged columns."""
+    parents, states, codes, flags, starts, ends = columns
+    roots = count - len(parents)
+    bits = (trace_facts.ROOT if roots else 0) | (trace_facts.TRACE_STATE if len(states) else 0)
+    if len(codes) < count:
+        bits |= _UNSET
+    if len(codes):
+        bits |= reduce(or_, map(_CODE_BITS.get, set(codes[:]), repeat(trace_facts.STATUS_OTHER)))
+    if len(flags) and 1 in map(and_, flags[:], repeat(1)):
+        bits |= trace_facts.SAMPLED
+    return bits, roots, min(starts[:]) if len(starts) == count else 0, max(ends[:], default=0)
 
-    @staticmethod
-    def _slices(column: list, starts: list[int], ends: list[int]) -> Iterator[list]:
-        return map(column.__getitem__, map(slice, starts, ends))
 
-    def _bits(self, starts: list[int], ends: list[int]) -> Iterator[int]:
-        """Each trace's facts bits: status codes seen, root, trace state, sampled flag."""
-        codes = map(reduce, repeat(or_), self._slices(self.codes, starts, ends))
-        roots = map(mul, map(contains, self._slices(self.parents, starts, ends), repeat(b"")), repeat(wire_facts.ROOT))
-        states = map(mul, map(any, self._slices(self.states, starts, ends)), repeat(wire_facts.TRACE_STATE))
-        sampled = map(mul, map(contains, self._slices(self.sampled, starts, ends), repeat(1)), repeat(wire_facts.SAMPLED))
-        return map(or_, map(or_, codes, roots), map(or_, states, sampled))
+def _entry_facts_of_columns(layout: _Layout, rows: list[list]) -> Iterator[tuple[int, int, int, int]]:
+    """Each entry's facts from columns with one value per span, in request order."""
+    pick = _picker(layout.order)
+    parents, states, starts, ends, codes, flags = (_spans(pick(row), layout.entry_spans) for row in rows)
+    return map(_exact_facts, parents, states, starts, ends, codes, flags)
+
+
+def _exact_facts(parents: list[bytes], states: list[bytes], starts: list[int], ends: list[int], codes: list[int],
+                 flags: list[int]) -> tuple[int, int, int, int]:
+    roots = parents.count(b"")
+    bits = reduce(or_, map(_CODE_BITS.get, set(codes), repeat(trace_facts.STATUS_OTHER)))
+    bits |= (trace_facts.ROOT if roots else 0) | (trace_facts.TRACE_STATE if any(states) else 0)
+    if 1 in map(and_, flags, repeat(1)):
+        bits |= trace_facts.SAMPLED
+    return bits, roots, min(starts), max(ends)
 
 
 def _picker(indexes: list[int]) -> Callable[[Sequence], list]:

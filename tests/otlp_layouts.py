@@ -8,7 +8,7 @@ import random
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from tailsampler.collector.split import field
+from tailsampler.common.framing import field
 
 
 def mixed_request(traces: list[bytes]) -> ExportTraceServiceRequest:

@@ -88,7 +88,7 @@ def _closed_port() -> int:
     return free_port()
 
 
-@pytest.mark.parametrize("stage", ["parse", "split", "decide", "pipeline"])
+@pytest.mark.parametrize("stage", ["parse", "wire-c", "wire-python", "decide", "pipeline", "pipeline-interleaved"])
 def test_hotpath_runs_one_stage_and_reports_its_cpu_per_span(stage: str, capsys) -> None:
     assert main(["hotpath", stage, "--spans", "600", "--repeat", "1"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -98,5 +98,5 @@ def test_hotpath_runs_one_stage_and_reports_its_cpu_per_span(stage: str, capsys)
 
 
 def test_hotpath_without_repeats_does_only_the_setup(capsys) -> None:
-    assert main(["hotpath", "split", "--spans", "100", "--repeat", "0"]) == 0
+    assert main(["hotpath", "wire-python", "--spans", "100", "--repeat", "0"]) == 0
     assert json.loads(capsys.readouterr().out)["cpu_us_per_span"] is None

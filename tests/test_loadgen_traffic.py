@@ -24,6 +24,7 @@ from tailsampler.loadgen.sink import Sink
 from tailsampler.loadgen.traffic import TrafficConfig, build_payloads, run_traffic
 from tailsampler.loadgen.transport import GrpcTransport, Outcome
 from tailsampler.common.otlp_json import to_json
+from tailsampler.collector import wire
 from tailsampler.policies.trace import TraceView, attribute
 from tests.terminal import Terminal
 
@@ -32,7 +33,7 @@ def _trace_view(trace) -> TraceView:
     batcher = Batcher(1, 10_000)
     batcher.add_trace(trace)
     (payload,) = batcher.flush()
-    return TraceView(trace.trace_id, payload.data)
+    return TraceView(trace.trace_id, payload.data, wire.facts_of(payload.data))
 
 
 def test_traces_are_w3c_valid_and_carry_semantic_conventions() -> None:
@@ -120,7 +121,7 @@ def test_otlp_json_has_hex_ids_and_integer_enums() -> None:
     document = msgspec.json.decode(to_json(ExportTraceServiceRequest.FromString(payload.data)))
     spans = [s for rs in document["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]]
     (root,) = [s for s in spans if "parentSpanId" not in s]
-    original = TraceView(b"", payload.data).root.span
+    original = TraceView(b"", payload.data, wire.facts_of(payload.data)).root.span
     assert root["traceId"] == original.trace_id.hex() and root["spanId"] == original.span_id.hex()
     assert root["kind"] == 2 and root["status"]["code"] == 2
     assert root["startTimeUnixNano"] == str(original.start_time_unix_nano)

@@ -12,7 +12,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, TracesData
 
 from tailsampler.collector import wire
-from tailsampler.collector.wire_facts import Facts
+from tailsampler.common import trace_facts
+from tailsampler.policies import TraceView
 from tailsampler.policies.probabilistic import DEFAULT_HASH_SALT, fnv1a_64
 from tests import wire_bodies
 from tests.otlp_layouts import mixed_request, random_body
@@ -67,11 +68,12 @@ def test_facts_say_what_the_policies_ask() -> None:
                          start_time_unix_nano=3_000, end_time_unix_nano=12_000, trace_state="ot=th:8")
     child.status.code = child.status.STATUS_CODE_ERROR
     fragment = wire.split(req.SerializeToString()).fragments[trace_id]
-    facts = Facts.from_record(fragment.facts)
+    facts = TraceView(trace_id, fragment.data, fragment.facts)
     assert (facts.span_count, facts.has_root, facts.sampled, facts.has_trace_state) == (2, True, True, True)
-    assert facts.status_codes == {0, 2} and not facts.other_status
+    assert facts.status_codes == {0, 2} and not fragment.facts[1] & trace_facts.STATUS_OTHER
     assert (facts.start_time_unix_nano, facts.end_time_unix_nano, facts.duration_ns) == (2_000, 12_000, 10_000)
     assert facts.byte_size == fragment.size == len(fragment.data)
+    assert facts.probabilistic_hash == fnv1a_64(trace_id, fnv1a_64(DEFAULT_HASH_SALT.encode()))
 
 
 def test_a_span_without_a_start_starts_its_trace_at_zero() -> None:
@@ -80,7 +82,8 @@ def test_a_span_without_a_start_starts_its_trace_at_zero() -> None:
     ss = req.resource_spans.add().scope_spans.add()
     ss.spans.add(trace_id=trace_id, span_id=os.urandom(8), start_time_unix_nano=5, end_time_unix_nano=7)
     ss.spans.add(trace_id=trace_id, span_id=os.urandom(8), end_time_unix_nano=6)
-    facts = Facts.from_record(wire.split(req.SerializeToString()).fragments[trace_id].facts)
+    fragment = wire.split(req.SerializeToString()).fragments[trace_id]
+    facts = TraceView(trace_id, fragment.data, fragment.facts)
     assert (facts.start_time_unix_nano, facts.end_time_unix_nano) == (0, 7)
 
 
@@ -88,7 +91,7 @@ def test_facts_of_a_trace_merge_across_requests() -> None:
     trace_id = os.urandom(16)
     first = wire.split(mixed_request([trace_id]).SerializeToString()).fragments[trace_id]
     second = wire.split(mixed_request([trace_id]).SerializeToString()).fragments[trace_id]
-    merged = Facts.from_record(wire.merge_facts(first.facts + second.facts))
+    merged = TraceView(trace_id, first.data + second.data, wire.merge_facts(first.facts + second.facts))
     joined = TracesData.FromString(first.data + second.data)
     assert merged.span_count == 48 == sum(len(ss.spans) for rs in joined.resource_spans for ss in rs.scope_spans)
     assert merged.byte_size == len(first.data + second.data)

@@ -7,7 +7,7 @@ import random
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from tailsampler.collector.split import field
+from tailsampler.common.framing import field
 
 
 def span_bytes(**fields: object) -> bytes:

@@ -25,10 +25,10 @@ Outcome = tuple[object, ...]
 
 def outcome(core: object, body: bytes) -> Outcome:
     try:
-        fragments, accepted, refused = core.split(body)  # type: ignore[attr-defined]
+        fragments, accepted, refused, roots = core.split(body)  # type: ignore[attr-defined]
     except WireError as error:
         return ("refused", str(error))
-    return ("split", [(trace_id, f.pieces, f.facts) for trace_id, f in fragments.items()], accepted, refused)
+    return ("split", [(trace_id, f.pieces, f.facts) for trace_id, f in fragments.items()], accepted, refused, roots)
 
 
 def assert_cores_agree(body: bytes) -> Outcome:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, TracesData
 
-from tailsampler.collector import wire_facts
+from tailsampler.common import trace_facts
+from tailsampler.policies.probabilistic import DEFAULT_HASH_SALT, fnv1a_64
 
 Entry = tuple[object, ...]  # resource, its schema_url, scope, its schema_url, span
 
@@ -34,19 +35,19 @@ def accepted(body: bytes) -> dict[bytes, list[Entry]]:
     return kept
 
 
-def facts_of(spans: list[Entry], size: int) -> bytes:
+def facts_of(trace_id: bytes, spans: list[Entry], size: int) -> bytes:
     """The facts record of these spans, read from upb's parse."""
     bits = 0
     for entry in spans:
         span = entry[4]
         code = span.status.code
-        bits |= wire_facts.STATUS_BITS.get(code, wire_facts.STATUS_OTHER)
-        bits |= wire_facts.ROOT if not span.parent_span_id else 0
-        bits |= wire_facts.TRACE_STATE if span.trace_state else 0
-        bits |= wire_facts.SAMPLED if span.flags & 1 else 0
+        bits |= trace_facts.STATUS_BITS.get(code, trace_facts.STATUS_OTHER)
+        bits |= trace_facts.ROOT if not span.parent_span_id else 0
+        bits |= trace_facts.TRACE_STATE if span.trace_state else 0
+        bits |= trace_facts.SAMPLED if span.flags & 1 else 0
     start = min(e[4].start_time_unix_nano for e in spans)
     end = max(e[4].end_time_unix_nano for e in spans)
-    return wire_facts.pack(bits, len(spans), size, start, end)
+    return trace_facts.pack(bits, len(spans), size, start, end, fnv1a_64(trace_id, fnv1a_64(DEFAULT_HASH_SALT.encode())))
 
 
 def check_split(split: object, body: bytes) -> None:
@@ -59,7 +60,19 @@ def check_split(split: object, body: bytes) -> None:
         data = fragment.data
         assert spans_by_trace(data) == {trace_id: expected[trace_id]}
         assert fragment.size == len(data)
-        assert fragment.facts == facts_of(expected[trace_id], len(data))
+        assert fragment.facts == facts_of(trace_id, expected[trace_id], len(data))
         assert fragment.span_count == len(expected[trace_id])
     assert span_count == sum(map(len, expected.values()))
     assert rejected == sum(map(len, spans_by_trace(body).values())) - span_count
+    expected_roots: dict[tuple[bytes, str], int] = {}
+    for rs in TracesData.FromString(body).resource_spans:
+        found = sum(1 for ss in rs.scope_spans for span in ss.spans if valid(span.trace_id, span.span_id) and not span.parent_span_id)
+        if found:
+            key = (rs.resource.SerializeToString(), rs.schema_url)
+            expected_roots[key] = expected_roots.get(key, 0) + found
+    roots: dict[tuple[bytes, str], int] = {}
+    for head, found in split.root_resources.items():  # type: ignore[attr-defined]
+        parsed = ResourceSpans.FromString(head)
+        key = (parsed.resource.SerializeToString(), parsed.schema_url)
+        roots[key] = roots.get(key, 0) + found
+    assert roots == expected_roots
