@@ -11,8 +11,10 @@ as the decision loop's (counted, recorded, forwarded, remembered for late spans)
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -61,9 +63,15 @@ class Ingest:
         self._metrics = metrics
         self._overload = overload
 
-    async def accept(self, body: bytes, transport: str) -> Outcome:
+    async def accept(self, body: bytes, transport: str, waiting: Callable[[], bool] = lambda: True) -> Outcome:
         """Take an ExportTraceServiceRequest body: buffer its spans, forward those of traces
-        already kept, count those of traces already dropped."""
+        already kept, count those of traces already dropped.
+
+        ``waiting`` says whether the client still waits for the answer. A request whose client
+        gave up (its deadline passed, it hung up) is not buffered: the client resends it, and
+        taking it too would deliver its spans twice. One that the buffer took, or may have taken
+        (the call was cancelled mid-append), after the client gave up is counted
+        (``accepted_after_deadline``): its resent copy will be a duplicate."""
         metrics = self._metrics
         try:
             split = split_body(body)
@@ -73,8 +81,14 @@ class Ingest:
         if split.rejected_spans:
             metrics.spans_refused.labels("invalid_id").inc(split.rejected_spans)
         if split.fragments:
+            if not waiting():
+                metrics.requests.labels(transport, "client_gone").inc()
+                return Outcome("unavailable", "the client stopped waiting before the request was taken")
             try:
                 result = await self._buffer.append(split.fragments, time.time(), self._overload.relief)
+            except asyncio.CancelledError:  # the client gave up mid-append: a shared store may have taken it
+                metrics.requests.labels(transport, "accepted_after_deadline").inc()
+                raise
             except BufferFull as exc:
                 metrics.overflow_refusals.inc()
                 metrics.spans_refused.labels("buffer_full").inc(split.span_count)
@@ -99,6 +113,8 @@ class Ingest:
             services = metrics.services
             for resource, roots in split.root_resources.items():
                 metrics.service_traces_received.labels(services.of_field(resource)).inc(roots)
+        if not waiting():
+            metrics.requests.labels(transport, "accepted_after_deadline").inc()
         metrics.requests.labels(transport, "partial" if split.rejected_spans else "ok").inc()
         return Outcome("accepted", split.error_message, split.rejected_spans)
 

@@ -38,7 +38,9 @@ def _retry_trailer(message: str, seconds: float) -> tuple[tuple[str, bytes], ...
     detail = any_pb2.Any()
     detail.Pack(info)
     status = status_pb2.Status(code=grpc.StatusCode.UNAVAILABLE.value[0], message=message, details=[detail])
-    return (("grpc-status-details-bin", status.SerializeToString()),)
+    # the status details are where the gRPC spec puts it; the OpenTelemetry SDKs read the bare
+    # RetryInfo trailer as well
+    return (("grpc-status-details-bin", status.SerializeToString()), ("google.rpc.retryinfo-bin", info.SerializeToString()))
 
 
 def _check_bindable(endpoint: Endpoint, reuse_port: bool) -> None:
@@ -140,7 +142,7 @@ class GrpcReceiver:
             if not ticket.hold(len(body)):
                 metrics.requests.labels("grpc", "in_flight_limit").inc()
                 await self._busy(context, "too many bytes in flight on this listener; retry later")
-            outcome = await self._ingest.accept(body, "grpc")
+            outcome = await self._ingest.accept(body, "grpc", lambda: _waiting(context))
         finally:
             ticket.release()
         if outcome.status == "invalid":
@@ -155,6 +157,12 @@ class GrpcReceiver:
     @staticmethod
     async def _busy(context: grpc.aio.ServicerContext, message: str) -> None:
         await context.abort(grpc.StatusCode.UNAVAILABLE, message, trailing_metadata=_retry_trailer(message, RETRY_AFTER))
+
+
+def _waiting(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the client still waits: the call is not cancelled and its deadline not past."""
+    remaining = context.time_remaining()
+    return not context.cancelled() and (remaining is None or remaining > 0)
 
 
 def _authorization(context: grpc.aio.ServicerContext) -> str | None:

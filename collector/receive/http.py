@@ -160,7 +160,7 @@ class HttpReceiver:
                     body = request_from_json(body).SerializeToString()
                 except JsonDecodeError as exc:
                     return self._answer(Outcome.not_a_request(exc), content_type)
-            return self._answer(await self._ingest.accept(body, "http"), content_type)
+            return self._answer(await self._ingest.accept(body, "http", lambda: _waiting(request)), content_type)
         finally:
             ticket.release()
 
@@ -176,3 +176,9 @@ class HttpReceiver:
             retry_after = str(max(1, math.ceil(outcome.retry_after)))
             return error_response(503, _UNAVAILABLE, outcome.message, content_type, {"Retry-After": retry_after})
         return web.Response(status=200, body=_encode(outcome.response(), content_type), content_type=content_type)
+
+
+def _waiting(request: web.Request) -> bool:
+    """Whether the client still waits: its connection is open (HTTP carries no deadline)."""
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
