@@ -23,10 +23,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from tailsampler.collector.config import BearerAuthConfig, GrpcReceiverConfig
 from tailsampler.collector.ingest import Ingest
 from tailsampler.collector.metrics import Metrics
-from tailsampler.collector.receive.auth import BearerTokens, warn_if_exposed
+from tailsampler.collector.receive.auth import BearerTokens, guards
 from tailsampler.collector.receive.limits import RETRY_AFTER, InFlight
 from tailsampler.collector.receive.listener import raise_open_files_limit
-from tailsampler.collector.receive.tls import ServerTls
 from tailsampler.common.endpoints import Endpoint
 
 _SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
@@ -81,11 +80,9 @@ class GrpcReceiver:
 
     async def start(self, reuse_port: bool = False) -> None:
         settings = self._settings
-        if self._auth_config is not None:
-            self._auth = BearerTokens(self._auth_config, "receivers.otlp.auth")
-        tls = ServerTls(settings.tls, "receivers.otlp.grpc.tls") if settings.tls else None
-        if self._auth is not None and tls is None:
-            warn_if_exposed("otlp/grpc", settings.endpoint)
+        self._auth, tls = guards(
+            "otlp/grpc", settings.endpoint, self._auth_config, "receivers.otlp.auth", settings.tls, "receivers.otlp.grpc.tls",
+        )
         raise_open_files_limit("otlp/grpc", settings.max_connections)
         _check_bindable(settings.endpoint, reuse_port)
         self._server = grpc.aio.server(

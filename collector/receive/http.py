@@ -18,10 +18,9 @@ from google.rpc import status_pb2
 from tailsampler.collector.config import BearerAuthConfig, HttpReceiverConfig
 from tailsampler.collector.ingest import Ingest, Outcome
 from tailsampler.collector.metrics import Metrics
-from tailsampler.collector.receive.auth import BearerTokens, warn_if_exposed
+from tailsampler.collector.receive.auth import BearerTokens, guards
 from tailsampler.collector.receive.limits import RETRY_AFTER, InFlight
 from tailsampler.collector.receive.listener import HttpListener
-from tailsampler.collector.receive.tls import ServerTls
 from tailsampler.common.otlp_json import JsonDecodeError, request_from_json, to_json
 
 _PROTOBUF = "application/x-protobuf"
@@ -90,11 +89,9 @@ class HttpReceiver:
 
     async def start(self, reuse_port: bool = False) -> None:
         settings = self._settings
-        if self._auth_config is not None:
-            self._auth = BearerTokens(self._auth_config, "receivers.otlp.auth")
-        tls = ServerTls(settings.tls, "receivers.otlp.http.tls") if settings.tls else None
-        if self._auth is not None and tls is None:
-            warn_if_exposed("otlp/http", settings.endpoint)
+        self._auth, tls = guards(
+            "otlp/http", settings.endpoint, self._auth_config, "receivers.otlp.auth", settings.tls, "receivers.otlp.http.tls",
+        )
         app = web.Application(client_max_size=self._max)
         app.router.add_post("/v1/traces", self._export)
         self._listener = HttpListener(
