@@ -209,9 +209,10 @@ async def test_live_traces_are_carried_forward_so_disk_stays_bounded_by_what_is_
     wal, _ = open_log(tmp_path, registry, fsync="never", max_bytes=MiB)
     segment = 64 * 1024
     long_lived, undelivered = new_trace_id(), new_trace_id()
-    kept_body = request((undelivered, 5))
+    kept_body, late_body = request((undelivered, 5)), request((undelivered, 1))
     await wal.append(kept_body, T0)
     await wal.decided({undelivered: KEEP}, T0)  # its exporter is down for the whole run
+    await wal.append(late_body, T0, kept={undelivered: KEEP})  # and a late span of it waits too
     parts = []
     written = 0
     for round_ in range(400):  # about 5 MiB written through a 1 MiB log
@@ -221,18 +222,19 @@ async def test_live_traces_are_carried_forward_so_disk_stays_bounded_by_what_is_
         written += sum(f.size for f in body.values())
         await wal.append(body, T0 + round_)
         await wal.decided({tid: DROP for tid in traces}, T0 + round_)
-        live = sum(p.size for p in parts) + kept_body[undelivered].size
+        live = sum(p.size for p in parts) + kept_body[undelivered].size + late_body[undelivered].size
         assert wal.disk_bytes <= 2 * live + 4 * segment, f"round {round_}"
     assert written > 4 * MiB
     assert registry.get_sample_value("tailsampler_wal_carried_bytes_total") > 0
     assert len(segment_files(tmp_path)) <= 5
+    await wal.delivered({undelivered: KEEP}, T0 + 500)  # the trace's delivery; its late span's is still due
     wal.close()
 
     recovered = reopen(tmp_path)
     trace = recovered.pending[long_lived]
     assert trace.data == b"".join(p.data for p in parts)
     assert [e.received for e in trace.entries] == [T0 + r for r in range(400)]
-    assert recovered.kept[undelivered].data == kept_body[undelivered].data
+    assert recovered.kept[undelivered].data == kept_body[undelivered].data + late_body[undelivered].data
     assert recovered.kept[undelivered].decision == KEEP
     assert list(recovered.pending) == [long_lived] and list(recovered.kept) == [undelivered]
 

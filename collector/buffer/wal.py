@@ -172,6 +172,7 @@ class _Segment:
     size: int
 
 
+_SIZE = attrgetter("size")
 _SPANS = attrgetter("span_count")
 _ROOT = attrgetter("has_root")
 _PIECES = attrgetter("pieces")
@@ -244,9 +245,7 @@ class WriteAheadLog:
             kept,
         )
         location = self._write(record, received, limited=True)
-        add = self._ledger.add
-        for trace_id, fragment in fragments.items():
-            add(trace_id, location, fragment.size)
+        self._ledger.logged(location, fragments, list(map(_SIZE, values)))
         if kept:
             for trace_id, decision in kept.items():
                 self._ledger.keep(trace_id, decision, received)
@@ -376,7 +375,11 @@ class WriteAheadLog:
             freed += segment.size
         if 2 * sum(trace.nbytes + _ENTRY_OVERHEAD * len(trace.records) for _, trace in traces) > freed:
             return  # not worth it yet: wait until more of the segments after it are settled
-        entries = self._read_entries(traces)
+        try:
+            entries = self._read_entries(traces)
+        except OSError as exc:
+            log.error("write-ahead log %s: cannot read back live traces to carry them forward: %s", self.directory, exc)
+            return
         batch: list[tuple[bytes, LiveTrace]] = []
         size = 0
         for trace_id, trace in traces:
@@ -414,8 +417,6 @@ class WriteAheadLog:
                 for entry in record.entries:
                     if location in wanted.get(entry.trace_id, ()):
                         entries[entry.trace_id].append(entry)
-        except OSError as exc:
-            raise WalError(f"write-ahead log {self.directory}: cannot read back a segment: {exc.strerror}") from None
         finally:
             for fd in files.values():
                 os.close(fd)
@@ -423,7 +424,7 @@ class WriteAheadLog:
 
     def _put_carried(self, batch: list[tuple[bytes, LiveTrace]], entries: dict[bytes, list[Entry]], now: float) -> None:
         flat = [entry for trace_id, _ in batch for entry in entries[trace_id]]
-        kept = {trace_id: trace.decision for trace_id, trace in batch if trace.decision is not None}
+        kept = [(trace_id, trace) for trace_id, trace in batch if trace.decision is not None]
         record = encode_record(
             CARRY,
             now,
@@ -433,7 +434,8 @@ class WriteAheadLog:
             [(entry.data,) for entry in flat],
             list(map(_FACTS, flat)),
             list(map(_RECEIVED, flat)),
-            kept,
+            {trace_id: trace.decision for trace_id, trace in kept},
+            [trace.deliveries for _, trace in kept],
         )
         location = self._put(record)
         ledger = self._ledger

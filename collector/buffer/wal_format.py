@@ -15,19 +15,21 @@ Every kind of record has the same payload, laid out in columns, so that the hund
 of a request are encoded by C-level passes (``array``, ``bytes.join``, ``map``) instead of a Python
 step per trace:
 
-    head:      time f64 | entries E u32 | distinct pieces P u32 | piece references R u32
-               | decisions D u32 | policy names N u16
+    head:      time f64 | entries E u32 | pieces R u32 | decisions D u32 | policy names N u16
     entries:   trace IDs 16·E | span counts u32·E | flags u8·E (1: the fragment holds a root span)
                | pieces per entry u32·E | facts lengths u32·E
                | received f64·E (carry records only: an append's entries were all received at ``time``)
-               | piece references u32·R | piece lengths u32·P | pieces | facts
+               | first occurrence u32·R (of each piece: the index of the first piece that is the
+                 same bytes object) | lengths u32·S of the S pieces that are their own first
+                 occurrence | those pieces | facts
     decisions: trace IDs 16·D | keep u8·D | policy u16·D (index into the names, 0xFFFF: none)
                | sample rate f64·D (NaN: none) | name lengths u16·N | names, UTF-8
+               | deliveries awaited u32·D (carry records only)
 
 A fragment is the list of bytes pieces the split made, written as they are. A piece that several
-fragments of one request share (the resource, hundreds of bytes of attributes) is written once
-and referenced by index, so the log holds about the request's wire bytes rather than the resource
-once per trace.
+fragments of one request share (the resource, hundreds of bytes of attributes, is one object for
+all of them) is written once, so the log holds about the request's wire bytes rather than the
+resource once per trace; finding them costs a few C-level passes over the pieces.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ DECIDE = 3  # decisions: dropped traces are settled, kept ones await delivery
 DELIVER = 4  # decisions: kept traces that every exporter has finished with
 KINDS = frozenset((APPEND, CARRY, DECIDE, DELIVER))
 
-_HEAD = struct.Struct("<dIIIIH")
+_HEAD = struct.Struct("<dIIIH")
 _NO_POLICY = 0xFFFF
 _NAN = math.nan
 _BIG_ENDIAN = sys.byteorder == "big"
@@ -113,6 +115,7 @@ class Record:
     time: float
     entries: list[Entry]
     decisions: list[tuple[bytes, LoggedDecision]]
+    awaiting: list[int]  # a carry record's kept traces: the deliveries each still awaits
 
 
 _KEEP = attrgetter("keep")
@@ -121,7 +124,9 @@ _RATE = attrgetter("sample_rate")
 
 
 def _column(typecode: str, values: Iterable[float] | Iterable[int]) -> array:
-    column = array(typecode, values)
+    """An array of ``values`` in little-endian order (built from a list: from an iterator, array
+    grows one item at a time, several times slower)."""
+    column = array(typecode, values if isinstance(values, list) else list(values))
     if _BIG_ENDIAN:
         column.byteswap()
     return column
@@ -137,17 +142,20 @@ def encode_record(
     facts: Sequence[bytes] | None,
     received: Sequence[float] | None,
     decisions: Mapping[bytes, DecisionValue] | None,
+    awaiting: Sequence[int] = (),
 ) -> bytearray:
     """One record, header included, ready to write. ``pieces`` holds each entry's pieces;
-    ``facts`` None means every entry's facts are empty; ``received`` None means ``time``."""
+    ``facts`` None means every entry's facts are empty; ``received`` None means ``time``;
+    ``awaiting`` (carry records) the deliveries each decision's trace awaits."""
     entries = len(trace_ids)
     flat = list(chain.from_iterable(pieces))
-    ids = list(map(id, flat))
-    distinct = dict(zip(ids, flat))  # the pieces are alive throughout, so their ids stay unique
-    position = dict(zip(distinct, count()))
+    seen: dict[int, int] = {}  # the pieces are alive throughout, so their ids stay unique
+    firsts = list(map(seen.setdefault, map(id, flat), count()))
+    own = list(map(flat.__getitem__, seen.values()))
+    decided, names = _decision_columns(decisions) if decisions else ([], 0)
     parts: list[bytes | bytearray | array] = [
         bytes(RECORD_HEADER),  # packed below, once the length and checksum are known
-        b"",  # the head, packed below
+        _HEAD.pack(time, entries, len(flat), len(decisions or ()), names),
         b"".join(trace_ids),
         _column("I", span_counts),
         bytes(roots),
@@ -156,33 +164,32 @@ def encode_record(
     ]
     if kind == CARRY:
         parts.append(_column("d", received if received is not None else [time] * entries))
-    parts.append(_column("I", map(position.__getitem__, ids)))
-    parts.append(_column("I", map(len, distinct.values())))
-    parts.extend(distinct.values())
-    if facts is not None:
-        parts.extend(facts)
-    names = 0
-    if decisions:
-        values = list(decisions.values())
-        policies = list(map(_POLICY, values))
-        table = [name for name in dict.fromkeys(policies) if name is not None]
-        index: dict[str | None, int] = dict(zip(table, count()))
-        index[None] = _NO_POLICY
-        encoded = [name.encode() for name in table]
-        names = len(table)
-        parts += (
-            b"".join(decisions),
-            bytes(map(_KEEP, values)),
-            _column("H", map(index.__getitem__, policies)),
-            _column("d", [_NAN if rate is None else rate for rate in map(_RATE, values)]),
-            _column("H", map(len, encoded)),
-            *encoded,
-        )
-    parts[1] = _HEAD.pack(time, entries, len(distinct), len(ids), len(decisions or ()), names)
+    parts += (_column("I", firsts), _column("I", map(len, own)), *own, *(facts or ()), *decided)
+    if kind == CARRY and decisions:
+        parts.append(_column("I", awaiting))
     record = bytearray().join(parts)
     _RECORD.pack_into(record, 0, RECORD_MAGIC, 0, len(record) - RECORD_HEADER, kind)
     struct.pack_into("<I", record, 4, zlib.crc32(memoryview(record)[_CRC_FROM:]))
     return record
+
+
+def _decision_columns(decisions: Mapping[bytes, DecisionValue]) -> tuple[list[bytes | array], int]:
+    """The decisions' columns and how many policy names they hold."""
+    values = list(decisions.values())
+    policies = list(map(_POLICY, values))
+    table = [name for name in dict.fromkeys(policies) if name is not None]
+    index: dict[str | None, int] = dict(zip(table, count()))
+    index[None] = _NO_POLICY
+    encoded = [name.encode() for name in table]
+    columns = [
+        b"".join(decisions),
+        bytes(map(_KEEP, values)),
+        _column("H", map(index.__getitem__, policies)),
+        _column("d", [_NAN if rate is None else rate for rate in map(_RATE, values)]),
+        _column("H", map(len, encoded)),
+        *encoded,
+    ]
+    return columns, len(table)
 
 
 class _Reader:
@@ -218,24 +225,37 @@ class _Reader:
 
 def decode_payload(kind: int, payload: memoryview) -> Record:
     """The record a payload (already checked against its CRC) holds; ValueError if malformed."""
+    try:
+        return _decode(kind, payload)
+    except (IndexError, struct.error) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _decode(kind: int, payload: memoryview) -> Record:
     reader = _Reader(payload)
-    time, entries, distinct, references, decided, names = _HEAD.unpack(reader.take(_HEAD.size))
+    time, entries, references, decided, names = _HEAD.unpack(reader.take(_HEAD.size))
     trace_ids = reader.ids(entries)
     span_counts = reader.column("I", entries)
     flags = bytes(reader.take(entries))
     piece_counts = reader.column("I", entries)
     facts_lengths = reader.column("I", entries)
     received = reader.column("d", entries) if kind == CARRY else [time] * entries
-    refs = reader.column("I", references)
-    pieces = reader.slices(reader.column("I", distinct))
+    firsts = reader.column("I", references)
+    own = reader.slices(reader.column("I", sum(1 for i, first in enumerate(firsts) if first == i)))
     facts = reader.slices(facts_lengths)
-    if sum(piece_counts) != references or (references and max(refs) >= distinct):
-        raise ValueError("piece references out of range")
+    if sum(piece_counts) != references:
+        raise ValueError("piece counts do not add up")
+    pieces: list[memoryview] = []
+    stored = iter(own)
+    for i, first in enumerate(firsts):
+        if first > i:
+            raise ValueError("a piece refers forward")
+        pieces.append(next(stored) if first == i else pieces[first])
     decoded: list[Entry] = []
     start = 0
     for i, trace_id in enumerate(trace_ids):
         end = start + piece_counts[i]
-        data = b"".join([pieces[r] for r in refs[start:end]])
+        data = b"".join(pieces[start:end])
         decoded.append(Entry(trace_id, received[i], span_counts[i], bool(flags[i] & 1), bytes(facts[i]), data))
         start = end
     decisions: list[tuple[bytes, LoggedDecision]] = []
@@ -248,9 +268,10 @@ def decode_payload(kind: int, payload: memoryview) -> Record:
         for trace_id, keep, policy, rate in zip(ids, keeps, policy_index, rates):
             name = None if policy == _NO_POLICY else table[policy]
             decisions.append((trace_id, LoggedDecision(bool(keep), name, None if math.isnan(rate) else rate)))
+    awaiting = list(reader.column("I", decided)) if kind == CARRY and decided else []
     if reader.pos != len(payload):
         raise ValueError("payload longer than its columns")
-    return Record(kind, time, decoded, decisions)
+    return Record(kind, time, decoded, decisions, awaiting)
 
 
 def record_at(buffer: bytes | memoryview, pos: int) -> tuple[int, int] | None:

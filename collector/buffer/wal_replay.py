@@ -12,23 +12,29 @@ the segments a running log removes are exactly those a replay would find nothing
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from .wal_format import APPEND, CARRY, DELIVER, DecisionValue, Entry, Record
 
 Location = tuple[int, int, int]  # segment sequence, offset of the record, its length
 
 
-@dataclass(slots=True)
 class LiveTrace:
-    """A trace the log must keep: pending, or kept and not yet delivered to every exporter."""
+    """A trace the log must keep: pending, or kept and not yet delivered to every exporter.
 
-    segment: int  # the oldest segment holding one of its current entries
-    records: list[Location] = field(default_factory=list)
-    nbytes: int = 0  # fragment bytes of its current entries
-    decision: DecisionValue | None = None  # set once kept
-    deliveries: int = 0  # deliveries awaited before it is settled
-    entries: list[Entry] | None = None  # its entries, kept during a replay only
+    A plain slotted class: one is made per trace on the append path, where a dataclass's
+    generated ``__init__`` with default factories costs several times more."""
+
+    __slots__ = ("segment", "records", "nbytes", "decision", "deliveries", "entries")
+
+    def __init__(self, segment: int, entries: list[Entry] | None) -> None:
+        self.segment = segment  # the oldest segment holding one of its current entries
+        self.records: list[Location] = []  # of its current entries, in log order
+        self.nbytes = 0  # fragment bytes of its current entries
+        self.decision: DecisionValue | None = None  # set once kept
+        self.deliveries = 0  # deliveries awaited before it is settled
+        self.entries = entries  # its entries, kept during a replay only
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,16 +93,36 @@ class TraceLedger:
         self._replaying = replaying
 
     def _start(self, trace_id: bytes, segment: int) -> LiveTrace:
-        trace = self.live[trace_id] = LiveTrace(segment, entries=[] if self._replaying else None)
-        self.pins.setdefault(segment, set()).add(trace_id)
+        trace = self.live[trace_id] = LiveTrace(segment, [] if self._replaying else None)
+        self._pinned(segment).add(trace_id)
         if self._replaying:
             self.settled.pop(trace_id, None)
         return trace
 
+    def _pinned(self, segment: int) -> set[bytes]:
+        pinned = self.pins.get(segment)
+        if pinned is None:
+            pinned = self.pins[segment] = set()
+        return pinned
+
+    def logged(self, location: Location, trace_ids: Iterable[bytes], sizes: list[int]) -> None:
+        """A running log's append record: ``add`` for each of its traces (each appears once),
+        as one loop, since it runs for every trace of every request."""
+        live = self.live
+        pinned = self._pinned(location[0])
+        for trace_id, size in zip(trace_ids, sizes):
+            trace = live.get(trace_id)
+            if trace is None:
+                trace = live[trace_id] = LiveTrace(location[0], None)
+                pinned.add(trace_id)
+            trace.records.append(location)
+            trace.nbytes += size
+        self.live_bytes += sum(sizes)
+
     def move(self, trace_id: bytes, trace: LiveTrace, segment: int) -> None:
         """The trace's entries are replaced by copies in ``segment`` (a carry record)."""
         self.pins[trace.segment].discard(trace_id)
-        self.pins.setdefault(segment, set()).add(trace_id)
+        self._pinned(segment).add(trace_id)
         trace.segment = segment
         trace.records = []
         self.live_bytes -= trace.nbytes
@@ -159,9 +185,9 @@ class TraceLedger:
                     self.move(entry.trace_id, trace, location[0])
                 carried.add(entry.trace_id)
                 self.add(entry.trace_id, location, len(entry.data), entry)
-            for trace_id, decision in record.decisions:
+            for (trace_id, decision), awaiting in zip(record.decisions, record.awaiting):
                 if (trace := self.live.get(trace_id)) is not None:
-                    trace.decision, trace.deliveries = decision, 1
+                    trace.decision, trace.deliveries = decision, awaiting
             return
         if kind == APPEND:
             for entry in record.entries:
