@@ -18,8 +18,9 @@ Durability, by ``fsync`` setting (what an acknowledged request survives):
   kernel (``pwrite`` returned); a thread flushes every ``fsync_interval``. A process crash loses
   nothing acknowledged: the kernel writes the pages back. A machine crash loses what was
   acknowledged in the last ``fsync_interval`` (plus one flush's time), and the decisions and
-  deliveries logged in it: those traces are decided again, and a kept trace may be delivered
-  twice.
+  deliveries logged in it: those traces are decided again (a policy that does not decide the
+  same way twice, such as rate limiting, may then keep a trace it dropped), and a kept trace
+  may be delivered twice.
 - ``never``: as ``interval`` for a process crash; nothing is flushed, so a machine crash loses
   what the kernel had not yet written back (on Linux up to ``vm.dirty_expire_centisecs``, 30 s
   by default, or more), in any segment.
@@ -31,9 +32,10 @@ intact ones is skipped and counted, and a clean shutdown (``close``) flushes eve
 Disk use follows what is live, not uptime: a segment file is removed once every trace in it is
 settled (dropped, or kept and delivered), and when settled data makes up most of the log, the
 live traces of the oldest segment are copied forward (carried) into the current one so that
-the old file can go. The log stays within about twice the buffered bytes plus two segments,
-and never past ``max_bytes``: an append that does not fit raises ``WalFull``. Records of
-decisions and deliveries are always written, since they are what frees space.
+the old file can go. The log stays within about twice what is live (pending, and kept but not
+yet delivered) plus two segments, and never past ``max_bytes``: an append that does not fit
+raises ``WalFull``. Records of decisions and deliveries are always written, since they are what
+frees space.
 """
 
 from __future__ import annotations
@@ -44,10 +46,10 @@ import logging
 import os
 import re
 from collections import deque
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -182,8 +184,9 @@ _FACTS = attrgetter("facts")
 
 
 class WriteAheadLog:
-    """The log of one memory buffer. Every method runs on the event loop thread; only flushes
-    run on a thread of their own. Each call writes one record with one ``pwrite``."""
+    """The log of one memory buffer, made by ``open_wal``. Every method runs on the event loop
+    thread; only flushes run on a thread of their own. Each call writes one record with one
+    ``pwrite``."""
 
     def __init__(
         self,
@@ -211,6 +214,12 @@ class WriteAheadLog:
         metrics.segments.set_function(lambda: len(self._segments))
         self._open_segment(segments[-1].seq + 1 if segments else 1, opened=True)
         self._release()
+
+    @property
+    def failure(self) -> WalError | None:
+        """Why the log refuses writes (a flush failed, so what the kernel kept is unknown), if it
+        does: for readiness."""
+        return self._syncer.failure
 
     @property
     def disk_bytes(self) -> int:
@@ -290,8 +299,8 @@ class WriteAheadLog:
     def _write(self, record: bytearray, now: float, limited: bool) -> Location:
         if self._closed:
             raise WalError(f"write-ahead log {self.directory} is closed")
-        if self._syncer.failure is not None:
-            raise self._syncer.failure
+        if self.failure is not None:
+            raise self.failure
         current = self._segments[-1]
         if current.size + len(record) > self._segment_bytes and current.size > SEGMENT_HEADER:
             self._open_segment(current.seq + 1, opened=False)
