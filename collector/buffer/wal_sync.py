@@ -1,8 +1,9 @@
 """Making the log's writes durable, off the event loop thread.
 
 ``always``: the awaitable a write returns completes once an ``fdatasync`` covers the write.
-Writes that arrive while one ``fdatasync`` runs share the next one (group commit), so a busy
-agent pays one disk flush per flush time, not one per request. ``interval``: the thread flushes
+The writes of one turn of the event loop, and those that arrive while an ``fdatasync`` runs,
+share the next one (group commit), so a busy agent pays one disk flush per flush time, not one
+per request. ``interval``: the thread flushes
 whatever was written every ``fsync_interval``, and writes complete at once. ``never``: no thread
 and no flush; the kernel writes dirty pages back when it will.
 
@@ -53,6 +54,7 @@ class Syncer:
         self._removals: list[tuple[int, str, int]] = []  # (position, path, size)
         self.removal_bytes = 0  # of segments waiting for their removal
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._kick_due = False
         self._stopping = False
         self.failure: WalError | None = None
         self._thread: threading.Thread | None = None
@@ -81,10 +83,18 @@ class Syncer:
             self._written = position
             if not wait or self._mode != "always":
                 return DONE
-            future = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            future = loop.create_future()
             self._waiters.append((position, future))
+        if not self._kick_due:  # wake the thread once per turn of the loop, for all of its writes
+            self._kick_due = True
+            loop.call_soon(self._kick)
+        return future
+
+    def _kick(self) -> None:
+        self._kick_due = False
+        with self._cond:
             self._cond.notify()
-            return future
 
     def remove_after(self, position: int, path: str, size: int) -> None:
         """Remove the file at ``path`` once the log is durable up to ``position``."""
