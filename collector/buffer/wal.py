@@ -200,7 +200,6 @@ class WriteAheadLog:
         self.directory = directory
         self._max_bytes = int(config.max_bytes)
         self._segment_bytes = config.segment_bytes
-        self._always = config.fsync == "always"
         self._metrics = metrics
         self._lock_fd = lock_fd
         self._segments = deque(segments)
