@@ -49,13 +49,11 @@ from collections import deque
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Literal, Protocol
+from typing import Protocol
 
-import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from tailsampler.collector.durations import Duration
-from tailsampler.collector.sizes import ByteSize
+from tailsampler.collector.wal_config import WalConfig
 
 from .wal_format import (
     APPEND,
@@ -95,36 +93,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_MIN_BYTES = 1024 * 1024
 _SEGMENT_NAME = re.compile(r"(\d{20})\.wal")
 _LOCK = "LOCK"
 _ENTRY_OVERHEAD = 48  # bytes a fragment costs on disk beyond its own, about: its columns, its record's share
-
-
-class WalConfig(msgspec.Struct, forbid_unknown_fields=True):
-    """``buffer.wal``: where the log lives, how often it is flushed, how large it may grow."""
-
-    dir: str
-    fsync: Literal["always", "interval", "never"] = "interval"
-    fsync_interval: Duration = Duration(1.0)
-    max_bytes: ByteSize = ByteSize(2 * 1024**3)
-
-    def problems(self) -> list[tuple[str, str]]:
-        """(key under ``buffer.wal``, what is wrong) for each setting that cannot be used."""
-        found = []
-        if not self.dir.strip():
-            found.append(("dir", "must name a directory"))
-        if self.fsync == "interval" and self.fsync_interval <= 0:
-            found.append(("fsync_interval", "must be greater than 0 with fsync: interval"))
-        if self.max_bytes < _MIN_BYTES:
-            found.append(("max_bytes", f"must be at least 1MiB, got {int(self.max_bytes)} bytes"))
-        return found
-
-    @property
-    def segment_bytes(self) -> int:
-        """A sixteenth of ``max_bytes``, between 64 KiB and 64 MiB: small enough that settled
-        data is freed soon, large enough that files are few."""
-        return min(64 * 1024 * 1024, max(64 * 1024, self.max_bytes // 16))
 
 
 class Fragment(Protocol):
