@@ -10,8 +10,8 @@ from typing import Literal
 
 import msgspec
 
-from tailsampler.collector.durations import Duration
-from tailsampler.collector.sizes import ByteSize
+from tailsampler.common.durations import Duration
+from tailsampler.common.sizes import ByteSize
 
 _MIN_BYTES = 1024 * 1024
 

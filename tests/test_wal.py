@@ -21,8 +21,8 @@ from tailsampler.collector.buffer.wal import (
     WriteAheadLog,
     open_wal,
 )
-from tailsampler.collector.durations import Duration
-from tailsampler.collector.sizes import ByteSize
+from tailsampler.common.durations import Duration
+from tailsampler.common.sizes import ByteSize
 from tailsampler.collector.split import Fragment
 from tailsampler.policies import Verdict
 from tests.otlp_data import fragments, new_trace_id

@@ -18,8 +18,8 @@ import time
 from prometheus_client import CollectorRegistry
 
 from tailsampler.collector.buffer.wal import LoggedDecision, WalConfig, WalFull, open_wal
-from tailsampler.collector.durations import Duration
-from tailsampler.collector.sizes import ByteSize
+from tailsampler.common.durations import Duration
+from tailsampler.common.sizes import ByteSize
 from tests.otlp_data import fragments
 
 KEEP = LoggedDecision(True, "errors", 0.5)
