@@ -155,7 +155,7 @@ async def test_late_spans_of_a_kept_trace_wait_for_their_own_delivery(tmp_path: 
     first, late = request((tid, 2)), request((tid, 1))
     await wal.append(first, T0)
     await wal.decided({tid: KEEP}, T0 + 5)
-    await wal.append(late, T0 + 6, kept={tid: KEEP})  # while the trace's own delivery is under way
+    await wal.append(late, T0 + 6, decided={tid: KEEP})  # while the trace's own delivery is under way
     await wal.delivered({tid: KEEP}, T0 + 7)  # the decided data is delivered; the late span is not yet
     wal.close()
     recovered = reopen(tmp_path)
@@ -170,10 +170,25 @@ async def test_late_spans_of_a_kept_trace_wait_for_their_own_delivery(tmp_path: 
 
     # late spans after the trace was settled are a kept trace of their own
     wal, _ = open_log(tmp_path)
-    await wal.append(late, T0 + 30, kept={tid: KEEP})
+    await wal.append(late, T0 + 30, decided={tid: KEEP})
     wal.close()
     recovered = reopen(tmp_path)
     assert recovered.kept[tid].data == late[tid].data and recovered.kept[tid].decision == KEEP
+
+
+async def test_decisions_made_at_ingest_log_kept_fragments_and_settle_dropped_traces(tmp_path: Path) -> None:
+    wal, _ = open_log(tmp_path)
+    kept, dropped, buffered = new_trace_id(), new_trace_id(), new_trace_id()
+    body = request((kept, 2), (buffered, 1))
+    await wal.append(body, T0, decided={kept: KEEP, dropped: DROP})  # overload relief's verdicts
+    await wal.append({}, T0 + 1, decided={new_trace_id(): DROP})  # a request relief dropped whole
+    wal.close()
+    wal, recovered = open_log(tmp_path)
+    assert list(recovered.kept) == [kept] and recovered.kept[kept].data == body[kept].data
+    assert list(recovered.pending) == [buffered] and recovered.settled[dropped].decision == DROP
+    await wal.delivered({kept: KEEP}, T0 + 2)
+    wal.close()
+    assert reopen(tmp_path).kept == {}
 
 
 async def test_a_trace_that_comes_back_after_being_dropped_is_pending_again(tmp_path: Path) -> None:
@@ -212,7 +227,7 @@ async def test_live_traces_are_carried_forward_so_disk_stays_bounded_by_what_is_
     kept_body, late_body = request((undelivered, 5)), request((undelivered, 1))
     await wal.append(kept_body, T0)
     await wal.decided({undelivered: KEEP}, T0)  # its exporter is down for the whole run
-    await wal.append(late_body, T0, kept={undelivered: KEEP})  # and a late span of it waits too
+    await wal.append(late_body, T0, decided={undelivered: KEEP})  # and a late span of it waits too
     parts = []
     written = 0
     for round_ in range(400):  # about 5 MiB written through a 1 MiB log

@@ -202,14 +202,16 @@ class WriteAheadLog:
         received: float,
         *,
         facts: Mapping[bytes, bytes] | None = None,
-        kept: Mapping[bytes, DecisionValue] | None = None,
+        decided: Mapping[bytes, DecisionValue] | None = None,
     ) -> Awaitable[None]:
         """Log one request's fragments, received at ``received`` (wall-clock seconds); await the
         result before acknowledging the request. ``facts`` holds each trace's facts (opaque bytes;
-        None: none). ``kept`` names fragments of traces already kept (late spans forwarded now)
-        with their decision: each is settled by one more ``delivered``. Raises ``WalFull`` when the
-        request does not fit, ``WalError`` when the log cannot be written; then nothing was."""
-        if not fragments:
+        None: none). ``decided`` holds decisions made as the request came in: a kept trace's
+        fragments here (late spans of a kept trace, or a trace overload relief kept) go out now,
+        and each is settled by one more ``delivered``; a dropped trace (overload relief) is
+        settled, with no fragments logged. Raises ``WalFull`` when the request does not fit,
+        ``WalError`` when the log cannot be written; then nothing was."""
+        if not fragments and not decided:
             return DONE
         values = fragments.values()
         record = encode_record(
@@ -221,13 +223,17 @@ class WriteAheadLog:
             list(map(_PIECES, values)),
             None if facts is None else [facts.get(trace_id, b"") for trace_id in fragments],
             None,
-            kept,
+            decided,
         )
-        location = self._write(record, received, limited=True)
-        self._ledger.logged(location, fragments, list(map(_SIZE, values)))
-        if kept:
-            for trace_id, decision in kept.items():
-                self._ledger.keep(trace_id, decision, received)
+        location = self._write(record, received, limited=bool(fragments))  # decisions alone only free space
+        ledger = self._ledger
+        ledger.logged(location, fragments, list(map(_SIZE, values)))
+        if decided:
+            for trace_id, decision in decided.items():
+                if decision.keep:
+                    ledger.keep(trace_id, decision, received)
+                else:
+                    ledger.settle(trace_id, decision, received)
         return self._syncer.wrote(self._position, True)
 
     def decided(self, decisions: Mapping[bytes, DecisionValue], now: float) -> Awaitable[None]:

@@ -56,7 +56,7 @@ _RECORD = struct.Struct("<4sIIB3x")
 RECORD_HEADER = _RECORD.size
 _CRC_FROM = 8  # the checksum covers the record header from the length on, and the payload
 
-APPEND = 1  # entries added to their traces; decisions: traces already kept, one more delivery each
+APPEND = 1  # entries added to their traces; decisions made at ingest: kept ones await one more delivery, dropped ones are settled
 CARRY = 2  # entries replace all that came before of their traces; decisions: their kept decisions
 DECIDE = 3  # decisions: dropped traces are settled, kept ones await delivery
 DELIVER = 4  # decisions: kept traces that every exporter has finished with

@@ -4,7 +4,8 @@ The same rules apply when the log is replayed on start and while it runs (``Trac
 the segments a running log removes are exactly those a replay would find nothing live in:
 
 - an append adds entries to its traces; a trace that was settled starts afresh (pending);
-  an append's decisions mark traces already kept (late spans), each one more delivery to await;
+  an append's decisions were made at ingest: a kept one (late spans, overload relief) is one
+  more delivery to await, a dropped one (overload relief) settles its trace;
 - a carry record replaces all earlier entries of its traces with the copies it holds;
 - a drop decision settles the trace; a keep decision makes it kept, awaiting one delivery;
 - a delivery record settles a kept trace once every delivery it awaits is done.
