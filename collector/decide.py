@@ -17,8 +17,8 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from itertools import chain
 from collections.abc import Sequence
+from itertools import chain
 from typing import Callable
 
 from tailsampler.collector.buffer import BufferUnavailable, Claimed, Settlement, TraceBuffer, Undelivered
