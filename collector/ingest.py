@@ -6,7 +6,9 @@ unavailable (buffer full or unreachable: a retryable error, so the client keeps 
 nothing accepted is lost).
 
 Under overload relief the buffer decides new traces at once; their verdicts travel the same way
-as the decision loop's (counted, recorded, forwarded, remembered for late spans).
+as the decision loop's (counted, recorded, forwarded, remembered for late spans). What ingest
+forwards itself is reported to the buffer once every exporter has it (``Deliveries``), so that a
+buffer with a log delivers it again after a restart if it was not.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Literal
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from tailsampler.collector.buffer import BufferFull, BufferUnavailable, TraceBuffer
+from tailsampler.collector.buffer import BufferFull, BufferUnavailable, Settlement, TraceBuffer
+from tailsampler.collector.deliveries import Deliveries, Delivery
 from tailsampler.collector.forward import Forwarder
 from tailsampler.collector.metrics import Metrics
 from tailsampler.collector.overload import OverloadRelief
@@ -62,6 +65,7 @@ class Ingest:
         self._forwarder = forwarder
         self._metrics = metrics
         self._overload = overload
+        self._deliveries = Deliveries(buffer)
 
     async def accept(self, body: bytes, transport: str, waiting: Callable[[], bool] = lambda: True) -> Outcome:
         """Take an ExportTraceServiceRequest body: buffer its spans, forward those of traces
@@ -100,12 +104,15 @@ class Ingest:
                 return Outcome("unavailable", f"trace buffer unavailable: {exc}", retry_after=1.0)
             if result.late_dropped_spans:
                 metrics.late_spans.labels("dropped").inc(result.late_dropped_spans)
+            forwarded: list[Delivery] = []
             for trace_id, verdict in result.late_kept.items():
                 fragment = split.fragments[trace_id]
                 metrics.late_spans.labels("kept").inc(fragment.span_count)
-                await self._forwarder.forward(trace_id, fragment.data, verdict, fragment.span_count, late=True)
+                done = await self._forwarder.forward(trace_id, fragment.data, verdict, fragment.span_count, late=True)
+                forwarded.append((Settlement(trace_id, verdict), done))
             if result.decided_now:
-                await self._decided_now(result.decided_now, split.fragments)
+                forwarded += await self._decided_now(result.decided_now, split.fragments)
+            self._deliveries.watch(forwarded)
             if result.rescued:
                 metrics.overload_rescued.inc(result.rescued)
             metrics.spans_received.labels(transport).inc(split.span_count)
@@ -118,18 +125,25 @@ class Ingest:
         metrics.requests.labels(transport, "partial" if split.rejected_spans else "ok").inc()
         return Outcome("accepted", split.error_message, split.rejected_spans)
 
-    async def _decided_now(self, verdicts: dict[bytes, Verdict], fragments: dict[bytes, Fragment]) -> None:
+    async def _decided_now(self, verdicts: dict[bytes, Verdict], fragments: dict[bytes, Fragment]) -> list[Delivery]:
         """Count and forward the traces overload relief decided at once."""
         metrics = self._metrics
         self._overload.decided += len(verdicts)
         traces: Counter[Verdict] = Counter(verdicts.values())
         spans: Counter[bool] = Counter()
+        forwarded: list[Delivery] = []
         for trace_id, verdict in verdicts.items():
             fragment = fragments[trace_id]
             spans[verdict.keep] += fragment.span_count
             if verdict.keep:
-                await self._forwarder.forward(trace_id, fragment.data, verdict, fragment.span_count)
+                done = await self._forwarder.forward(trace_id, fragment.data, verdict, fragment.span_count)
+                forwarded.append((Settlement(trace_id, verdict), done))
         for verdict, count in traces.items():
             metrics.traces_decided.labels("kept" if verdict.keep else "dropped", verdict.policy or "").inc(count)
         for keep, count in spans.items():
             metrics.spans_decided.labels("kept" if keep else "dropped").inc(count)
+        return forwarded
+
+    async def settled(self) -> None:
+        """Wait until what ingest forwarded is reported delivered (or cut short) to the buffer."""
+        await self._deliveries.settled()
