@@ -3,16 +3,22 @@
 A trace sits in the slot of its decision deadline (one slot per tick); a root span moves it to an
 earlier slot. Traces, bytes and trace size are bounded; a bound that is hit either refuses the
 request (backpressure) or hands the oldest traces to the decider at once (decide_early).
+
+With ``buffer.wal`` every request is written to a write-ahead log (``wal.py``) before the buffer
+changes and before the request is acknowledged, and so are a round's decisions and the deliveries
+of kept traces; ``open`` replays the log, so an agent that was killed starts where it stopped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
+import logging
 import math
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
-from itertools import islice, repeat
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from itertools import chain, islice, repeat
 from operator import attrgetter, getitem, itemgetter
 from typing import Any
 
@@ -20,20 +26,35 @@ from prometheus_client import CollectorRegistry
 
 from tailsampler.collector.config import BufferConfig, BufferLimits, DecisionCacheConfig
 from tailsampler.collector.wire import Fragment, merge_facts
+from tailsampler.common.incident import Incident
 from tailsampler.common.verdict import Verdict
 from tailsampler.policies import LocalTokenBucket
 
-from .base import AppendResult, BufferFull, Claimed, Occupancy, Relief, Settlement, SharedState, TraceBuffer
+from .base import (
+    AppendResult,
+    BufferFull,
+    BufferUnavailable,
+    Claimed,
+    Occupancy,
+    Relief,
+    Settlement,
+    SharedState,
+    TraceBuffer,
+    Undelivered,
+)
 from .decision_cache import DecisionCache
+from .wal import DecisionValue, Recovered, WalError, WalFull, WriteAheadLog, open_wal
+
+log = logging.getLogger(__name__)
 
 
 class _Trace:
     __slots__ = ("pieces", "facts", "slot", "claimed", "early")
 
-    def __init__(self, fragment: Fragment, slot: int) -> None:
-        self.pieces: list[bytes] = fragment.pieces  # of every fragment appended, joined when claimed (never
-        # extended in place: a fragment's list is its own)
-        self.facts = fragment.facts  # merged as fragments arrive; its byte count is the trace's size
+    def __init__(self, pieces: list[bytes], facts: bytes, slot: int) -> None:
+        self.pieces = pieces  # of every fragment appended, joined when claimed (never extended in
+        # place: a fragment's list is its own)
+        self.facts = facts  # merged as fragments arrive; its byte count is the trace's size
         self.slot = slot
         self.claimed = False
         self.early = ""
@@ -74,6 +95,46 @@ class MemoryTraceBuffer(TraceBuffer):
         self._early_bytes = 0
         self._bytes = 0
         self._cache = DecisionCache(limits.decision_cache)
+        self._wal_config = config.wal
+        self._registry = registry
+        self._wal: WriteAheadLog | None = None
+        self._wal_trouble = Incident(log, "write-ahead log")
+        self._wal_problem: str | None = None  # why the last write failed, while it is the last
+
+    async def open(self, now: float) -> list[Undelivered]:
+        """Open and replay the write-ahead log, if there is one: its pending traces are buffered
+        again, its decisions remembered, and its kept traces not delivered everywhere returned."""
+        if self._wal_config is None:
+            return []
+        self._wal, recovered = await asyncio.to_thread(open_wal, self._wal_config, self._registry)
+        return self._restore(recovered, now)
+
+    def _restore(self, recovered: Recovered, now: float) -> list[Undelivered]:
+        """Pending traces go back with the deadlines their first and root spans gave them (one
+        already passed falls due at once); settled traces' verdicts go into the decision cache
+        as of when they were made, so late spans follow them."""
+        cache = self._cache
+        for trace_id, settled in sorted(recovered.settled.items(), key=lambda item: item[1].at):
+            if settled.at + cache.ttl > now:
+                cache.put([(trace_id, _verdict(settled.decision))], settled.at)
+        for trace_id, found in recovered.pending.items():
+            facts = merge_facts(b"".join(entry.facts for entry in found.entries))
+            trace = self._traces[trace_id] = _Trace([entry.data for entry in found.entries], facts, -1)
+            size = _size_of(trace)
+            self._bytes += size
+            deadline = found.first_seen + self._wait
+            if found.root_seen is not None and self._wait_after_root > 0:
+                deadline = min(deadline, found.root_seen + self._wait_after_root)
+            if self._max_trace_bytes and size > self._max_trace_bytes:
+                self._decide_early(trace_id, trace, "size")
+            else:
+                self._place(trace_id, trace, self._slot_of(max(deadline, now)))
+        kept = [(trace_id, _verdict(found.decision)) for trace_id, found in recovered.kept.items()]
+        cache.put(kept, now)
+        return [
+            Undelivered(trace_id, found.data, verdict, found.span_count)
+            for (trace_id, verdict), found in zip(kept, recovered.kept.values())
+        ]
 
     def _slot_of(self, deadline: float) -> int:
         return math.ceil(deadline / self._tick)
@@ -107,10 +168,11 @@ class MemoryTraceBuffer(TraceBuffer):
         traces = self._traces
         held = [tid for tid in fragments if tid in traces]
         outside = [tid for tid in fragments if tid not in traces] if held else list(fragments)
-        decided = self._cache.found(outside, now)  # traces not buffered: already decided, or new
-        new = [tid for tid in outside if tid not in decided] if decided else outside
+        cached = self._cache.found(outside, now)  # traces not buffered: already decided, or new
+        new = [tid for tid in outside if tid not in cached] if cached else outside
+        request = fragments
         if relief is not None:
-            fragments = self._relieve(fragments, new, decided, relief, now, result)
+            fragments = self._relieve(fragments, new, cached, relief, result)
             new = []  # relief decided every new trace at once
         incoming = sum(map(_SIZE, fragments.values()))
         # traces already waiting for an early decision are on their way out: they do not count
@@ -119,20 +181,29 @@ class MemoryTraceBuffer(TraceBuffer):
         if over_traces > 0 or over_bytes > 0:
             if self._backpressure or len(self._early) >= self._max_early:
                 what = "num_traces" if over_traces > 0 else "max_bytes"
-                raise BufferFull(f"trace buffer full ({what} reached)", retry_after=max(1.0, self._wait_after_root or self._tick))
+                raise BufferFull(f"trace buffer full ({what} reached)", retry_after=self._retry_after)
             result.early = self._evict_oldest(over_traces, over_bytes)
-        for trace_id, verdict in decided.items():
+        logged = None if self._wal is None else self._log(request, cached, result, incoming, now)
+        relieved = list(chain(result.decided_now.items(), result.late_kept.items()))
+        if relieved:
+            self._cache.put(relieved, now)
+        for trace_id, verdict in cached.items():
             if trace_id not in fragments:
                 continue  # relief rescued it: its fragment left as a late span
             if verdict.keep:
                 result.late_kept[trace_id] = verdict
             else:
                 result.late_dropped_spans += fragments[trace_id].span_count
-        self._bytes += incoming - sum(map(_SIZE, map(fragments.__getitem__, decided.keys() & fragments.keys())))
+        self._bytes += incoming - sum(map(_SIZE, map(fragments.__getitem__, cached.keys() & fragments.keys())))
         if new:
             self._take_new(new, fragments, now, result)
         for trace_id in held:
             self._take_more(trace_id, traces[trace_id], fragments[trace_id], now, result)
+        if logged is not None:
+            try:
+                await logged
+            except WalError as exc:  # fsync always: the flush failed, so the request is not durable
+                raise self._unavailable(exc) from None
         return result
 
     def _take_new(self, new: list[bytes], fragments: dict[bytes, Fragment], now: float, result: AppendResult) -> None:
@@ -141,7 +212,7 @@ class MemoryTraceBuffer(TraceBuffer):
         traces = self._traces
         parts = list(map(fragments.__getitem__, new))
         slot = self._slot_of(now + self._wait)
-        traces.update(zip(new, map(_Trace, parts, repeat(slot))))
+        traces.update(zip(new, map(_Trace, map(_PIECES, parts), map(_FACTS, parts), repeat(slot))))
         waiting = new
         if self._wait_after_root > 0 and (root_slot := self._slot_of(now + self._wait_after_root)) < slot:
             rooted = [tid for tid, fragment in zip(new, parts) if fragment.has_root]
@@ -176,27 +247,73 @@ class MemoryTraceBuffer(TraceBuffer):
             if slot < trace.slot:
                 self._place(trace_id, trace, slot)
 
+
+    @property
+    def _retry_after(self) -> float:
+        return max(1.0, self._wait_after_root or self._tick)
+
+    def _log(
+        self, fragments: dict[bytes, Fragment], cached: dict[bytes, Verdict], result: AppendResult, incoming: int,
+        now: float,
+    ) -> Awaitable[None]:
+        """Write the request to the log before the buffer changes: the fragments it buffers, and
+        the decisions made as it came in (late spans of kept traces with their fragments; overload
+        relief's verdicts, with the fragments of the traces it kept), so that a restart buffers,
+        delivers again or remembers each as this request did. Late spans of dropped traces are
+        discarded, so they are not logged. A log that is full applies the overflow behaviour."""
+        assert self._wal is not None
+        logged, decided = fragments, dict(result.decided_now)
+        decided.update(result.late_kept)  # relief's rescues: the only ones known yet
+        if decided or cached:
+            logged = {}
+            for trace_id, fragment in fragments.items():
+                verdict = decided.get(trace_id)
+                if verdict is None and (verdict := cached.get(trace_id)) is not None:
+                    if not verdict.keep:
+                        continue
+                    decided[trace_id] = verdict
+                if verdict is None or verdict.keep:
+                    logged[trace_id] = fragment
+        try:
+            written = self._wal.append(logged, now, decided=decided)
+        except WalFull as exc:
+            if self._backpressure or len(self._early) >= self._max_early:
+                raise BufferFull(f"{exc} (buffer.wal.max_bytes)", retry_after=self._retry_after) from None
+            # a segment's worth, so that the oldest segment file can go once they are decided
+            moved = self._evict_oldest(0, max(incoming, self._wal_config.segment_bytes))
+            raise BufferFull(
+                f"{exc} (buffer.wal.max_bytes); {moved} trace(s) are decided now to free it", retry_after=self._retry_after
+            ) from None
+        except WalError as exc:
+            raise self._unavailable(exc) from None
+        if self._wal_problem is not None:
+            self._wal_problem = None
+            self._wal_trouble.resolved()
+        return written
+
+    def _unavailable(self, exc: WalError) -> BufferUnavailable:
+        self._wal_problem = str(exc)
+        self._wal_trouble.failed(f"{exc}; requests are refused")
+        return BufferUnavailable(str(exc))
+
     def _relieve(
-        self, fragments: dict[bytes, Fragment], new: list[bytes], decided: dict[bytes, Verdict], relief: Relief,
-        now: float, result: AppendResult,
+        self, fragments: dict[bytes, Fragment], new: list[bytes], cached: dict[bytes, Verdict], relief: Relief,
+        result: AppendResult,
     ) -> dict[bytes, Fragment]:
         """Decide the new traces of a request at once (and rescue relief-dropped traces that
-        now show an error); returns the fragments left to buffer or to follow their verdict."""
+        now show an error); returns the fragments left to buffer or to follow their verdict. The
+        verdicts are remembered once the request is logged."""
         rest = dict(fragments)
-        chosen: list[tuple[bytes, Verdict]] = []
-        for trace_id in [*new, *(tid for tid, verdict in decided.items() if verdict == relief.dropped)]:
+        for trace_id in [*new, *(tid for tid, verdict in cached.items() if verdict == relief.dropped)]:
             verdict = relief.choose(trace_id, fragments[trace_id])
-            if trace_id not in decided:
+            if trace_id not in cached:
                 result.decided_now[trace_id] = verdict
             elif verdict.keep:
                 result.late_kept[trace_id] = verdict
                 result.rescued += 1
             else:
                 continue  # relief dropped it and still would: it follows that verdict below
-            chosen.append((trace_id, verdict))
             del rest[trace_id]
-        if chosen:
-            self._cache.put(chosen, now)
         return rest
 
     def _evict_oldest(self, over_traces: int, over_bytes: int) -> int:
@@ -232,6 +349,8 @@ class MemoryTraceBuffer(TraceBuffer):
 
     async def claim_due(self, now: float, limit: int, *, draining: bool = False) -> list[Claimed]:
         if draining:
+            if self._wal is not None:
+                return []  # nothing is lost: the log has them for the next start
             pending = [tid for tid, trace in self._traces.items() if not trace.claimed][:limit]
             for trace_id in pending:
                 self._unslot(trace_id, self._traces[trace_id])
@@ -267,7 +386,41 @@ class MemoryTraceBuffer(TraceBuffer):
         popped = list(map(traces.pop, map(_TRACE_ID, settled)))
         self._bytes -= sum(_sizes(map(_FACTS, popped)))
         self._cache.put(settled, now)
-        return {s.trace_id: b"".join(trace.pieces) for s, trace in zip(settled, popped) if trace.pieces}
+        stragglers = {s.trace_id: b"".join(trace.pieces) for s, trace in zip(settled, popped) if trace.pieces}
+        if self._wal is not None and stragglers:
+            # spans that arrived after a trace was logged dropped made it pending in the log again
+            dropped = {s.trace_id: s.verdict for s in settled if s.trace_id in stragglers and not s.verdict.keep}
+            self._write(self._wal.decided, dropped, now)
+        return stragglers
+
+    def decided(self, settlements: list[Settlement], now: float) -> None:
+        if self._wal is not None:
+            self._write(self._wal.decided, {s.trace_id: s.verdict for s in settlements}, now)
+
+    def delivered(self, settlements: list[Settlement], now: float) -> None:
+        if self._wal is not None:
+            self._write(self._wal.delivered, {s.trace_id: s.verdict for s in settlements}, now)
+
+    def _write(
+        self, record: Callable[[dict[bytes, DecisionValue], float], Awaitable[None]], decisions: dict[bytes, Verdict],
+        now: float,
+    ) -> None:
+        """A decision or delivery record; one that cannot be written only costs a decision made
+        again, or a delivery repeated, after a restart."""
+        try:
+            record(decisions, now)  # not awaited: a record lost in a machine crash is made again
+        except WalError as exc:
+            self._wal_problem = str(exc)
+            self._wal_trouble.failed(f"{exc}; decisions and deliveries are not logged")
+
+    def health(self) -> tuple[bool, str]:
+        """Readiness: a log that cannot be written refuses every request."""
+        if self._wal is None:
+            return True, "in process"
+        failure = self._wal.failure or self._wal_problem
+        if failure is not None:
+            return False, str(failure)
+        return True, f"in process, write-ahead log {self._wal.directory}"
 
     async def occupancy(self) -> Occupancy:
         return Occupancy(len(self._traces), self._bytes)
@@ -275,16 +428,29 @@ class MemoryTraceBuffer(TraceBuffer):
     def set_decision_cache(self, config: DecisionCacheConfig) -> None:
         self._cache.configure(config)
 
+    async def close(self) -> None:
+        """Flush and close the log: what is pending or undelivered stays in it for the next start."""
+        if self._wal is not None:
+            await asyncio.to_thread(self._wal.close)
+
+
+def _verdict(decision: DecisionValue) -> Verdict:
+    return Verdict(decision.keep, decision.policy, decision.sample_rate)
+
 
 def _size_of(trace: _Trace) -> int:
     return int.from_bytes(trace.facts[8:16], "little")
 
 
 class LocalState(SharedState):
-    """An agent on its own shares nothing: its store is its own memory and its budgets local."""
+    """An agent on its own shares nothing: its store is its own memory (and write-ahead log), its
+    budgets local."""
+
+    def __init__(self, health: Callable[[], tuple[bool, str]]) -> None:
+        self._health = health
 
     async def check(self) -> tuple[bool, str]:
-        return True, "in process"
+        return self._health()
 
     def bucket(self, key: str, rate: float, capacity: float) -> LocalTokenBucket:
         return LocalTokenBucket(rate, capacity, time.monotonic)
