@@ -23,9 +23,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tailsampler.collector.config import AdminConfig
 from tailsampler.collector.metrics import Metrics
-from tailsampler.collector.receive.auth import BearerTokens, warn_if_exposed
+from tailsampler.collector.receive.auth import BearerTokens, guards
 from tailsampler.collector.receive.listener import HttpListener
-from tailsampler.collector.receive.tls import ServerTls
 from tailsampler.collector.stats import StatsQuery
 
 Readiness = Callable[[], Awaitable[tuple[bool, dict[str, object]]]]
@@ -92,11 +91,7 @@ class AdminServer:
 
     async def start(self) -> None:
         settings = self._settings
-        if settings.auth is not None:
-            self._auth = BearerTokens(settings.auth, "admin.auth")
-        tls = ServerTls(settings.tls, "admin.tls") if settings.tls else None
-        if self._auth is not None and tls is None:
-            warn_if_exposed("admin", settings.endpoint)
+        self._auth, tls = guards("admin", settings.endpoint, settings.auth, "admin.auth", settings.tls, "admin.tls")
         app = web.Application(middlewares=[self._check_host, self._check_token])
         app.add_routes(
             [

@@ -2,7 +2,9 @@
 
 Shutdown order matters for "nothing accepted is lost": readiness goes false, receivers stop
 taking spans, the buffer is drained through the policies (or dropped if configured), exporters
-flush, and only then do connections close.
+flush, and only then do connections close. With a write-ahead log (``buffer.wal``) nothing is
+drained: pending traces, and kept ones whose delivery shutdown cut short, stay in the log, and
+the next start takes them back before the receivers open.
 
 A reload (``reload``: SIGHUP, ``POST /api/v1/reload``) re-reads the config file, checks it whole
 and builds what changes (policies, exporters) before touching anything; the swap itself happens
@@ -97,9 +99,10 @@ class Collector:
 
     async def start(self) -> None:
         await self.shared.start()
+        undelivered = await self.buffer.open(time.time())
         for exporter in self.exporters:
             await exporter.start()
-        self._loop_task = asyncio.create_task(self.loop.run(), name="decision-loop")
+        self._loop_task = asyncio.create_task(self.loop.run(undelivered), name="decision-loop")
         await self._refresher.start()
         await self._sampler.start()
         await self._overload_check.start()
@@ -150,10 +153,17 @@ class Collector:
         for exporter in self.exporters:
             await exporter.close(remaining())
         await self.loop.settled()
+        await self.ingest.settled()
         if self._retiring:
             await asyncio.gather(*self._retiring)
         if not self.buffer.shared and (left := await self.buffer.occupancy()).traces:
-            log.error("shutdown: %d trace(s) (%d bytes) still in the memory buffer are lost", left.traces, left.bytes)
+            if self.config.buffer.wal is None:
+                log.error("shutdown: %d trace(s) (%d bytes) still in the memory buffer are lost", left.traces, left.bytes)
+            else:
+                log.info(
+                    "shutdown: %d trace(s) (%d bytes) stay in the write-ahead log for the next start",
+                    left.traces, left.bytes,
+                )
         await self.buffer.close()
         await self.shared.close()
         await self.admin.stop()

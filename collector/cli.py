@@ -40,6 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 async def _run(config, source: str, worker: int | None) -> int:
     from tailsampler.collector.app import Collector
+    from tailsampler.collector.buffer import WalError
 
     collector = Collector(config, reuse_port=worker is not None, source=source, worker=worker)
     stop = asyncio.Event()
@@ -60,7 +61,7 @@ async def _run(config, source: str, worker: int | None) -> int:
     loop.add_signal_handler(signal.SIGHUP, reload)  # at once: SIGHUP's default would end the process
     try:
         await collector.start()
-    except (ExporterSetupError, OSError) as exc:
+    except (ExporterSetupError, OSError, WalError) as exc:
         print(f"tailsampler: cannot start: {exc}", file=sys.stderr)
         logging.disable(logging.INFO)  # nothing was taken in: the one line above says it all
         await collector.stop()

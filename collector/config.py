@@ -22,6 +22,7 @@ import yaml
 
 from tailsampler.collector import otelcol
 from tailsampler.collector.overload import OverloadConfig
+from tailsampler.collector.wal_config import WalConfig
 from tailsampler.common.confmap import expand, redact_url
 from tailsampler.common.durations import Duration
 from tailsampler.common.endpoints import Endpoint
@@ -151,7 +152,8 @@ Overflow = Literal["decide_early", "backpressure"]
 class BufferConfig(msgspec.Struct, forbid_unknown_fields=True):
     """Where spans wait. ``overflow`` says what a full buffer does: ``decide_early`` decides the
     oldest traces at once, ``backpressure`` refuses new traces with a retryable error.
-    ``tail_sampling.block_on_overflow: true`` selects ``backpressure`` too."""
+    ``tail_sampling.block_on_overflow: true`` selects ``backpressure`` too. ``wal`` (memory only)
+    logs every request before it is acknowledged, so a restarted agent loses nothing it took."""
 
     type: Literal["memory", "redis"] = "memory"
     tick: Duration = Duration(0.1)
@@ -165,6 +167,7 @@ class BufferConfig(msgspec.Struct, forbid_unknown_fields=True):
     timeout: Duration = Duration(2.0)
     # an append is acknowledged once this many replicas of each master it wrote to have it (WAIT)
     wait_replicas: int = 0
+    wal: WalConfig | None = None
 
     def __post_init__(self) -> None:
         # A request costs one script call per shard its traces fall in, and on one server shards
@@ -371,6 +374,12 @@ def _cross_checks(config: Config) -> list[Problem]:
         problems.append(Problem("buffer.tick", "must be greater than 0"))
     if config.buffer.max_bytes <= 0:
         problems.append(Problem("buffer.max_bytes", "must be greater than 0"))
+    if config.buffer.wal is not None:
+        if config.buffer.type == "redis":
+            problems.append(Problem(
+                "buffer.wal", "a write-ahead log is for the memory buffer; the redis buffer's spans live in Redis"
+            ))
+        problems += [Problem(f"buffer.wal.{key}", message) for key, message in config.buffer.wal.problems()]
     if config.buffer.type == "redis":
         for key in ("shards", "lease", "timeout"):
             if getattr(config.buffer, key) <= 0:

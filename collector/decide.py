@@ -2,7 +2,10 @@
 
 A kept trace is settled (removed from the buffer) only after every exporter has finished with
 it, so an agent that dies before that leaves the trace claimed, another agent decides it again
-after the lease, and the worst case is a duplicate delivery, never a loss.
+after the lease, and the worst case is a duplicate delivery, never a loss. A buffer with a log
+(memory with ``buffer.wal``) is told each round's verdicts before its kept traces go out, and
+each kept trace's delivery once it and the spans that came in meanwhile are delivered; on start
+the loop first delivers again what the previous run had not (``run(undelivered)``).
 
 A live config change (``between_rounds``) is applied where one round has ended and the next has
 not begun, so every trace of a round is decided by one set of policies.
@@ -14,10 +17,12 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from itertools import chain
 from typing import Callable
 
-from tailsampler.collector.buffer import BufferUnavailable, Claimed, Settlement, TraceBuffer
+from tailsampler.collector.buffer import BufferUnavailable, Claimed, Settlement, TraceBuffer, Undelivered
+from tailsampler.collector.deliveries import Deliveries
 from tailsampler.collector.forward import Forwarder
 from tailsampler.collector.metrics import Metrics
 from tailsampler.collector.periodic import Periodic
@@ -49,6 +54,7 @@ class DecisionLoop:
         self._batch = batch
         self._stopping = asyncio.Event()
         self._settling: set[asyncio.Task[None]] = set()
+        self._deliveries = Deliveries(buffer)  # of stragglers and of kept traces delivered again
         # claims are kept on a task of their own: a round waiting on a full exporter queue must
         # not let the leases of the traces it holds run out
         self._renewal = Periodic("claim-renewal", tick, lambda: buffer.renew(time.time()))
@@ -61,12 +67,15 @@ class DecisionLoop:
         self._settle_trouble = Incident(log, "settling delivered traces failed; they will be decided again")
         self._evaluation_trouble = Incident(log, "policy evaluation failed; such traces are kept")
 
-    async def run(self) -> None:
-        """Decide due traces until ``stop``; a failing round is retried next tick. A buffer whose
-        store is away says so itself (``BufferUnavailable``), once, so that is not logged here."""
+    async def run(self, undelivered: Sequence[Undelivered] = ()) -> None:
+        """Deliver again what a previous run left undelivered, then decide due traces until
+        ``stop``; a failing round is retried next tick. A buffer whose store is away says so
+        itself (``BufferUnavailable``), once, so that is not logged here."""
         await self._renewal.start()
         self._running = True
         try:
+            if undelivered:
+                await self._redeliver(undelivered)
             while not self._stopping.is_set():
                 self._apply_changes()
                 try:
@@ -133,6 +142,7 @@ class DecisionLoop:
     async def decide(self, batch: list[Claimed]) -> None:
         """Decide a batch: dropped traces settle now, kept ones once every exporter has them."""
         dropped: list[Settlement] = []
+        kept: list[tuple[Claimed, Settlement, dict[str, Decision], int]] = []
         deliveries: list[tuple[Settlement, list[asyncio.Future[bool]]]] = []
         tally = _Tally()
         failures = self._evaluation_trouble.failures
@@ -145,10 +155,13 @@ class DecisionLoop:
             tally.add(claimed, verdict, votes, span_count)
             settlement = Settlement(claimed.trace_id, verdict)
             if verdict.keep:
-                done = await self._forwarder.forward(claimed.trace_id, claimed.data, verdict, span_count, votes=votes)
-                deliveries.append((settlement, done))
+                kept.append((claimed, settlement, votes, span_count))
             else:
                 dropped.append(settlement)
+        self._buffer.decided(dropped + [settlement for _, settlement, _, _ in kept], time.time())
+        for claimed, settlement, votes, span_count in kept:
+            done = await self._forwarder.forward(claimed.trace_id, claimed.data, settlement.verdict, span_count, votes=votes)
+            deliveries.append((settlement, done))
         tally.publish(self._metrics)
         if self._evaluation_trouble.failures == failures:  # a round without a failed evaluation ends the incident
             self._evaluation_trouble.resolved()
@@ -162,23 +175,39 @@ class DecisionLoop:
 
     async def _settle_delivered(self, deliveries: list[tuple[Settlement, list[asyncio.Future[bool]]]]) -> None:
         """Settle kept traces once delivered and forward what arrived meanwhile; a trace whose
-        delivery shutdown cut short stays claimed, for another agent to decide after its lease."""
+        delivery shutdown cut short stays claimed, for another agent to decide after its lease
+        (or in the log, for the next start). A trace with stragglers is delivered once they are."""
         try:
             await asyncio.gather(*(future for _, done in deliveries for future in done))
             finished = {s.trace_id: s for s, done in deliveries if all(f.result() for f in done)}
-            stragglers = await self._buffer.settle(list(finished.values()), time.time())
+            now = time.time()
+            stragglers = await self._buffer.settle(list(finished.values()), now)
+            self._buffer.delivered([s for trace_id, s in finished.items() if trace_id not in stragglers], now)
+            late = []
             for trace_id, data in stragglers.items():
-                await self._forwarder.forward(trace_id, data, finished[trace_id].verdict, late=True)
+                settlement = finished[trace_id]
+                late.append((settlement, await self._forwarder.forward(trace_id, data, settlement.verdict, late=True)))
+            self._deliveries.watch(late)
             self._settle_trouble.resolved()
         except BufferUnavailable as exc:
             log.debug("settling %d delivered traces: %s", len(deliveries), exc)
         except Exception as exc:
             self._settle_trouble.failed(f"{len(deliveries)} traces: {type(exc).__name__}: {exc}", traceback=exc)
 
+    async def _redeliver(self, undelivered: Sequence[Undelivered]) -> None:
+        """Hand the exporters again the kept traces a previous run had not delivered everywhere
+        (at-least-once: some may have reached a backend already)."""
+        deliveries = []
+        for trace in undelivered:
+            done = await self._forwarder.forward(trace.trace_id, trace.data, trace.verdict, trace.span_count)
+            deliveries.append((Settlement(trace.trace_id, trace.verdict), done))
+        self._deliveries.watch(deliveries)
+
     async def settled(self) -> None:
         """Wait until every kept trace handed to the exporters has been settled."""
         while self._settling:
             await asyncio.gather(*self._settling)
+        await self._deliveries.settled()
 
     async def drain(self, drop: bool) -> int:
         """Decide (or, with ``drop``, discard) what stopping would lose; returns traces handled."""

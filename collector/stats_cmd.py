@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import ssl
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console, Group
@@ -27,7 +30,11 @@ from tailsampler.common.durations import Duration
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = DefaultsFormatter
-    parser.add_argument("--admin", default="127.0.0.1:13133", help="the collector's admin endpoint, host:port")
+    parser.add_argument("--admin", default="127.0.0.1:13133",
+                        help="the collector's admin endpoint: host:port, or https://host:port for an admin listener with tls")
+    parser.add_argument("--token", default=os.environ.get("TAILSAMPLER_ADMIN_TOKEN"),
+                        help="the admin API's bearer token (default: $TAILSAMPLER_ADMIN_TOKEN)")
+    parser.add_argument("--ca-file", help="with https: the CA certificate the admin listener's certificate is checked against")
     parser.add_argument("--window", default="5m", help="figures over this last stretch of time (10s to 24h)")
     parser.add_argument("--by", action="append", choices=("service",), default=[],
                         help="also a table by root service (policies are always shown)")
@@ -40,11 +47,27 @@ class StatsUnavailable(Exception):
     """The admin API could not be read; the message says which URL and why."""
 
 
-def fetch(admin: str, window: str, by: list[str]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class AdminApi:
+    """Where the admin API is and how to be let in: its base URL, the bearer token, TLS trust."""
+
+    base: str
+    token: str | None = None
+    tls: ssl.SSLContext | None = None
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> "AdminApi":
+        base = args.admin if "://" in args.admin else f"http://{args.admin}"
+        tls = ssl.create_default_context(cafile=args.ca_file) if base.startswith("https://") else None
+        return cls(base.rstrip("/"), args.token, tls)
+
+
+def fetch(api: AdminApi, window: str, by: list[str]) -> dict[str, Any]:
     query = urllib.parse.urlencode({"window": window, "by": ",".join(sorted({"policy", *by}))})
-    url = f"http://{admin}/api/v1/stats?{query}"
+    url = f"{api.base}/api/v1/stats?{query}"
+    headers = {"Authorization": f"Bearer {api.token}"} if api.token else {}
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5, context=api.tls) as response:
             return json.load(response)
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")
@@ -65,9 +88,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"tailsampler stats: --window/--interval: {exc}", file=sys.stderr)
         return 2
+    try:
+        api = AdminApi.of(args)
+    except (OSError, ssl.SSLError) as exc:
+        print(f"tailsampler stats: --ca-file: {exc}", file=sys.stderr)
+        return 2
     if not args.watch:
         try:
-            stats = fetch(args.admin, args.window, args.by)
+            stats = fetch(api, args.window, args.by)
         except StatsUnavailable as exc:
             print(f"tailsampler: {exc}", file=sys.stderr)
             return 1
@@ -76,16 +104,16 @@ def run(args: argparse.Namespace) -> int:
         else:
             Console(width=max(Console().width, 100)).print(render(stats, args.admin, args.by))
         return 0
-    return _watch(args, interval)
+    return _watch(args, api, interval)
 
 
-def _watch(args: argparse.Namespace, interval: float) -> int:
+def _watch(args: argparse.Namespace, api: AdminApi, interval: float) -> int:
     console = Console()
     try:
         with Live(Text("reading stats..."), console=console, auto_refresh=False) as live:
             while True:
                 try:
-                    stats = fetch(args.admin, args.window, args.by)
+                    stats = fetch(api, args.window, args.by)
                     view = (Text(json.dumps(stats)) if args.json else render(stats, args.admin, args.by))
                 except StatsUnavailable as exc:
                     view = Text(f"{time.strftime('%H:%M:%S')} {exc} (retrying every {interval:g}s)", style="red")

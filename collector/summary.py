@@ -1,7 +1,7 @@
 """The one log record an agent writes when it has started: what it runs, as the config says.
 
-Version, config file and hash, each listener with its TLS and authentication state, the buffer and
-its bounds, the policies in config order, the exporters and where they send, and overload relief. Nothing secret: URLs lose their user and password, headers are not shown. The
+Version, config file and hash, each listener with its TLS and authentication state, the buffer, its
+bounds and its write-ahead log, the policies in config order, the exporters and where they send, and overload relief. Nothing secret: URLs lose their user and password, headers are not shown. The
 record carries the same facts as structured fields, for ``service.log_format: json``.
 
 TLS and authentication are read from the ``tls`` and ``auth`` blocks of the listener sections
@@ -55,6 +55,10 @@ def _size(n: int) -> str:
     return f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n} B"
 
 
+def _fsync(wal: Any) -> str:
+    return f"every {wal.fsync_interval:g}s" if wal.fsync == "interval" else wal.fsync
+
+
 def _target(spec: Any) -> str:
     if isinstance(spec, OtlpSpec):
         return f"{spec.endpoint} ({'plaintext' if spec.insecure else 'TLS'})"
@@ -93,6 +97,10 @@ def startup_summary(config: Config, source: str, config_hash: str, ports: dict[s
     }
     if buf.type == "redis":
         buffer.update(url=without_credentials(buf.url), cluster=buf.cluster, shards=buf.shards, key_prefix=buf.key_prefix)
+    if buf.wal is not None:
+        buffer["wal"] = {"dir": buf.wal.dir, "fsync": buf.wal.fsync, "max_bytes": int(buf.wal.max_bytes)}
+        if buf.wal.fsync == "interval":
+            buffer["wal"]["fsync_interval"] = float(buf.wal.fsync_interval)
     policies = [{"name": p.name, "type": str(type(p).__struct_config__.tag)} for p in ts.policies]
     exporters = [
         {"name": name, "type": str(type(spec).__struct_config__.tag), "target": _target(spec)}
@@ -116,7 +124,8 @@ def startup_summary(config: Config, source: str, config_hash: str, ports: dict[s
         f"buffer {buf.type}{where}: num_traces {ts.num_traces}, max_bytes {_size(buf.max_bytes)}, "
         f"decision_wait {ts.decision_wait:g}s, after root "
         + (f"{ts.decision_wait_after_root_received:g}s" if ts.decision_wait_after_root_received else "off")
-        + f", overflow {buffer['overflow']}",
+        + f", overflow {buffer['overflow']}"
+        + (f", write-ahead log {buf.wal.dir} (fsync {_fsync(buf.wal)}, max_bytes {_size(buf.wal.max_bytes)})" if buf.wal else ""),
         "policies " + ", ".join(f"{p['name']} ({p['type']})" for p in policies),
         "exporters " + ", ".join(f"{e['name']} -> {e['target']}" for e in exporters),
         "overload relief " + (

@@ -21,10 +21,11 @@ from .durations import Duration
 from .endpoints import Endpoint
 from .errors import ConfigError, Problem
 from .percent import Percent
+from .sizes import ByteSize
 
 T = TypeVar("T")
 
-_PARSERS = {Duration: Duration.parse, Endpoint: Endpoint.parse, Percent: Percent.parse}
+_PARSERS = {Duration: Duration.parse, Endpoint: Endpoint.parse, Percent: Percent.parse, ByteSize: ByteSize.parse}
 _AT = re.compile(r" - at `\$(.*)`$")
 
 
@@ -42,6 +43,8 @@ def enc_hook(obj: Any) -> Any:
         return str(obj)
     if isinstance(obj, float):  # Duration, Percent
         return float(obj)
+    if isinstance(obj, int):  # ByteSize
+        return int(obj)
     raise NotImplementedError(f"cannot encode {type(obj)!r}")
 
 

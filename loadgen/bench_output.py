@@ -37,9 +37,17 @@ def _cell(result: dict[str, Any], mode: str, metric: str, kind: str, ratio_metri
     return text
 
 
+def _pair(result: dict[str, Any], mode: str, first: str, second: str) -> str:
+    values = [_mode_value(result, mode, metric) for metric in (first, second)]
+    return _DASH if None in values else "; ".join(_fmt(value, "ratio") for value in values)
+
+
+_COLUMN = {"wal": "memory + WAL"}
+
+
 def markdown(result: dict[str, Any]) -> str:
     options = result["options"]
-    modes = [m for m in ("memory", "redis") if result["modes"].get(m, {}).get("median")]
+    modes = [m for m in ("memory", "wal", "redis") if result["modes"].get(m, {}).get("median")]
     bound = options["after_root_s"] + 2 * options["tick_s"]
     null_rate = result["null_server"]["median"]
     rows: list[tuple[str, str, list[str], str]] = [
@@ -51,6 +59,11 @@ def markdown(result: dict[str, Any]) -> str:
          [_cell(result, m, "ingest_cpu_us_per_span", "us") for m in modes], ""),
         ("collector CPU per span, end to end", _DASH,
          [_cell(result, m, "collector_cpu_us_per_span", "us") for m in modes], "≤ 4 µs memory, ≤ 8 µs redis"),
+        ("collector CPU per span ÷ memory buffer's (ingest only; end to end)", _DASH,
+         [_pair(result, m, "ingest_cpu_to_memory", "collector_cpu_to_memory") for m in modes], "≤ 1.15× end to end (WAL)"),
+        ("write-ahead log on disk per buffered span", _DASH,
+         [_cell(result, m, "wal_disk_bytes_per_buffered_span", "bytes", "wal_disk_to_wire_bytes") for m in modes],
+         "≤ 1.2× wire (WAL)"),
         ("Redis CPU per span (INFO cpu)", _DASH,
          [_cell(result, m, "redis_cpu_us_per_span", "us") for m in modes], ""),
         ("collector RSS per buffered span", _DASH,
@@ -83,7 +96,7 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             setup_line,
             "",
-            "| metric | null server | " + " | ".join(f"tailsampler {m}" for m in modes) + " | target |",
+            "| metric | null server | " + " | ".join(f"tailsampler {_COLUMN.get(m, m)}" for m in modes) + " | target |",
             "|---|---:|" + "---:|" * len(modes) + "---|",
         ]
         lines += [f"| {name} | {null} | " + " | ".join(cells) + f" | {target} |" for name, null, cells, target in rows]

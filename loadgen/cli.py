@@ -216,8 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, help="rounds measured (default: 5, with --smoke 1)")
     bench.add_argument("--spans-per-round", type=int, help="spans sent per round (default: 60000, with --smoke 4096)")
     bench.add_argument("--concurrency", type=int, help="requests in flight (default: 4)")
-    bench.add_argument("--modes", default="memory,redis,overload",
-                       help="what to measure: memory,redis (the buffers), overload (3x the sustainable load)")
+    bench.add_argument("--modes", default="memory,wal,redis,overload",
+                       help="what to measure: memory,redis (the buffers), wal (memory with its write-ahead log), "
+                            "overload (3x the sustainable load)")
     bench.add_argument("--profile", action="store_true",
                        help="run the collectors under cProfile and list their hot spots")
     bench.add_argument("--workdir", type=Path, help="where configs, logs and profiles go")

@@ -4,8 +4,9 @@ The end-to-end benchmark measures whole processes on a 2-core machine whose timi
 third between runs; a change to one stage needs a steadier yardstick. This runs a single stage
 (upb's parse of the requests, which is all a null server does; the ingest's check and split of
 the requests into per-trace fragments, which includes a parse of its own; the decision on the
-traces they make; or the whole pipeline behind a receiver: split, memory buffer, claim, decision
-and settling) ``repeat`` times after one warm-up pass, so that two runs differing only in
+traces they make; the whole pipeline behind a receiver: split, memory buffer, claim, decision
+and settling; or that pipeline with the buffer's write-ahead log, ``fsync: interval``, in a
+temporary directory) ``repeat`` times after one warm-up pass, so that two runs differing only in
 ``repeat`` differ only in that stage's work. Under ``valgrind --tool=callgrind`` their
 instruction counts repeat exactly: (count with ``--repeat 2`` − count with ``--repeat 0``) ÷ 2 ÷
 spans is the stage's instructions per span.
@@ -19,15 +20,19 @@ each trace's spans side by side.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from prometheus_client import CollectorRegistry
 
 from tailsampler.collector.buffer import MemoryTraceBuffer
 from tailsampler.collector.config import BufferConfig, BufferLimits, Config, TailSamplingConfig
+from tailsampler.collector.wal_config import WalConfig
 from tailsampler.collector.decide import DecisionLoop
 from tailsampler.collector.forward import Forwarder
 from tailsampler.collector.ingest import Ingest
@@ -42,7 +47,7 @@ from tailsampler.common.proto_types import FIELD, FieldSpec, declare
 from tailsampler.policies import Engine, PolicyContext, PolicySpec, RecordingConfig, TraceView, build_engine
 
 _LAYOUT_STAGES = ("parse", "split", "wire-c", "wire-python")
-STAGES = (*_LAYOUT_STAGES, "decide", "pipeline", *(f"{stage}-interleaved" for stage in _LAYOUT_STAGES))
+STAGES = (*_LAYOUT_STAGES, "decide", "pipeline", "wal", *(f"{stage}-interleaved" for stage in _LAYOUT_STAGES))
 _INTERLEAVED = "-interleaved"
 
 # A request with each span as bytes: spans are dealt out again without touching their bytes.
@@ -105,8 +110,8 @@ def _stage(stage: str, spans: int, seed: int) -> tuple[Callable[[], object], int
     policies = msgspec.convert(example_policies(slow_threshold_ms=1000), list[PolicySpec])
     config = Config(tail_sampling=TailSamplingConfig(policies=policies), buffer=BufferConfig(max_bytes=1 << 40))
     engine = build_engine(config.tail_sampling, PolicyContext(clock=time.monotonic))
-    if stage == "pipeline":
-        return _pipeline(bodies, config, engine), count
+    if stage in ("pipeline", "wal"):
+        return _pipeline(bodies, config, engine, logged=stage == "wal"), count
     pieces: dict[bytes, list[bytes]] = {}
     for body in bodies:
         for trace_id, fragment in split_body(body).fragments.items():
@@ -115,16 +120,19 @@ def _stage(stage: str, spans: int, seed: int) -> tuple[Callable[[], object], int
     return lambda: [engine.decide(TraceView(trace_id, data)) for trace_id, data in traces], count
 
 
-def _pipeline(bodies: list[bytes], config: Config, engine: Engine) -> Callable[[], object]:
+def _pipeline(bodies: list[bytes], config: Config, engine: Engine, logged: bool) -> Callable[[], object]:
     """Every request through ``Ingest.accept`` into a fresh memory buffer (so that no decision
     is cached from an earlier pass), then every trace claimed as due, decided and settled; no
-    exporter, no transport."""
+    exporter, no transport. With ``logged``, the buffer has a write-ahead log of its own."""
     forwarder = Forwarder([], RecordingConfig())
     metrics = Metrics()
     limits = BufferLimits.of(config)
 
     async def one_pass() -> None:
-        buffer = MemoryTraceBuffer(limits, config.buffer, metrics.registry)
+        directory = tempfile.mkdtemp(prefix="tailsampler-hotpath-wal-") if logged else None
+        settings = msgspec.structs.replace(config.buffer, wal=WalConfig(dir=directory) if directory else None)
+        buffer = MemoryTraceBuffer(limits, settings, CollectorRegistry())  # the log's metrics, once a pass
+        await buffer.open(time.time())
         ingest = Ingest(buffer, forwarder, metrics, OverloadRelief(None, limits.max_traces, limits.max_bytes, metrics))
         decider = DecisionLoop(buffer, engine, forwarder, metrics, limits.tick)
         for body in bodies:
@@ -132,6 +140,9 @@ def _pipeline(bodies: list[bytes], config: Config, engine: Engine) -> Callable[[
         while claimed := await buffer.claim_due(time.time() + limits.decision_wait + limits.tick, 2000):
             await decider.decide(claimed)
         await decider.settled()
+        await buffer.close()
+        if directory is not None:
+            shutil.rmtree(directory)
         if (left := await buffer.occupancy()).traces:  # a pass that skipped work would count too little
             raise RuntimeError(f"{left.traces} traces left undecided after a pass")
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,7 +19,7 @@ import grpc
 import pytest
 from google.rpc import status_pb2
 
-from tests.collectors import StartCollector, collector_config
+from tests.collectors import REPO, StartCollector, collector_config
 from tests.otlp_data import new_trace_id, request
 from tests.sdk import SdkClient
 from tests.waiting import eventually, wait_until
@@ -196,3 +199,9 @@ def test_admin_token_from_a_file_in_a_real_process(agent_process: Any, tmp_path:
     assert caught.value.code == 401
     with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": "Bearer from-a-file"}), timeout=5) as ok:
         assert json.load(ok)["spans"]["received"] == 0
+    cli = [sys.executable, "-m", "tailsampler.collector.cli", "stats", "--admin", agent.admin_endpoint, "--json"]
+    refused = subprocess.run(cli, capture_output=True, text=True, cwd=REPO, timeout=60, env={**os.environ, "TAILSAMPLER_ADMIN_TOKEN": ""})
+    assert refused.returncode == 1 and "401" in refused.stderr
+    allowed = subprocess.run(cli, capture_output=True, text=True, cwd=REPO, timeout=60, env={**os.environ, "TAILSAMPLER_ADMIN_TOKEN": "from-a-file"})
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout)["spans"]["received"] == 0

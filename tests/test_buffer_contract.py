@@ -22,9 +22,11 @@ T0 = 1_800_000_000.0
 MakeBuffer = Callable[..., Awaitable[TraceBuffer]]
 
 
-@pytest.fixture(params=["memory", "redis", "redis_cluster"])
+@pytest.fixture(params=["memory", "memory_wal", "redis", "redis_cluster"])
 async def make(request: pytest.FixtureRequest) -> Any:
-    """Build buffers of one kind from config overrides; Redis servers start only when asked for."""
+    """Build buffers of one kind from config overrides, each opened as an agent opens it; Redis
+    servers start only when asked for, and each memory buffer with a write-ahead log gets a
+    directory of its own."""
     kind = request.param
     created: list[TraceBuffer] = []
     buffer_cfg: dict[str, Any] = {"type": "memory", "tick": "100ms"}
@@ -40,9 +42,12 @@ async def make(request: pytest.FixtureRequest) -> Any:
             cfg["key_prefix"] = prefix
         else:
             cfg.pop("key_prefix", None)
+        if kind == "memory_wal":
+            cfg["wal"] = {"dir": str(request.getfixturevalue("tmp_path") / f"wal{len(created)}")}
         data = {"tail_sampling": {"decision_wait": "10s", **(tail_sampling or {})}, "buffer": cfg}
         config = decode(data, Config)
         made, _ = make_buffer(config, CollectorRegistry())
+        assert await made.open(T0) == []
         created.append(made)
         return made
 
@@ -219,3 +224,18 @@ async def test_overload_relief_takes_new_traces_that_backpressure_would_refuse(m
     result = await buffer.append(fragments(c), T0 + 1, relief)
     assert set(result.decided_now) == {c}
     assert (await buffer.occupancy()).traces == 2
+
+
+async def test_a_round_s_decisions_and_deliveries_change_nothing_a_claim_or_settle_sees(make: MakeBuffer) -> None:
+    buffer = await make()
+    kept, dropped, pending = new_trace_id(), new_trace_id(), new_trace_id()
+    await buffer.append({**fragments(kept), **fragments(dropped)}, T0)
+    await buffer.append(fragments(pending), T0 + 5)
+    claimed = await buffer.claim_due(T0 + 11, 100)
+    assert {c.trace_id for c in claimed} == {kept, dropped}
+    verdicts = [Settlement(kept, Verdict(True, "errors")), Settlement(dropped, DROPPED)]
+    buffer.decided(verdicts, T0 + 11)
+    assert await buffer.settle(verdicts, T0 + 11) == {}
+    buffer.delivered(verdicts[:1], T0 + 12)
+    assert (await buffer.occupancy()).traces == 1
+    assert [c.trace_id for c in await buffer.claim_due(T0 + 16, 100)] == [pending]

@@ -84,3 +84,23 @@ def test_serve_and_validate_print_the_same_messages(tmp_path: Path) -> None:
     assert (validate.returncode, serve.returncode) == (1, 2)
     assert validate.stderr == serve.stderr
     assert len(validate.stderr.splitlines()) == 3 and all(line.startswith(f"{path}: ") for line in validate.stderr.splitlines())
+
+
+def test_the_write_ahead_log_settings_are_checked_at_their_key_paths() -> None:
+    policies = "tail_sampling: {policies: [{name: a, type: always_sample}]}\n"
+    config = parse_config(policies + "buffer: {wal: {dir: /var/lib/wal, max_bytes: 512MiB, fsync_interval: 250ms}}")
+    assert config.buffer.wal is not None
+    assert (config.buffer.wal.max_bytes, config.buffer.wal.fsync_interval, config.buffer.wal.fsync) == (512 * 2**20, 0.25, "interval")
+    assert problems(policies + "buffer: {type: redis, wal: {dir: ' ', max_bytes: 64kB, fsync_interval: 0}, tick: 0}") == [
+        "x.yaml: buffer.tick: must be greater than 0",
+        "x.yaml: buffer.wal: a write-ahead log is for the memory buffer; the redis buffer's spans live in Redis",
+        "x.yaml: buffer.wal.dir: must name a directory",
+        "x.yaml: buffer.wal.fsync_interval: must be greater than 0 with fsync: interval",
+        "x.yaml: buffer.wal.max_bytes: must be at least 1MiB, got 64000 bytes",
+    ]
+    assert problems(policies + "buffer: {wal: {max_bytes: lots, fsync: sometimes}}\nservice: {shutdown_timeout: soon}") == [
+        "x.yaml: buffer.wal: Object missing required field `dir`",
+        "x.yaml: buffer.wal.fsync: Invalid enum value 'sometimes'; expected one of always, interval, never",
+        "x.yaml: buffer.wal.max_bytes: expected a size such as 2GiB, 512MiB or 1000000, got 'lots'",
+        "x.yaml: service.shutdown_timeout: expected a duration such as 10s, 500ms or 1m, got 'soon'",
+    ]

@@ -21,6 +21,8 @@ _METRICS = {
 }
 _METRICS["redis"] = _METRICS["memory"] | {
     "redis_used_memory_per_buffered_span", "redis_used_memory_to_wire_bytes", "redis_cpu_us_per_span"}
+_METRICS["wal"] = _METRICS["memory"] | {
+    "wal_disk_bytes_per_buffered_span", "wal_disk_to_wire_bytes", "ingest_cpu_to_memory", "collector_cpu_to_memory"}
 
 
 def test_bench_smoke_produces_a_well_formed_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -35,7 +37,7 @@ def test_bench_smoke_produces_a_well_formed_result(tmp_path: Path, capsys: pytes
     assert result["options"]["rounds"] == 1 and result["spans_per_round"] >= 4096
     assert 100 < result["wire_bytes_per_span"] < 1000
     null = result["null_server"]
-    assert null["median"] > 0 and len(null["spans_per_second"]) == 2 and null["cpu_median"] > 0
+    assert null["median"] > 0 and len(null["spans_per_second"]) == 3 and null["cpu_median"] > 0  # a round per buffer mode
     for mode, metrics in _METRICS.items():
         data = result["modes"][mode]
         assert data["available"], data.get("reason")
@@ -46,6 +48,9 @@ def test_bench_smoke_produces_a_well_formed_result(tmp_path: Path, capsys: pytes
         assert after_root <= data["median"]["decision_latency_p50_s"] <= data["median"]["decision_latency_p99_s"]
         assert data["median"]["decision_latency_samples"] > 10
     assert result["modes"]["redis"]["median"]["redis_used_memory_per_buffered_span"] > 0
+    wal = result["modes"]["wal"]["median"]
+    assert 0.3 < wal["wal_disk_to_wire_bytes"] < 3, "the log holds about the wire bytes of what is buffered"
+    assert wal["collector_cpu_to_memory"] == wal["collector_cpu_us_per_span"] / result["modes"]["memory"]["median"]["collector_cpu_us_per_span"]
     overload = result["modes"]["overload"]
     assert overload["available"], overload.get("reason")
     figures = overload["median"]
@@ -54,13 +59,13 @@ def test_bench_smoke_produces_a_well_formed_result(tmp_path: Path, capsys: pytes
     assert figures["without_relief_relief_active_share"] == 0 and figures["without_relief_decided_early_share"] > 0
     assert figures["rss_peak_bytes"] >= figures["rss_idle_bytes"] > 0
     targets = result["targets"]
-    assert len(targets) == 8 and all(t["measured"] is not None and t["met"] in (True, False)
+    assert len(targets) == 10 and all(t["measured"] is not None and t["met"] in (True, False)
                                      for t in targets.values())
     table = markdown_path.read_text()
     assert table.startswith("# Benchmarks\n")
-    assert "| metric | null server | tailsampler memory | tailsampler redis | target |" in table
+    assert "| metric | null server | tailsampler memory | tailsampler memory + WAL | tailsampler redis | target |" in table
     assert "| at 3× the sustainable load | relief on | relief off |" in table
-    assert table.count("\n| ") >= 30
+    assert table.count("\n| ") >= 34
 
 
 def test_bench_reports_a_buffer_that_cannot_start(tmp_path: Path, monkeypatch) -> None:
@@ -88,7 +93,7 @@ def _closed_port() -> int:
     return free_port()
 
 
-@pytest.mark.parametrize("stage", ["parse", "split", "decide", "pipeline"])
+@pytest.mark.parametrize("stage", ["parse", "split", "decide", "pipeline", "wal"])
 def test_hotpath_runs_one_stage_and_reports_its_cpu_per_span(stage: str, capsys) -> None:
     assert main(["hotpath", stage, "--spans", "600", "--repeat", "1"]) == 0
     result = json.loads(capsys.readouterr().out)

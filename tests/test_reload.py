@@ -221,6 +221,24 @@ async def test_a_change_that_needs_a_restart_is_refused_naming_each_key(tmp_path
         await collector.stop()
 
 
+async def test_the_write_ahead_log_changes_only_with_a_restart(tmp_path: Path) -> None:
+    config = collector_config([{"type": "file", "path": str(tmp_path / "kept.jsonl")}], buffer={"wal": {"dir": str(tmp_path / "wal")}})
+    collector, path = await in_process(tmp_path, config)
+    try:
+        for wal in ({"dir": str(tmp_path / "wal"), "fsync": "always"}, {"dir": str(tmp_path / "elsewhere")}, None):
+            changed = copy.deepcopy(config)
+            changed["buffer"]["wal"] = wal
+            changed["tail_sampling"]["policies"] = EVERYTHING
+            path.write_text(yaml.safe_dump(changed))
+            outcome = await collector.reload()
+            assert outcome is not None and outcome.result == "rejected"
+            assert any(p.startswith(f"{path}: buffer.wal") and "changing it needs a restart" in p for p in outcome.problems)
+        assert [p.name for p in collector.loop.engine.policies] == ["errors"]
+        assert collector.config.buffer.wal is not None and collector.config.buffer.wal.fsync == "interval"
+    finally:
+        await collector.stop()
+
+
 async def test_an_exporter_that_cannot_open_is_refused_before_anything_changes(tmp_path: Path) -> None:
     config = collector_config([{"type": "file", "path": str(tmp_path / "kept.jsonl")}])
     collector, path = await in_process(tmp_path, config)

@@ -17,8 +17,10 @@ from .base import (
     Settlement,
     SharedState,
     TraceBuffer,
+    Undelivered,
 )
 from .memory import LocalState, MemoryTraceBuffer
+from .wal import WalError
 
 __all__ = [
     "AppendResult",
@@ -32,6 +34,8 @@ __all__ = [
     "Settlement",
     "SharedState",
     "TraceBuffer",
+    "Undelivered",
+    "WalError",
     "make_buffer",
 ]
 
@@ -44,4 +48,5 @@ def make_buffer(config: Config, registry: CollectorRegistry) -> tuple[TraceBuffe
         from .redis_state import RedisState
 
         return RedisTraceBuffer(limits, config.buffer, registry), RedisState(config.buffer)
-    return MemoryTraceBuffer(limits, config.buffer, registry), LocalState()
+    buffer = MemoryTraceBuffer(limits, config.buffer, registry)
+    return buffer, LocalState(buffer.health)

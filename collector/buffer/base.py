@@ -90,6 +90,16 @@ class Settlement:
 
 
 @dataclass(frozen=True, slots=True)
+class Undelivered:
+    """A kept trace that a previous run of this agent had not delivered to every exporter."""
+
+    trace_id: bytes
+    data: bytes
+    verdict: Verdict
+    span_count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Occupancy:
     traces: int
     bytes: int
@@ -99,6 +109,13 @@ class TraceBuffer(abc.ABC):
     """Holds fragments per trace until their deadline, then hands each trace to one decider."""
 
     shared = False  # True when several agents use this buffer at once
+
+    async def open(self, now: float) -> list[Undelivered]:
+        """Take back what a previous run of this agent left, once, before the first append: the
+        memory buffer with a write-ahead log buffers its pending traces again at their original
+        deadlines and returns the kept traces it had not delivered to every exporter, to deliver
+        again. A shared buffer keeps everything where any agent finds it: nothing to take back."""
+        return []
 
     @abc.abstractmethod
     async def append(self, fragments: dict[bytes, Fragment], now: float, relief: Relief | None = None) -> AppendResult:
@@ -124,6 +141,16 @@ class TraceBuffer(abc.ABC):
     @abc.abstractmethod
     async def settle(self, settlements: list[Settlement], now: float) -> dict[bytes, bytes]:
         """Record verdicts and free the traces; return bytes appended after they were claimed."""
+
+    def decided(self, settlements: list[Settlement], now: float) -> None:
+        """A round's verdicts, before its kept traces go to the exporters. A buffer with a log
+        records them, so that after a restart a dropped trace stays dropped and a kept one is
+        delivered again rather than decided again; elsewhere a no-op."""
+
+    def delivered(self, settlements: list[Settlement], now: float) -> None:
+        """Kept traces, or late spans of them, that every exporter has finished with (spans that
+        arrived while the trace was decided included). A buffer with a log records that they need
+        no delivery after a restart; elsewhere a no-op."""
 
     @abc.abstractmethod
     async def occupancy(self) -> Occupancy:

@@ -3,26 +3,49 @@
 A trace sits in the slot of its decision deadline (one slot per tick); a root span moves it to an
 earlier slot. Traces, bytes and trace size are bounded; a bound that is hit either refuses the
 request (backpressure) or hands the oldest traces to the decider at once (decide_early).
+
+With ``buffer.wal`` every request is written to a write-ahead log (``wal.py``) before the buffer
+changes and before the request is acknowledged, and so are a round's decisions and the deliveries
+of kept traces; ``open`` replays the log, so an agent that was killed starts where it stopped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
+import logging
 import math
 from collections import deque
+from collections.abc import Awaitable
+from itertools import chain
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry
 
 from tailsampler.collector.config import BufferConfig, BufferLimits, DecisionCacheConfig
 from tailsampler.collector.split import Fragment
+from tailsampler.common.incident import Incident
 from tailsampler.common.verdict import Verdict
 from tailsampler.policies import LocalTokenBucket
 
-from .base import AppendResult, BufferFull, Claimed, Occupancy, Relief, Settlement, SharedState, TraceBuffer
+from .base import (
+    AppendResult,
+    BufferFull,
+    BufferUnavailable,
+    Claimed,
+    Occupancy,
+    Relief,
+    Settlement,
+    SharedState,
+    TraceBuffer,
+    Undelivered,
+)
 from .decision_cache import DecisionCache
+from .wal import DecisionValue, Recovered, WalError, WalFull, WriteAheadLog, open_wal
+
+log = logging.getLogger(__name__)
 
 
 class _Trace:
@@ -56,6 +79,46 @@ class MemoryTraceBuffer(TraceBuffer):
         self._early_bytes = 0
         self._bytes = 0
         self._cache = DecisionCache(limits.decision_cache)
+        self._wal_config = config.wal
+        self._registry = registry
+        self._wal: WriteAheadLog | None = None
+        self._wal_trouble = Incident(log, "write-ahead log")
+        self._wal_problem: str | None = None  # why the last write failed, while it is the last
+
+    async def open(self, now: float) -> list[Undelivered]:
+        """Open and replay the write-ahead log, if there is one: its pending traces are buffered
+        again, its decisions remembered, and its kept traces not delivered everywhere returned."""
+        if self._wal_config is None:
+            return []
+        self._wal, recovered = await asyncio.to_thread(open_wal, self._wal_config, self._registry)
+        return self._restore(recovered, now)
+
+    def _restore(self, recovered: Recovered, now: float) -> list[Undelivered]:
+        """Pending traces go back with the deadlines their first and root spans gave them (one
+        already passed falls due at once); settled traces' verdicts go into the decision cache
+        as of when they were made, so late spans follow them."""
+        cache = self._cache
+        for trace_id, settled in sorted(recovered.settled.items(), key=lambda item: item[1].at):
+            if settled.at + cache.ttl > now:
+                cache.put(trace_id, _verdict(settled.decision), settled.at)
+        for trace_id, found in recovered.pending.items():
+            trace = self._traces[trace_id] = _Trace(found.first_seen)
+            trace.pieces = [entry.data for entry in found.entries]
+            trace.nbytes = sum(map(len, trace.pieces))
+            self._bytes += trace.nbytes
+            deadline = found.first_seen + self._wait
+            if found.root_seen is not None and self._wait_after_root > 0:
+                deadline = min(deadline, found.root_seen + self._wait_after_root)
+            if self._max_trace_bytes and trace.nbytes > self._max_trace_bytes:
+                self._decide_early(trace_id, trace, "size")
+            else:
+                self._place(trace_id, trace, self._slot_of(max(deadline, now)))
+        undelivered = []
+        for trace_id, found in recovered.kept.items():
+            verdict = _verdict(found.decision)
+            cache.put(trace_id, verdict, now)
+            undelivered.append(Undelivered(trace_id, found.data, verdict, found.span_count))
+        return undelivered
 
     def _slot_of(self, deadline: float) -> int:
         return math.ceil(deadline / self._tick)
@@ -86,8 +149,9 @@ class MemoryTraceBuffer(TraceBuffer):
         traces = self._traces
         # traces not buffered: already decided (a cached verdict) or new (None)
         unbuffered = {tid: self._cache.get(tid, now) for tid in fragments if tid not in traces}
+        request = fragments
         if relief is not None:
-            fragments = self._relieve(fragments, unbuffered, relief, now, result)
+            fragments = self._relieve(fragments, unbuffered, relief, result)
             new = 0  # relief decided every new trace at once
         else:
             new = sum(1 for cached in unbuffered.values() if cached is None)
@@ -98,8 +162,11 @@ class MemoryTraceBuffer(TraceBuffer):
         if over_traces > 0 or over_bytes > 0:
             if self._backpressure or len(self._early) >= self._max_early:
                 what = "num_traces" if over_traces > 0 else "max_bytes"
-                raise BufferFull(f"trace buffer full ({what} reached)", retry_after=max(1.0, self._wait_after_root or self._tick))
+                raise BufferFull(f"trace buffer full ({what} reached)", retry_after=self._retry_after)
             result.early = self._evict_oldest(over_traces, over_bytes)
+        logged = None if self._wal is None else self._log(request, unbuffered, result, incoming, now)
+        for trace_id, verdict in chain(result.decided_now.items(), result.late_kept.items()):  # relief's
+            self._cache.put(trace_id, verdict, now)
         for trace_id, fragment in fragments.items():
             trace = traces.get(trace_id)
             if trace is None:
@@ -128,14 +195,68 @@ class MemoryTraceBuffer(TraceBuffer):
                 slot = self._slot_of(now + self._wait_after_root)
                 if slot < trace.slot:
                     self._place(trace_id, trace, slot)
+        if logged is not None:
+            try:
+                await logged
+            except WalError as exc:  # fsync always: the flush failed, so the request is not durable
+                raise self._unavailable(exc) from None
         return result
 
+    @property
+    def _retry_after(self) -> float:
+        return max(1.0, self._wait_after_root or self._tick)
+
+    def _log(
+        self, fragments: dict[bytes, Fragment], unbuffered: dict[bytes, Verdict | None], result: AppendResult,
+        incoming: int, now: float,
+    ) -> Awaitable[None]:
+        """Write the request to the log before the buffer changes: the fragments it buffers, and
+        the decisions made as it came in (late spans of kept traces with their fragments; overload
+        relief's verdicts, with the fragments of the traces it kept), so that a restart buffers,
+        delivers again or remembers each as this request did. Late spans of dropped traces are
+        discarded, so they are not logged. A log that is full applies the overflow behaviour."""
+        assert self._wal is not None
+        logged, decided = fragments, dict(result.decided_now)
+        decided.update(result.late_kept)  # relief's rescues: the only ones known yet
+        if decided or any(unbuffered.values()):
+            logged = {}
+            for trace_id, fragment in fragments.items():
+                verdict = decided.get(trace_id)
+                if verdict is None and (verdict := unbuffered.get(trace_id)) is not None:
+                    if not verdict.keep:
+                        continue
+                    decided[trace_id] = verdict
+                if verdict is None or verdict.keep:
+                    logged[trace_id] = fragment
+        try:
+            written = self._wal.append(logged, now, decided=decided)
+        except WalFull as exc:
+            if self._backpressure or len(self._early) >= self._max_early:
+                raise BufferFull(f"{exc} (buffer.wal.max_bytes)", retry_after=self._retry_after) from None
+            # a segment's worth, so that the oldest segment file can go once they are decided
+            moved = self._evict_oldest(0, max(incoming, self._wal_config.segment_bytes))
+            raise BufferFull(
+                f"{exc} (buffer.wal.max_bytes); {moved} trace(s) are decided now to free it", retry_after=self._retry_after
+            ) from None
+        except WalError as exc:
+            raise self._unavailable(exc) from None
+        if self._wal_problem is not None:
+            self._wal_problem = None
+            self._wal_trouble.resolved()
+        return written
+
+    def _unavailable(self, exc: WalError) -> BufferUnavailable:
+        self._wal_problem = str(exc)
+        self._wal_trouble.failed(f"{exc}; requests are refused")
+        return BufferUnavailable(str(exc))
+
     def _relieve(
-        self, fragments: dict[bytes, Fragment], unbuffered: dict[bytes, Verdict | None], relief: Relief, now: float,
+        self, fragments: dict[bytes, Fragment], unbuffered: dict[bytes, Verdict | None], relief: Relief,
         result: AppendResult,
     ) -> dict[bytes, Fragment]:
         """Decide the new traces of a request at once (and rescue relief-dropped traces that
-        now show an error); returns the fragments left to buffer or to follow their verdict."""
+        now show an error); returns the fragments left to buffer or to follow their verdict. The
+        verdicts are remembered once the request is logged."""
         rest = dict(fragments)
         for trace_id, cached in unbuffered.items():
             if cached is not None and cached != relief.dropped:
@@ -148,7 +269,6 @@ class MemoryTraceBuffer(TraceBuffer):
                 result.rescued += 1
             else:
                 continue  # relief dropped it and still would: it follows that verdict below
-            self._cache.put(trace_id, verdict, now)
             del rest[trace_id]
         return rest
 
@@ -182,6 +302,8 @@ class MemoryTraceBuffer(TraceBuffer):
 
     async def claim_due(self, now: float, limit: int, *, draining: bool = False) -> list[Claimed]:
         if draining:
+            if self._wal is not None:
+                return []  # nothing is lost: the log has them for the next start
             pending = [tid for tid, trace in self._traces.items() if not trace.claimed][:limit]
             return [self._hand_out(trace_id, "shutdown") for trace_id in pending]
         out: list[Claimed] = []
@@ -215,7 +337,40 @@ class MemoryTraceBuffer(TraceBuffer):
             if trace.pieces:
                 stragglers[settlement.trace_id] = b"".join(trace.pieces)
             self._cache.put(settlement.trace_id, settlement.verdict, now)
+        if self._wal is not None and stragglers:
+            # spans that arrived after a trace was logged dropped made it pending in the log again
+            dropped = {s.trace_id: s.verdict for s in settlements if s.trace_id in stragglers and not s.verdict.keep}
+            self._write(self._wal.decided, dropped, now)
         return stragglers
+
+    def decided(self, settlements: list[Settlement], now: float) -> None:
+        if self._wal is not None:
+            self._write(self._wal.decided, {s.trace_id: s.verdict for s in settlements}, now)
+
+    def delivered(self, settlements: list[Settlement], now: float) -> None:
+        if self._wal is not None:
+            self._write(self._wal.delivered, {s.trace_id: s.verdict for s in settlements}, now)
+
+    def _write(
+        self, record: Callable[[dict[bytes, DecisionValue], float], Awaitable[None]], decisions: dict[bytes, Verdict],
+        now: float,
+    ) -> None:
+        """A decision or delivery record; one that cannot be written only costs a decision made
+        again, or a delivery repeated, after a restart."""
+        try:
+            record(decisions, now)  # not awaited: a record lost in a machine crash is made again
+        except WalError as exc:
+            self._wal_problem = str(exc)
+            self._wal_trouble.failed(f"{exc}; decisions and deliveries are not logged")
+
+    def health(self) -> tuple[bool, str]:
+        """Readiness: a log that cannot be written refuses every request."""
+        if self._wal is None:
+            return True, "in process"
+        failure = self._wal.failure or self._wal_problem
+        if failure is not None:
+            return False, str(failure)
+        return True, f"in process, write-ahead log {self._wal.directory}"
 
     async def occupancy(self) -> Occupancy:
         return Occupancy(len(self._traces), self._bytes)
@@ -223,12 +378,25 @@ class MemoryTraceBuffer(TraceBuffer):
     def set_decision_cache(self, config: DecisionCacheConfig) -> None:
         self._cache.configure(config)
 
+    async def close(self) -> None:
+        """Flush and close the log: what is pending or undelivered stays in it for the next start."""
+        if self._wal is not None:
+            await asyncio.to_thread(self._wal.close)
+
+
+def _verdict(decision: DecisionValue) -> Verdict:
+    return Verdict(decision.keep, decision.policy, decision.sample_rate)
+
 
 class LocalState(SharedState):
-    """An agent on its own shares nothing: its store is its own memory and its budgets local."""
+    """An agent on its own shares nothing: its store is its own memory (and write-ahead log), its
+    budgets local."""
+
+    def __init__(self, health: Callable[[], tuple[bool, str]]) -> None:
+        self._health = health
 
     async def check(self) -> tuple[bool, str]:
-        return True, "in process"
+        return self._health()
 
     def bucket(self, key: str, rate: float, capacity: float) -> LocalTokenBucket:
         return LocalTokenBucket(rate, capacity, time.monotonic)

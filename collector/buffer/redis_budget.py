@@ -21,13 +21,17 @@ from importlib import resources
 
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, TimeoutError as RedisTimeoutError
+from redis.exceptions import AskError, ClusterDownError, ClusterError, MovedError, RedisClusterException, TryAgainError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tailsampler.collector.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError, asyncio.TimeoutError)
+
+# what a cluster answers while the budgets' slot moves or its master fails over: try next exchange
+_NOT_NOW = (ClusterError, ClusterDownError, TryAgainError, AskError, MovedError)
 
 _SCRIPT = resources.files(__package__).joinpath("redis_budget.lua").read_text()
 
@@ -95,7 +99,7 @@ class SharedBudgets:
         now = time.monotonic()
         try:
             await self.sync()
-        except UNREACHABLE as exc:
+        except (*UNREACHABLE, *_NOT_NOW) as exc:
             log.debug("shared budgets: Redis unreachable (%s); spending a local share", exc)
             self._refill_locally(now - self._last_step)
         self._last_step = now

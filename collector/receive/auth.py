@@ -15,7 +15,8 @@ import logging
 import os
 import time
 
-from tailsampler.collector.config import BearerAuthConfig
+from tailsampler.collector.config import BearerAuthConfig, TlsServerConfig
+from tailsampler.collector.receive.tls import ServerTls
 from tailsampler.common.endpoints import Endpoint
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,18 @@ class BearerTokens:
         if message != self._trouble:
             log.warning("%s; keeping the tokens in use", message)
             self._trouble = message
+
+
+def guards(
+    name: str, endpoint: Endpoint, auth: BearerAuthConfig | None, auth_key: str, tls: TlsServerConfig | None, tls_key: str,
+) -> tuple[BearerTokens | None, ServerTls | None]:
+    """A listener's token check and TLS, from their config keys (named in problems); tokens
+    checked without TLS are warned about."""
+    tokens = BearerTokens(auth, auth_key) if auth is not None else None
+    server_tls = ServerTls(tls, tls_key) if tls is not None else None
+    if tokens is not None and server_tls is None:
+        warn_if_exposed(name, endpoint)
+    return tokens, server_tls
 
 
 def warn_if_exposed(name: str, endpoint: Endpoint) -> None:

@@ -23,10 +23,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from tailsampler.collector.config import BearerAuthConfig, GrpcReceiverConfig
 from tailsampler.collector.ingest import Ingest
 from tailsampler.collector.metrics import Metrics
-from tailsampler.collector.receive.auth import BearerTokens, warn_if_exposed
+from tailsampler.collector.receive.auth import BearerTokens, guards
 from tailsampler.collector.receive.limits import RETRY_AFTER, InFlight
 from tailsampler.collector.receive.listener import raise_open_files_limit
-from tailsampler.collector.receive.tls import ServerTls
 from tailsampler.common.endpoints import Endpoint
 
 _SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
@@ -38,7 +37,9 @@ def _retry_trailer(message: str, seconds: float) -> tuple[tuple[str, bytes], ...
     detail = any_pb2.Any()
     detail.Pack(info)
     status = status_pb2.Status(code=grpc.StatusCode.UNAVAILABLE.value[0], message=message, details=[detail])
-    return (("grpc-status-details-bin", status.SerializeToString()),)
+    # the status details are where the gRPC spec puts it; the OpenTelemetry SDKs read the bare
+    # RetryInfo trailer as well
+    return (("grpc-status-details-bin", status.SerializeToString()), ("google.rpc.retryinfo-bin", info.SerializeToString()))
 
 
 def _check_bindable(endpoint: Endpoint, reuse_port: bool) -> None:
@@ -79,11 +80,9 @@ class GrpcReceiver:
 
     async def start(self, reuse_port: bool = False) -> None:
         settings = self._settings
-        if self._auth_config is not None:
-            self._auth = BearerTokens(self._auth_config, "receivers.otlp.auth")
-        tls = ServerTls(settings.tls, "receivers.otlp.grpc.tls") if settings.tls else None
-        if self._auth is not None and tls is None:
-            warn_if_exposed("otlp/grpc", settings.endpoint)
+        self._auth, tls = guards(
+            "otlp/grpc", settings.endpoint, self._auth_config, "receivers.otlp.auth", settings.tls, "receivers.otlp.grpc.tls",
+        )
         raise_open_files_limit("otlp/grpc", settings.max_connections)
         _check_bindable(settings.endpoint, reuse_port)
         self._server = grpc.aio.server(
@@ -140,7 +139,7 @@ class GrpcReceiver:
             if not ticket.hold(len(body)):
                 metrics.requests.labels("grpc", "in_flight_limit").inc()
                 await self._busy(context, "too many bytes in flight on this listener; retry later")
-            outcome = await self._ingest.accept(body, "grpc")
+            outcome = await self._ingest.accept(body, "grpc", lambda: _waiting(context))
         finally:
             ticket.release()
         if outcome.status == "invalid":
@@ -155,6 +154,12 @@ class GrpcReceiver:
     @staticmethod
     async def _busy(context: grpc.aio.ServicerContext, message: str) -> None:
         await context.abort(grpc.StatusCode.UNAVAILABLE, message, trailing_metadata=_retry_trailer(message, RETRY_AFTER))
+
+
+def _waiting(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the client still waits: the call is not cancelled and its deadline not past."""
+    remaining = context.time_remaining()
+    return not context.cancelled() and (remaining is None or remaining > 0)
 
 
 def _authorization(context: grpc.aio.ServicerContext) -> str | None:

@@ -18,10 +18,9 @@ from google.rpc import status_pb2
 from tailsampler.collector.config import BearerAuthConfig, HttpReceiverConfig
 from tailsampler.collector.ingest import Ingest, Outcome
 from tailsampler.collector.metrics import Metrics
-from tailsampler.collector.receive.auth import BearerTokens, warn_if_exposed
+from tailsampler.collector.receive.auth import BearerTokens, guards
 from tailsampler.collector.receive.limits import RETRY_AFTER, InFlight
 from tailsampler.collector.receive.listener import HttpListener
-from tailsampler.collector.receive.tls import ServerTls
 from tailsampler.common.otlp_json import JsonDecodeError, request_from_json, to_json
 
 _PROTOBUF = "application/x-protobuf"
@@ -90,11 +89,9 @@ class HttpReceiver:
 
     async def start(self, reuse_port: bool = False) -> None:
         settings = self._settings
-        if self._auth_config is not None:
-            self._auth = BearerTokens(self._auth_config, "receivers.otlp.auth")
-        tls = ServerTls(settings.tls, "receivers.otlp.http.tls") if settings.tls else None
-        if self._auth is not None and tls is None:
-            warn_if_exposed("otlp/http", settings.endpoint)
+        self._auth, tls = guards(
+            "otlp/http", settings.endpoint, self._auth_config, "receivers.otlp.auth", settings.tls, "receivers.otlp.http.tls",
+        )
         app = web.Application(client_max_size=self._max)
         app.router.add_post("/v1/traces", self._export)
         self._listener = HttpListener(
@@ -160,7 +157,7 @@ class HttpReceiver:
                     body = request_from_json(body).SerializeToString()
                 except JsonDecodeError as exc:
                     return self._answer(Outcome.not_a_request(exc), content_type)
-            return self._answer(await self._ingest.accept(body, "http"), content_type)
+            return self._answer(await self._ingest.accept(body, "http", lambda: _waiting(request)), content_type)
         finally:
             ticket.release()
 
@@ -176,3 +173,9 @@ class HttpReceiver:
             retry_after = str(max(1, math.ceil(outcome.retry_after)))
             return error_response(503, _UNAVAILABLE, outcome.message, content_type, {"Retry-After": retry_after})
         return web.Response(status=200, body=_encode(outcome.response(), content_type), content_type=content_type)
+
+
+def _waiting(request: web.Request) -> bool:
+    """Whether the client still waits: its connection is open (HTTP carries no deadline)."""
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
