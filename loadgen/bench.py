@@ -77,6 +77,7 @@ from tailsampler.loadgen.traffic import (
 )
 from tailsampler.loadgen.transport import GrpcTransport
 
+
 @dataclasses.dataclass(frozen=True)
 class _Mode:
     """What one buffer mode runs: its buffer, the layout of its requests, its policies, and
@@ -103,9 +104,9 @@ CLUSTER_AGENTS = 3
 
 
 def attribute_policies(slow_threshold_ms: int) -> list[dict[str, Any]]:
-    """The example policies and two that read attributes: refunds by route, and failed or
-    deleting database statements. The shop's traffic has no refund route and no DELETE, and its
-    failures are kept already, so these keep nothing more: what they add is reading attributes."""
+    """The example policies and two that read attributes: refunds by route, and deleting database
+    statements or server errors. The shop's traffic has no refund route and no DELETE, and its
+    server errors are kept already, so these keep nothing more: what they add is reading attributes."""
     return [
         *example_policies(slow_threshold_ms),
         {"name": "refunds", "type": "string_attribute",
