@@ -15,7 +15,8 @@ Two collectors run per buffer type, one after the other:
 Requests are laid out as an SDK batching concurrent requests sends them: each scope's spans dealt
 out one trace at a time (``loadgen.layout``). Every request carries trace IDs no collector has
 seen (each round and the latency phases have seeds of their own, and each collector, or fleet of
-agents, has a buffer of its own), so no decision cache or pending trace shortcuts the work. End-to-end
+agents, has a buffer of its own, under a key prefix of this run's in Redis), so no decision cache
+or pending trace shortcuts the work. End-to-end
 CPU is counted until every trace sent has been decided and every span of the kept ones has reached
 the sink, polling the admin API over one kept-alive connection. Every process runs with glibc's
 heap thresholds pinned (``processes.MALLOC_PINS``).
@@ -213,6 +214,7 @@ class _Run:
         self._steps = 0
         self._spans = 0
         self.workdir = options.workdir or Path(tempfile.mkdtemp(prefix="tailsampler-bench-"))
+        self.run_id = os.urandom(4).hex()  # in key prefixes: a REDIS_URL server may hold an earlier run's traces
         self.shape = TrafficShape(slow_threshold_s=_SLOW_THRESHOLD_MS / 1000)
         self.payloads: dict[tuple[str, int], list[list[Payload]]] = {}  # by (layout, agents), then round
         self.null_rates: list[float] = []
@@ -325,13 +327,13 @@ class _Run:
             buffer: dict[str, Any] = {"tick": f"{self.options.tick_s}s"}
             redis: RedisServer | RedisCluster | None = cluster
             if buffer_type == "wal":
-                buffer["wal"] = {"dir": str(workdir / "wal"), "fsync": "interval"}
+                buffer["wal"] = {"dir": str(self._wal_dir(name)), "fsync": "interval"}
             elif buffer_type == "redis":
                 redis = await RedisServer(workdir / "redis").start()
                 stack.push_async_callback(redis.stop)
-                buffer.update(type="redis", url=redis.url, key_prefix=f"ts-{name}")  # REDIS_URL may be shared
+                buffer.update(type="redis", url=redis.url, key_prefix=f"ts-{name}-{self.run_id}")
             elif cluster is not None:
-                buffer.update(type="redis", url=cluster.url, cluster=True, key_prefix=f"ts-{name}")
+                buffer.update(type="redis", url=cluster.url, cluster=True, key_prefix=f"ts-{name}-{self.run_id}")
             fleet = _Fleet([], sink, redis)
             for index in range(agents):
                 config = collector_config(endpoint, policies, f"{wait_s}s", f"{after_root_s}s", buffer, **tail_sampling)
@@ -342,6 +344,11 @@ class _Run:
                 stack.push_async_callback(self._stop_collector, agent, collector)
                 fleet.agents.append(collector)
             yield fleet
+
+    def _wal_dir(self, fleet: str) -> Path:
+        """Where a fleet's write-ahead log goes: a directory of this run's, so that a reused
+        ``--workdir`` replays no earlier run's traces or decisions."""
+        return self.workdir / fleet / f"wal-{self.run_id}"
 
     async def _stop_collector(self, name: str, collector: CollectorProcess) -> None:
         await collector.stop(timeout=60.0)
@@ -356,7 +363,7 @@ class _Run:
     ) -> None:
         """Ingest throughput and memory per buffered span, decisions held off."""
         hold = 3600.0
-        wal = self.workdir / f"{mode}-hold" / "wal"  # where _fleet puts the wal mode's log
+        wal = self._wal_dir(f"{mode}-hold")
         async with self._fleet(
             f"{mode}-hold", spec.buffer, [{"name": "all", "type": "always_sample"}], hold, hold,
             drop_pending_traces_on_shutdown=True,

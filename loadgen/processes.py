@@ -298,6 +298,7 @@ class RedisServer(_Child):
             cluster = [] if self.cluster_port is None else [
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-port", str(self.cluster_port)]
+            (self.workdir / "nodes.conf").unlink(missing_ok=True)  # a throwaway node: no earlier cluster
             self._spawn([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                          "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "no", *cluster])
             self.url = f"redis://127.0.0.1:{port}/0"
