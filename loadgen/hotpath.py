@@ -41,41 +41,15 @@ from tailsampler.collector.metrics import Metrics
 from tailsampler.collector.overload import OverloadRelief
 from tailsampler.collector import wire
 from tailsampler.collector.wire import WireSplit
+from tailsampler.loadgen.layout import interleaved
 from tailsampler.loadgen.model import TrafficShape
 from tailsampler.loadgen.processes import example_policies
 from tailsampler.loadgen.traffic import build_payloads
-from tailsampler.common.proto_types import FIELD, FieldSpec, declare
 from tailsampler.policies import Engine, PolicyContext, PolicySpec, RecordingConfig, TraceView, build_engine
 
 _LAYOUT_STAGES = ("parse", "wire-c", "wire-python", "decide", "pipeline", "wal")
 STAGES = (*_LAYOUT_STAGES, *(f"{stage}-interleaved" for stage in _LAYOUT_STAGES))
 _INTERLEAVED = "-interleaved"
-
-# A request with each span as bytes: spans are dealt out again without touching their bytes.
-_SPANS_AS_BYTES = declare("tailsampler.hotpath", [
-    ("ScopeSpans", [FieldSpec(1, "scope", FIELD.TYPE_BYTES), FieldSpec(2, "spans", FIELD.TYPE_BYTES, True),
-                    FieldSpec(3, "schema_url", FIELD.TYPE_BYTES)]),
-    ("ResourceSpans", [FieldSpec(1, "resource", FIELD.TYPE_BYTES), FieldSpec(2, "scope_spans", FIELD.TYPE_MESSAGE, True, "ScopeSpans"),
-                       FieldSpec(3, "schema_url", FIELD.TYPE_BYTES)]),
-    ("Request", [FieldSpec(1, "resource_spans", FIELD.TYPE_MESSAGE, True, "ResourceSpans")]),
-])["Request"]
-
-
-def interleaved(body: bytes) -> bytes:
-    """The request with each scope's spans dealt out one trace at a time (the generator writes
-    each span's trace ID first), every span's bytes unchanged."""
-    request = _SPANS_AS_BYTES.FromString(body)
-    for rs in request.resource_spans:
-        for ss in rs.scope_spans:
-            by_trace: dict[bytes, list[bytes]] = {}
-            for span in ss.spans:
-                by_trace.setdefault(span[2:18], []).append(span)
-            queues = list(by_trace.values())
-            dealt = [queue[i] for i in range(max(map(len, queues), default=0)) for queue in queues if i < len(queue)]
-            del ss.spans[:]
-            ss.spans.extend(dealt)
-    return request.SerializeToString()
-
 
 def _wire_split(core: str) -> Callable[[bytes], WireSplit]:
     if core == "python":

@@ -18,6 +18,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from tailsampler.loadgen.batching import Batcher
 from tailsampler.loadgen.cli import main
+from tailsampler.loadgen.layout import interleaved
 from tailsampler.loadgen.model import SERVICES, TraceGenerator, TrafficShape
 from tailsampler.loadgen.processes import NullServerProcess
 from tailsampler.loadgen.sink import Sink
@@ -114,6 +115,54 @@ def test_requests_hold_batch_spans_grouped_by_service() -> None:
         assert {s.trace_id for s in spans if not s.parent_span_id} == set(payload.roots)
         roots += len(payload.roots)
     assert roots == len({t for p in payloads for t in p.roots})
+
+
+def _scopes(body: bytes) -> list[list[bytes]]:
+    """Each scope's spans, in order, as their serialised bytes."""
+    request = ExportTraceServiceRequest.FromString(body)
+    return [[s.SerializeToString() for s in ss.spans] for rs in request.resource_spans for ss in rs.scope_spans]
+
+
+def _dealt_trace_by_trace(spans: list[bytes]) -> bool:
+    """Whether the first round of a scope's spans holds one span of every trace in it."""
+    traces = [Span.FromString(span).trace_id for span in spans]
+    distinct = len(set(traces))
+    return len(set(traces[:distinct])) == distinct
+
+
+def test_interleaved_requests_deal_each_scopes_spans_out_trace_by_trace() -> None:
+    contiguous = build_payloads(TrafficShape(), 3000, seed=4, layout="contiguous")
+    changed = 0
+    for payload in contiguous:
+        dealt = interleaved(payload.data)
+        assert len(dealt) == len(payload.data)
+        for before, after in zip(_scopes(payload.data), _scopes(dealt)):
+            assert sorted(before) == sorted(after), "the same spans, byte for byte"
+            assert _dealt_trace_by_trace(after)
+            changed += before != after
+    assert changed, "some scope holds spans of several traces"
+    built = build_payloads(TrafficShape(), 3000, seed=4, layout="interleaved")
+    assert [p.roots for p in built] == [p.roots for p in contiguous]
+    assert all(_dealt_trace_by_trace(spans) for p in built for spans in _scopes(p.data))
+    assert not all(_dealt_trace_by_trace(spans) for p in contiguous for spans in _scopes(p.data))
+
+
+def test_requests_for_several_agents_carry_the_same_traces() -> None:
+    one = build_payloads(TrafficShape(), 3000, seed=9)
+    three = build_payloads(TrafficShape(), 3000, seed=9, targets=3)
+    assert {p.target for p in three} == {0, 1, 2}
+    assert sorted(r for p in three for r in p.roots) == sorted(r for p in one for r in p.roots)
+    assert sum(p.spans for p in three) == sum(p.spans for p in one)
+
+
+def test_every_round_of_requests_carries_trace_ids_never_sent_before() -> None:
+    rounds = [{r for p in build_payloads(TrafficShape(), 2000, seed=1000 + n) for r in p.roots} for n in range(3)]
+    assert all(rounds) and len(set.union(*rounds)) == sum(map(len, rounds))
+
+
+def test_an_unknown_layout_is_refused() -> None:
+    with pytest.raises(ValueError, match="layout must be one of interleaved, contiguous, got 'shuffled'"):
+        build_payloads(TrafficShape(), 100, layout="shuffled")
 
 
 def test_otlp_json_has_hex_ids_and_integer_enums() -> None:
