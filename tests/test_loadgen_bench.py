@@ -73,7 +73,7 @@ def test_bench_smoke_produces_a_well_formed_result(tmp_path: Path, capsys: pytes
     assert figures["without_relief_relief_active_share"] == 0 and figures["without_relief_decided_early_share"] > 0
     assert figures["rss_peak_bytes"] >= figures["rss_idle_bytes"] > 0
     targets = result["targets"]
-    assert len(targets) == 11 and all(t["measured"] is not None and t["met"] in (True, False)
+    assert len(targets) == 13 and all(t["measured"] is not None and t["met"] in (True, False)
                                      for t in targets.values())
     assert targets["collector CPU per span, 3 agents (summed) <= 1.15x 1 agent (end to end, Redis Cluster)"][
         "measured"] == cluster["cpu_agents_to_1_agent"]
