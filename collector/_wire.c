@@ -30,6 +30,13 @@ static PyObject *shared_heads;   /* resource head -> the one bytes object for it
 static uint64_t seed0, seed1;    /* keys the trace table's hash against crafted collisions */
 static uint64_t default_salt;    /* FNV-1a 64 of the probabilistic policy's default salt */
 
+/* Whether ``o`` is bytes; if not, a TypeError naming ``what`` is set. */
+static int is_bytes(PyObject *o, const char *what) {
+    if (PyBytes_Check(o)) return 1;
+    PyErr_Format(PyExc_TypeError, "%s must be bytes, not %.100s", what, Py_TYPE(o)->tp_name);
+    return 0;
+}
+
 /* ---- growable arrays ------------------------------------------------------------------- */
 
 typedef struct {
@@ -732,10 +739,7 @@ static void walk_free(Walk *w) {
 
 static PyObject *split(PyObject *module, PyObject *body) {
     (void)module;
-    if (!PyBytes_Check(body)) {
-        PyErr_Format(PyExc_TypeError, "an export request body must be bytes, not %.100s", Py_TYPE(body)->tp_name);
-        return NULL;
-    }
+    if (!is_bytes(body, "an export request body")) return NULL;
     Py_ssize_t size = PyBytes_GET_SIZE(body);
     if (size > MAX_BODY) {
         PyErr_Format(WireError, "request body of %zd bytes is over the %d MiB the wire walk accepts", size, MAX_BODY >> 20);
@@ -779,10 +783,7 @@ static uint64_t get_le(const uint8_t *p, int n) {
 
 static PyObject *merge_facts(PyObject *module, PyObject *records) {
     (void)module;
-    if (!PyBytes_Check(records)) {
-        PyErr_Format(PyExc_TypeError, "facts must be bytes, not %.100s", Py_TYPE(records)->tp_name);
-        return NULL;
-    }
+    if (!is_bytes(records, "facts")) return NULL;
     Py_ssize_t n = PyBytes_GET_SIZE(records);
     const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(records);
     if (n == 0 || n % FACTS_SIZE) {
@@ -882,10 +883,7 @@ static PyObject *chain(PyObject *module, PyObject *fragments) {
 /* A chain back into the trace's bytes and one merged record. */
 static PyObject *unchain(PyObject *module, PyObject *value) {
     (void)module;
-    if (!PyBytes_Check(value)) {
-        PyErr_Format(PyExc_TypeError, "a chain must be bytes, not %.100s", Py_TYPE(value)->tp_name);
-        return NULL;
-    }
+    if (!is_bytes(value, "a chain")) return NULL;
     const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(value), *end = p + PyBytes_GET_SIZE(value);
     Py_ssize_t records = 0, data_len = 0;
     for (const uint8_t *at = p; at < end;) {

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tailsampler.common.framing import varint
 from tests import wire_bodies
 from tests.otlp_layouts import random_body
 from tests.wire_differential import assert_cores_agree
@@ -109,25 +110,16 @@ def test_fuzzed_mutations_of_the_corpus(path: Path, edits: list[tuple[int, int, 
     assert_cores_agree(bytes(data))
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 _NUMBERS = st.sampled_from([0, 1, 2, 3, 4, 7, 8, 11, 15, 16, 100, (1 << 29) - 1])
 _WIRE = st.integers(0, 7)
 
 
 def _field(number: int, wire: int, value: bytes) -> bytes:
-    tag = _varint(number << 3 | wire)
+    tag = varint(number << 3 | wire)
     if wire == 2:
-        return tag + _varint(len(value)) + value
+        return tag + varint(len(value)) + value
     if wire == 3:
-        return tag + value + _varint(number << 3 | 4)
+        return tag + value + varint(number << 3 | 4)
     if wire == 0:
         return tag + (value[:10] or b"\x00")
     return tag + value[: 8 if wire == 1 else 4]
