@@ -191,7 +191,8 @@ class RedisTraceBuffer(TraceBuffer):
         self._failing: set[int] = set()  # shards whose last command failed: probed before a request writes
         self._clock_offset_ms: float | None = None
         self._clock_checked = False  # False after a failure: Redis may be another server now
-        self._held: dict[bytes, tuple[int, int]] = {}
+        self._held: dict[bytes, tuple[int, int, int]] = {}  # trace ID -> shard, claimed length, its fragment bytes
+        self._unread: list[tuple[_Shard, list[bytes], bytes, bytes]] = []  # claims whose values are still to read
         self._renewed_at = 0.0
         self._run_ids: dict[str, str] = {}
         self._held_by_shard = [0] * config.shards
@@ -438,6 +439,9 @@ class RedisTraceBuffer(TraceBuffer):
         candidates = [self._shards[(start + i) % count] for i in range(count)]
         failures: list[object] = []
         async with self._reaching("claim"):
+            if self._unread:  # claims whose values could not be read last time (a slot was moving)
+                unread, self._unread = self._unread, []
+                await self._read_claimed(unread, claimed, failures)
             while candidates and len(claimed) < limit:
                 room = limit - len(claimed)
                 quotas = [room // len(candidates) + (1 if i < room % len(candidates) else 0) for i in range(len(candidates))]
@@ -456,42 +460,75 @@ class RedisTraceBuffer(TraceBuffer):
                     failures.append(exc)  # the traces claimed so far are this agent's: hand them out
                     break
                 candidates = unasked
+                handed: list[tuple[_Shard, list[bytes], bytes, bytes]] = []
                 for (shard, quota), reply in zip(asked, replies):
                     if isinstance(reply, Exception):  # this shard waits for the next claim
                         failures.append(reply)
                         continue
-                    if self._take(shard.index, reply, claimed) == quota:  # type: ignore[arg-type]
+                    ids_hex, reasons, deadlines = reply  # type: ignore[misc]
+                    if ids_hex:
+                        handed.append((shard, _trace_ids(ids_hex), reasons, deadlines))
+                    if len(ids_hex) // 32 == quota:
                         candidates.append(shard)
+                if handed:
+                    await self._read_claimed(handed, claimed, failures)
             self._first_failure("claim", failures, keep=bool(claimed))
         return claimed
 
-    def _take(self, index: int, reply: list[object], into: list[Claimed]) -> int:
-        """The claim script's answer as ``Claimed`` traces; returns how many it handed out."""
-        ids_hex, reasons, deadlines, values = reply
-        if not values:
-            return 0
-        ids = _trace_ids(ids_hex)  # type: ignore[arg-type]
-        lapsed = reasons.count(b"l")  # type: ignore[union-attr]
+    async def _read_claimed(
+        self, handed: list[tuple[_Shard, list[bytes], bytes, bytes]], into: list[Claimed], failures: list[object]
+    ) -> None:
+        """Read the claimed traces' values, one MGET per shard, and hand them out as ``Claimed``.
+        The claims are this agent's from the claim on (renewed, released by ``close``); a shard
+        whose values cannot be read now (its slot started to move after the claim) is read again
+        at the next claim."""
+        for shard, ids, _, _ in handed:
+            self._held.update(zip(ids, repeat((shard.index, -1, -1))))  # held, not yet read
+        values = await self._router.run(
+            [Routed(shard.keys[0], ("MGET", *[shard.prefix + b"s:" + tid.hex().encode() for tid in ids]))
+             for shard, ids, _, _ in handed],
+            self._deadline(),
+        )
+        for (shard, ids, reasons, deadlines), found in zip(handed, values):
+            if isinstance(found, Exception):
+                failures.append(found)
+                self._unread.append((shard, ids, reasons, deadlines))
+                continue
+            self._take(shard.index, ids, reasons, deadlines, found, into)  # type: ignore[arg-type]
+
+    def _take(self, index: int, ids: list[bytes], reasons: bytes, deadlines: bytes, values: list[bytes | None],
+              into: list[Claimed]) -> None:
+        """Claimed traces as ``Claimed``; one whose key is gone or was decided between the claim
+        and the read is left to its lease."""
+        lapsed = reasons.count(b"l")
         if lapsed:
             self._reclaimed.inc(lapsed)
-        early = reasons.count(b"s") + reasons.count(b"o")  # type: ignore[union-attr]
+        early = reasons.count(b"s") + reasons.count(b"o")
         if early:
             self._early_seen[index] = max(0, self._early_seen[index] - early)
-        self._held.update(zip(ids, zip(repeat(index), map(len, values))))  # type: ignore[arg-type]
+        due = list(map(float, deadlines.split(b",")))
+        if not all(value is not None and value[:1] == _CHAIN for value in values):
+            kept = [i for i, value in enumerate(values) if value is not None and value[:1] == _CHAIN]
+            for i in set(range(len(ids))).difference(kept):
+                self._held.pop(ids[i], None)
+            ids, values, due = [ids[i] for i in kept], [values[i] for i in kept], [due[i] for i in kept]
+            reasons = bytes(reasons[i] for i in kept)
+        if not ids:
+            return
         datas, facts = zip(*map(_unchain, ids, values))  # type: ignore[arg-type]
-        into += map(Claimed, ids, datas, facts, map(_REASONS.__getitem__, reasons), map(float, deadlines.split(b",")))  # type: ignore[union-attr]
-        return len(ids)
+        self._held.update(zip(ids, zip(repeat(index), map(len, values), map(len, datas))))  # type: ignore[arg-type]
+        into += map(Claimed, ids, datas, facts, map(_REASONS.__getitem__, reasons), due)
 
     async def settle(self, settlements: list[Settlement], now: float) -> dict[bytes, bytes]:
         """Traces are no longer renewed from here on, even if Redis cannot be reached: their
         leases run out and they are decided again (a duplicate at worst, never a trace stuck
         under a lease that this agent renews forever). When only some shards can be reached,
         what the others returned is returned."""
-        groups: dict[int, list[tuple[Settlement, int]]] = {}
+        groups: dict[int, list[tuple[Settlement, int, int]]] = {}
         pop = self._held.pop
         for settlement, held in zip(settlements, map(pop, map(_TRACE_ID, settlements), repeat(None))):
             if held is not None:
-                groups.setdefault(held[0], []).append((settlement, held[1]))
+                groups.setdefault(held[0], []).append((settlement, held[1], held[2]))
         if not groups:
             return {}
         async with self._reaching("settle"):
@@ -500,11 +537,12 @@ class RedisTraceBuffer(TraceBuffer):
             for index, group in groups.items():
                 shard = self._shards[index]
                 codes: dict[Verdict, int] = {}
-                choices = [codes.setdefault(s.verdict, len(codes)) for s, _ in group]
+                choices = [codes.setdefault(s.verdict, len(codes)) for s, _, _ in group]
                 calls.append(_Call("settle", shard, [
                     fence, shard.prefix, self._kept_ttl_ms, self._dropped_ttl_ms,
-                    b"".join([s.trace_id for s, _ in group]).hex(), ",".join([str(offset) for _, offset in group]),
-                    ",".join(map(str, choices)), *[verdict.encode() for verdict in codes],
+                    b"".join([s.trace_id for s, _, _ in group]).hex(), ",".join([str(length) for _, length, _ in group]),
+                    ",".join([str(size) for _, _, size in group]), ",".join(map(str, choices)),
+                    *[verdict.encode() for verdict in codes],
                 ]))
             replies = await self._run(calls, self._deadline())
             self._first_failure("settle", replies, keep=not all(isinstance(r, Exception) for r in replies))
@@ -589,7 +627,7 @@ class RedisTraceBuffer(TraceBuffer):
 
     async def _renew(self, deadline: float) -> None:
         groups: dict[int, list[str]] = {}
-        for trace_id, (index, _) in self._held.items():
+        for trace_id, (index, _, _) in self._held.items():
             groups.setdefault(index, []).append(trace_id.hex())
         calls = [
             _Call("renew", self._shards[index], [self._shards[index].prefix, deadline, self._hold_ms, *ids])
@@ -600,6 +638,7 @@ class RedisTraceBuffer(TraceBuffer):
 
 
 _BUFFERED, _DECIDED_NOW, _RESCUED = b"012"
+_CHAIN = b"\x01"  # the first byte of a buffered trace's value (redis_common.lua)
 _REASONS = {ord("l"): "deadline", ord("d"): "deadline", ord("s"): "size", ord("o"): "overflow"}
 _SIZE = attrgetter("size")
 _TRACE_ID = itemgetter(0)

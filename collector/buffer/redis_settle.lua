@@ -1,37 +1,41 @@
 -- Record decisions for traces this agent claimed, in the traces' own keys, and return what was
 -- appended after the claim (everything past the length the agent received).
 -- ARGV: fence_ms, prefix, kept_ttl_ms, dropped_ttl_ms (0: do not cache), trace IDs (hex,
---       concatenated), the claimed lengths (comma-separated), each trace's decision as an index
---       into what follows (comma-separated), then the decisions ("1"/"0" + policy).
+--       concatenated), the claimed lengths (comma-separated), the fragment bytes of what was
+--       claimed (comma-separated), each trace's decision as an index into what follows
+--       (comma-separated), then the decisions ("1"/"0" + policy).
 -- Returns {position of a trace (1-based), what was appended to it after the claim, ...} for the
--- traces that have such spans. Each trace's key is written once (SET ... GET, or GETDEL when
--- that decision is not cached); the claims change in one ZREM.
+-- traces that have such spans. A trace's key is compared by its first byte and its length, and
+-- only what followed the claim is read: the claimed chain, kilobytes, never passes through Lua.
+-- The claims change in one ZREM.
 local stale = refuse_if_stale(ARGV[1])
 if stale then return stale end
 local prefix, kept_ttl, dropped_ttl = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local tids = trace_ids(ARGV[5])
-local offsets, choices = {}, {}
+local offsets, sizes, choices = {}, {}, {}
 for n in string.gmatch(ARGV[6], '%d+') do offsets[#offsets + 1] = tonumber(n) end
-for n in string.gmatch(ARGV[7], '%d+') do choices[#choices + 1] = tonumber(n) end
+for n in string.gmatch(ARGV[7], '%d+') do sizes[#sizes + 1] = tonumber(n) end
+for n in string.gmatch(ARGV[8], '%d+') do choices[#choices + 1] = tonumber(n) end
 local out = {}
 local freed = 0  -- bytes of the fragments dropped: one HINCRBY for the call
 for i, tid in ipairs(tids) do
-  local key, decision = trace_key(prefix, tid), ARGV[8 + choices[i]]
+  local key, decision = trace_key(prefix, tid), ARGV[9 + choices[i]]
   local ttl = string.sub(decision, 1, 1) == '1' and kept_ttl or dropped_ttl
-  local old
-  if ttl > 0 then
-    old = redis.call('SET', key, decision, 'PX', ttl, 'GET')
-  else
-    old = redis.call('GETDEL', key)
-  end
-  -- the key held the fragments claimed and what followed, unless it expired (the counters'
+  -- the key holds the fragments claimed and what followed, unless it expired (the counters'
   -- usual drift, reset when the shard empties) or another agent decided it after our lease
-  if old and string.sub(old, 1, 1) == CHAIN then
-    freed = freed + fragment_bytes(old)
-    if #old > offsets[i] then
+  if redis.call('GETRANGE', key, 0, 0) == CHAIN then
+    freed = freed + sizes[i]
+    if redis.call('STRLEN', key) > offsets[i] then
+      local rest = redis.call('GETRANGE', key, offsets[i], -1)
+      freed = freed + fragment_bytes(rest)
       out[#out + 1] = i
-      out[#out + 1] = string.sub(old, offsets[i] + 1)
+      out[#out + 1] = rest
     end
+  end
+  if ttl > 0 then
+    redis.call('SET', key, decision, 'PX', ttl)
+  else
+    redis.call('DEL', key)
   end
 end
 in_bulk('ZREM', claims, tids)
