@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from functools import partial, reduce
 import itertools
 from itertools import compress, count, islice, repeat
-from operator import add, and_, attrgetter, itemgetter, mul, ne, or_, sub
+from operator import add, and_, itemgetter, mul, ne, not_, or_, sub
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
@@ -42,7 +42,7 @@ from google.protobuf.message import DecodeError
 from tailsampler.collector.wire_check import MAX_BODY, first_error
 from tailsampler.collector.wire_errors import WireError
 from tailsampler.common import trace_facts
-from tailsampler.common.framing import LENGTHS, length
+from tailsampler.common.framing import LENGTHS, field, length
 
 CORE = "python"
 _FIELD = descriptor_pb2.FieldDescriptorProto
@@ -124,15 +124,13 @@ _TYPES = _declare("tailsampler.wire", [
     ("IdStatus", [(2, "message", _B, _ONE, ""), (3, "code", _B, _REPEATED, "")]),
     ("IdSpans", _span(_REPEATED, "IdStatus", numbers=(_B, _B))),
     *_envelopes("Id", "IdSpans", _ONE, ""),
-    # the fragments of a canonical request, one ResourceSpans per trace and resource, each with its
-    # spans merged into columns
+    # the scopes of a canonical request's fragments as one ResourceSpans, every span merged into columns
     ("EntryStatus", [(2, "message", _B, _ONE, ""), (3, "code", _I32, _REPEATED, "")]),
     ("EntrySpans", _span(_REPEATED, "EntryStatus", ids=_ONE)),
     ("EntryScopeSpans", [(1, "scope", _B, _ONE, ""), (2, "spans", _M, _ONE, "EntrySpans"), (3, "schema_url", _B, _ONE, "")]),
     ("EntryResourceSpans", [
         (1, "resource", _B, _ONE, ""), (2, "scope_spans", _M, _ONE, "EntryScopeSpans"), (3, "schema_url", _B, _ONE, ""),
     ]),
-    ("EntryRequest", [(1, "resource_spans", _M, _REPEATED, "EntryResourceSpans")]),
     # the spans prefixed with the fact fields' defaults, each holding each one exactly once
     ("CheckedStatus", [(2, "message", _B, _ONE, ""), (3, "code", _I32, _PRESENT, "")]),
     ("CheckedSpan", _span(_PRESENT, "CheckedStatus")),
@@ -142,7 +140,7 @@ _TYPES = _declare("tailsampler.wire", [
     *_envelopes("Column", "ColumnSpans", _ONE, ""),
 ])
 _Located, _Plain, _Ids, _Entries, _Checked, _Columns = (
-    _TYPES[name] for name in ("LocatedRequest", "PlainRequest", "IdRequest", "EntryRequest", "CheckedRequest", "ColumnRequest")
+    _TYPES[name] for name in ("LocatedRequest", "PlainRequest", "IdRequest", "EntryResourceSpans", "CheckedRequest", "ColumnRequest")
 )
 
 # trace_id, span_id, trace_state, parent_span_id empty; start, end 0; status {code: 0}; flags 0
@@ -158,8 +156,12 @@ _CODE_BITS = trace_facts.STATUS_BITS
 _UNSET = _CODE_BITS[0]
 _RECORD = trace_facts.RECORD
 _flatten = itertools.chain.from_iterable
-_ENTRY_SPANS = attrgetter("scope_spans.spans")
-_COLUMNS = attrgetter("parent_span_id", "trace_state", "status.code", "flags", "start_time_unix_nano", "end_time_unix_nano")
+# A scope holding one span that ends an entry's spans in the merged columns: its parent_span_id
+# is empty, which no span of a canonical request's has; the trace's last entry ends with every
+# fact field at its default (trace_state, status code, flags, start, end), ending the trace's
+# values in each column too.
+_ENTRY_END = field(b"\x12", field(b"\x12", b"\x22\x00"))
+_TRACE_END = field(b"\x12", field(b"\x12", _DEFAULTS[4:]))
 merge_facts = trace_facts.merge
 
 
@@ -316,7 +318,7 @@ def _split_canonical(body: bytes, request: _Request) -> Split | None:
     if not ids:
         return {}, 0, refused, {}
     layout = _Layout(request, ids, payloads, scope_of)
-    return (*layout.fragments(_entry_facts_of_fragments(layout)), refused, layout.roots)
+    return (*layout.fragments(*_facts_of_fragments(layout)), refused, layout.roots)
 
 
 def _split_exactly(request: _Request) -> Split:
@@ -333,7 +335,7 @@ def _split_exactly(request: _Request) -> Split:
     if not ids:
         return {}, 0, refused, {}
     layout = _Layout(request, ids, payloads, scope_of)
-    return (*layout.fragments(_entry_facts_of_columns(layout, rows)), refused, layout.roots)
+    return (*layout.fragments(*_facts_of_columns(layout, rows)), refused, layout.roots)
 
 
 def _columns(checked: object, n: int) -> list[list]:
@@ -464,19 +466,21 @@ class _Layout:
         return map(_shared_pieces, map(tags.__getitem__, traces[:-1]), map(joints.__getitem__, map(slice, traces, lasts)),
                    map(scopes.__getitem__, lasts), _spans(heads, traces))
 
-    def fragments(self, entry_facts: Iterable[tuple[int, int, int, int]]) -> tuple[dict[bytes, Fragment], int]:
+    def fragments(self, facts: Iterable[tuple[int, int, int]], entry_roots: list[int]) -> tuple[dict[bytes, Fragment], int]:
         """Each trace's fragment in the order of the traces' first spans in the request, and the
-        spans accepted; ``entry_facts`` are each entry's facts bits, root spans, earliest start
-        and latest end. Root spans are counted by the head of their entry's resource."""
-        bits, roots, starts, ends = map(list, zip(*entry_facts))
-        for head, found in compress(zip(self.entry_heads, roots), roots):
+        spans accepted; ``facts`` are each trace's facts bits but the root's, earliest start
+        and latest end, ``entry_roots`` each entry's root spans. Root spans are counted by the
+        head of their entry's resource."""
+        bits, starts, ends = map(list, zip(*facts))
+        for head, found in compress(zip(self.entry_heads, entry_roots), entry_roots):
             self.roots[head] = self.roots.get(head, 0) + found
         traces, trace_spans = self.traces, self.trace_spans
         trace_ids = _picker(trace_spans[:-1])(self.ids)
+        rooted = map(mul, map(any, _spans(entry_roots, traces)), repeat(trace_facts.ROOT))
         records = map(
-            _RECORD.pack, repeat(trace_facts.FACTS_VERSION), map(reduce, repeat(or_), _spans(bits, traces)), repeat(0),
+            _RECORD.pack, repeat(trace_facts.FACTS_VERSION), map(or_, bits, rooted), repeat(0),
             map(sub, islice(trace_spans, 1, None), trace_spans), map(sum, _spans(self.entry_sizes, traces)),
-            map(min, _spans(starts, traces)), map(max, _spans(ends, traces)), map(fnv1a_64, trace_ids, repeat(_DEFAULT_SALT)),
+            starts, ends, map(fnv1a_64, trace_ids, repeat(_DEFAULT_SALT)),
         )
         fragments = list(map(Fragment, self.pieces(), records))
         first_span = _picker(trace_spans[:-1])(self.order)  # a stable sort keeps each trace's first span first
@@ -505,44 +509,63 @@ def _pieces(tags: list[bytes], heads: list[bytes], scopes: list[bytes]) -> list[
     return pieces
 
 
-def _entry_facts_of_fragments(layout: _Layout) -> Iterator[tuple[int, int, int, int]]:
-    """Each entry's facts from one parse of every fragment, whose entries merge their spans into
-    columns: in a canonical request each fact field occurs at most once per span and never with
-    its default, so a column is shorter than the entry's spans exactly when some span lacks it."""
-    body = b"".join(_flatten(zip(layout.entry_tags, layout.entry_heads, layout.entry_scopes)))
-    entries = _Entries.FromString(body).resource_spans[:]  # type: ignore[attr-defined]
-    return map(_canonical_facts, map(_COLUMNS, map(_ENTRY_SPANS, entries)), layout.entry_counts())
+def _facts_of_fragments(layout: _Layout) -> tuple[Iterator[tuple[int, int, int]], list[int]]:
+    """(each trace's facts, each entry's root spans) from one parse of every entry's scopes, each
+    entry ended by a span that ends its values in the merged columns (``_ENTRY_END``,
+    ``_TRACE_END``): in a canonical request each fact field occurs at most once per span and never
+    with its default, so the values between two ends are one trace's (or, for parent_span_id,
+    one entry's), and they are fewer than its spans exactly when some span lacks the field."""
+    traces, scopes = layout.traces, layout.entry_scopes
+    ends = [_ENTRY_END] * len(scopes)
+    for last in islice(traces, 1, None):
+        ends[last - 1] = _TRACE_END
+    spans = _Entries.FromString(b"".join(_interleave(scopes, ends))).scope_spans.spans  # type: ignore[attr-defined]
+    parents = spans.parent_span_id[:]
+    # an entry's parents are the values between its end and the one before: count minus roots
+    cut = list(compress(count(), map(not_, parents)))
+    entry_roots = list(map(sub, map(add, layout.entry_counts(), repeat(1)), map(sub, cut, [-1, *cut[:-1]])))
+    columns = [_trace_values(column[:]) for column in
+               (spans.trace_state, spans.status.code, spans.flags, spans.start_time_unix_nano, spans.end_time_unix_nano)]
+    trace_spans = layout.trace_spans
+    return map(_canonical_facts, *columns, map(sub, islice(trace_spans, 1, None), trace_spans)), entry_roots
 
 
-def _canonical_facts(columns: tuple, count: int) -> tuple[int, int, int, int]:
-    """(bits, root spans, earliest start, latest end) of an entry's merged columns."""
-    parents, states, codes, flags, starts, ends = columns
-    roots = count - len(parents)
-    bits = (trace_facts.ROOT if roots else 0) | (trace_facts.TRACE_STATE if len(states) else 0)
+def _trace_values(column: list) -> Iterator[list]:
+    """Each trace's values of a column whose traces each end with the field's default."""
+    cut = list(compress(count(), map(not_, column)))
+    return map(column.__getitem__, map(slice, [0, *map(add, cut[:-1], repeat(1))], cut))
+
+
+def _canonical_facts(states: list[bytes], codes: list[int], flags: list[int], starts: list[int], ends: list[int],
+                     count: int) -> tuple[int, int, int]:
+    """(bits but the root's, earliest start, latest end) of a trace's values: none at its default."""
+    bits = trace_facts.TRACE_STATE if states else 0
     if len(codes) < count:
         bits |= _UNSET
-    if len(codes):
-        bits |= reduce(or_, map(_CODE_BITS.get, set(codes[:]), repeat(trace_facts.STATUS_OTHER)))
-    if len(flags) and 1 in map(and_, flags[:], repeat(1)):
+    if codes:
+        bits |= reduce(or_, map(_CODE_BITS.get, set(codes), repeat(trace_facts.STATUS_OTHER)))
+    if flags and 1 in map(and_, flags, repeat(1)):
         bits |= trace_facts.SAMPLED
-    return bits, roots, min(starts[:]) if len(starts) == count else 0, max(ends[:], default=0)
+    return bits, min(starts) if len(starts) == count else 0, max(ends, default=0)
 
 
-def _entry_facts_of_columns(layout: _Layout, rows: list[list]) -> Iterator[tuple[int, int, int, int]]:
-    """Each entry's facts from columns with one value per span, in request order."""
+def _facts_of_columns(layout: _Layout, rows: list[list]) -> tuple[Iterator[tuple[int, int, int]], list[int]]:
+    """(each trace's facts, each entry's root spans) from columns with one value per span, in
+    request order."""
     pick = _picker(layout.order)
-    parents, states, starts, ends, codes, flags = (_spans(pick(row), layout.entry_spans) for row in rows)
-    return map(_exact_facts, parents, states, starts, ends, codes, flags)
+    parents, states, starts, ends, codes, flags = map(pick, rows)
+    entry_roots = list(map(list.count, _spans(parents, layout.entry_spans), repeat(b"")))
+    by_trace = partial(_spans, cuts=layout.trace_spans)
+    return map(_exact_facts, *map(by_trace, (states, starts, ends, codes, flags))), entry_roots
 
 
-def _exact_facts(parents: list[bytes], states: list[bytes], starts: list[int], ends: list[int], codes: list[int],
-                 flags: list[int]) -> tuple[int, int, int, int]:
-    roots = parents.count(b"")
+def _exact_facts(states: list[bytes], starts: list[int], ends: list[int], codes: list[int],
+                 flags: list[int]) -> tuple[int, int, int]:
     bits = reduce(or_, map(_CODE_BITS.get, set(codes), repeat(trace_facts.STATUS_OTHER)))
-    bits |= (trace_facts.ROOT if roots else 0) | (trace_facts.TRACE_STATE if any(states) else 0)
+    bits |= trace_facts.TRACE_STATE if any(states) else 0
     if 1 in map(and_, flags, repeat(1)):
         bits |= trace_facts.SAMPLED
-    return bits, roots, min(starts), max(ends)
+    return bits, min(starts), max(ends)
 
 
 def _picker(indexes: list[int]) -> Callable[[Sequence], list]:
