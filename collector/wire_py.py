@@ -524,14 +524,22 @@ def _facts_of_fragments(layout: _Layout) -> tuple[Iterator[tuple[int, int, int]]
     # an entry's parents are the values between its end and the one before: count minus roots
     cut = list(compress(count(), map(not_, parents)))
     entry_roots = list(map(sub, map(add, layout.entry_counts(), repeat(1)), map(sub, cut, [-1, *cut[:-1]])))
-    columns = [_trace_values(column[:]) for column in
-               (spans.trace_state, spans.status.code, spans.flags, spans.start_time_unix_nano, spans.end_time_unix_nano)]
     trace_spans = layout.trace_spans
+    columns = [_trace_values(column[:], trace_spans) for column in
+               (spans.trace_state, spans.status.code, spans.flags, spans.start_time_unix_nano, spans.end_time_unix_nano)]
     return map(_canonical_facts, *columns, map(sub, islice(trace_spans, 1, None), trace_spans)), entry_roots
 
 
-def _trace_values(column: list) -> Iterator[list]:
-    """Each trace's values of a column whose traces each end with the field's default."""
+def _trace_values(column: list, trace_spans: list[int]) -> Iterable[list]:
+    """Each trace's values of a column whose traces each end with the field's default, where each
+    trace's spans start in ``trace_spans``. A column of no value or one value per span (as
+    usual) is cut where those say; any other where its defaults are."""
+    traces = len(trace_spans) - 1
+    if len(column) == traces:
+        return repeat([], traces)
+    if len(column) == trace_spans[-1] + traces:
+        starts = list(map(add, trace_spans, count()))
+        return map(column.__getitem__, map(slice, starts, map(sub, islice(starts, 1, None), repeat(1))))
     cut = list(compress(count(), map(not_, column)))
     return map(column.__getitem__, map(slice, [0, *map(add, cut[:-1], repeat(1))], cut))
 
