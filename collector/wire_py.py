@@ -5,8 +5,9 @@ step; the per-span work is left to upb and to C passes over columns (``map``, ``
 slices), and Python runs once per trace. For a request as encoders write them (each field once,
 none at its default, the shortest varints: *canonical*):
 
-1. A parse into ``Plain`` types, as OTLP declares the path to the spans, checks the framing and
-   that the request is canonical (its serialization is as long as the body).
+1. A parse into ``Plain`` types, as OTLP declares the path to the spans and the span fields the
+   walk reads, checks the framing and that the request is canonical (its serialization is as
+   long as the body).
 2. A parse into ``Located`` types takes each span, each resource and scope field and each schema
    URL as bytes: each span's bytes and where it sits.
 3. A parse into ``Id`` types, which declare ``resource_spans``, ``scope_spans`` and ``spans``
@@ -14,8 +15,10 @@ none at its default, the shortest varints: *canonical*):
    trace and span IDs, one per span.
 4. A stable sort of the trace ID column groups each trace's spans in request order, and each
    trace's fragment is cut from the spans' bytes and wrapped in its scopes and resources.
-5. One parse of all the fragments, into ``Entry`` types that merge the spans of each ResourceSpans
-   into columns, gives each trace's facts.
+5. One parse of every fragment's scopes, each resource's ended by a span with an empty parent and
+   each trace's by a span with every fact field at its default, merges all the spans into
+   columns in which those ends cut each trace's values (and each resource's parents): each
+   trace's facts.
 
 Any other request goes through the exact split: each span's bytes are prefixed with every fact
 field at its default (``_DEFAULTS``) and the spans parsed as ``Checked`` types whose fact fields
@@ -77,6 +80,7 @@ _UNREAD = [(5, "name", _B), (6, "kind", _V), (9, "attributes", _B), (10, "droppe
 
 
 _LISTS = (9, 11, 13)  # attributes, events, links: repeated in OTLP
+_UNREAD_NUMBERS = {number for number, _, _ in _UNREAD}
 
 
 def _span(label: str, status: str, ids: str = "", lists: str = _ONE, numbers: tuple[int, int] = (_F64, _F32)) -> list[
@@ -118,7 +122,9 @@ _TYPES = _declare("tailsampler.wire", [
     ("LocatedRequest", [(1, "resource_spans", _M, _REPEATED, "LocatedResourceSpans")]),
     # the check: every field on the path to the spans, as OTLP has them (protobuf's rules)
     ("PlainStatus", [(2, "message", _B, _ONE, ""), (3, "code", _I32, _ONE, "")]),
-    ("PlainSpan", _span(_ONE, "PlainStatus", lists=_REPEATED)),
+    # only the span fields the walk reads: upb keeps the others as they came and writes them back in
+    # one piece, where declared it would encode every attribute, event and link again to size them
+    ("PlainSpan", [field for field in _span(_ONE, "PlainStatus") if field[0] not in _UNREAD_NUMBERS]),
     *_envelopes("Plain", "PlainSpan", _REPEATED, _REPEATED),
     # a canonical request's trace and span ID columns, and any length-delimited fact number
     ("IdStatus", [(2, "message", _B, _ONE, ""), (3, "code", _B, _REPEATED, "")]),
