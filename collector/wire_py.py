@@ -74,27 +74,25 @@ def _declare(package: str, messages: Sequence[tuple[str, Sequence[tuple[int, str
     return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.{name}")) for name, _ in messages}
 
 
-# The span fields the walk does not read, declared by wire type so that upb copies none aside.
+# The span fields the walk does not read. The exact split's types, whose spans are messages of their
+# own, declare them by wire type so that upb copies none aside; the types that merge every span
+# into one message, and the canonical check, leave them unknown: upb keeps an unknown field as it
+# came (and writes it back in one piece), which costs those parses less than setting each field.
 _UNREAD = [(5, "name", _B), (6, "kind", _V), (9, "attributes", _B), (10, "dropped_attributes_count", _V),
            (11, "events", _B), (12, "dropped_events_count", _V), (13, "links", _B), (14, "dropped_links_count", _V)]
 
 
-_LISTS = (9, 11, 13)  # attributes, events, links: repeated in OTLP
-_UNREAD_NUMBERS = {number for number, _, _ in _UNREAD}
-
-
-def _span(label: str, status: str, ids: str = "", lists: str = _ONE, numbers: tuple[int, int] = (_F64, _F32)) -> list[
+def _span(label: str, status: str, ids: str = "", unread: bool = False, numbers: tuple[int, int] = (_F64, _F32)) -> list[
     tuple[int, str, int, str, str]
 ]:
     """A span type: the fact fields ``label`` (the IDs ``ids`` when given), the times and flags of
-    the types ``numbers``, the fields the walk does not read singular or, for OTLP's repeated
-    ones, ``lists``."""
+    the types ``numbers``, and with ``unread`` the fields the walk does not read, singular."""
     return [
         (1, "trace_id", _B, ids or label, ""), (2, "span_id", _B, ids or label, ""), (3, "trace_state", _B, label, ""),
         (4, "parent_span_id", _B, label, ""), (7, "start_time_unix_nano", numbers[0], label, ""),
         (8, "end_time_unix_nano", numbers[0], label, ""), (15, "status", _M, _ONE, status),
         (16, "flags", numbers[1], label, ""),
-        *[(number, name, kind, lists if number in _LISTS else _ONE, "") for number, name, kind in _UNREAD],
+        *[(number, name, kind, _ONE, "") for number, name, kind in _UNREAD if unread],
     ]
 
 
@@ -122,9 +120,7 @@ _TYPES = _declare("tailsampler.wire", [
     ("LocatedRequest", [(1, "resource_spans", _M, _REPEATED, "LocatedResourceSpans")]),
     # the check: every field on the path to the spans, as OTLP has them (protobuf's rules)
     ("PlainStatus", [(2, "message", _B, _ONE, ""), (3, "code", _I32, _ONE, "")]),
-    # only the span fields the walk reads: upb keeps the others as they came and writes them back in
-    # one piece, where declared it would encode every attribute, event and link again to size them
-    ("PlainSpan", [field for field in _span(_ONE, "PlainStatus") if field[0] not in _UNREAD_NUMBERS]),
+    ("PlainSpan", _span(_ONE, "PlainStatus")),
     *_envelopes("Plain", "PlainSpan", _REPEATED, _REPEATED),
     # a canonical request's trace and span ID columns, and any length-delimited fact number
     ("IdStatus", [(2, "message", _B, _ONE, ""), (3, "code", _B, _REPEATED, "")]),
@@ -139,10 +135,10 @@ _TYPES = _declare("tailsampler.wire", [
     ]),
     # the spans prefixed with the fact fields' defaults, each holding each one exactly once
     ("CheckedStatus", [(2, "message", _B, _ONE, ""), (3, "code", _I32, _PRESENT, "")]),
-    ("CheckedSpan", _span(_PRESENT, "CheckedStatus")),
+    ("CheckedSpan", _span(_PRESENT, "CheckedStatus", unread=True)),
     *_envelopes("Checked", "CheckedSpan", _REPEATED, ""),
     ("ColumnStatus", [(2, "message", _B, _ONE, ""), (3, "code", _I32, _REPEATED, "")]),
-    ("ColumnSpans", _span(_REPEATED, "ColumnStatus")),
+    ("ColumnSpans", _span(_REPEATED, "ColumnStatus", unread=True)),
     *_envelopes("Column", "ColumnSpans", _ONE, ""),
 ])
 _Located, _Plain, _Ids, _Entries, _Checked, _Columns = (
