@@ -462,11 +462,15 @@ class _Layout:
         tags, heads, scopes, traces = self.entry_tags, self.entry_heads, self.entry_scopes, self.traces
         if not all(heads):
             return map(_pieces, _spans(tags, traces), _spans(heads, traces), _spans(scopes, traces))
-        # every entry ends the own bytes before it: own = tag; scopes + next tag; ...; scopes
-        joints = list(map(add, scopes, islice(tags, 1, None)))
-        lasts = list(map(sub, islice(traces, 1, None), repeat(1)))
-        return map(_shared_pieces, map(tags.__getitem__, traces[:-1]), map(joints.__getitem__, map(slice, traces, lasts)),
-                   map(scopes.__getitem__, lasts), _spans(heads, traces))
+        # each entry's own bytes before its head: its tag after the scopes of the trace's entry
+        # before it; each trace's pieces are then its entries' (own, head) pairs and its last scopes
+        befores = list(map(add, [b"", *scopes[:-1]], tags))
+        for first in islice(traces, 1, len(traces) - 1):
+            befores[first] = tags[first]
+        pairs = _interleave(befores, heads)
+        lasts = map(scopes.__getitem__, map(sub, islice(traces, 1, None), repeat(1)))
+        doubled = list(map(mul, traces, repeat(2)))
+        return map(add, map(pairs.__getitem__, map(slice, doubled, islice(doubled, 1, None))), map(list, zip(lasts)))
 
     def fragments(self, facts: Iterable[tuple[int, int, int]], entry_roots: list[int]) -> tuple[dict[bytes, Fragment], int]:
         """Each trace's fragment in the order of the traces' first spans in the request, and the
@@ -491,10 +495,6 @@ class _Layout:
 
     def entry_counts(self) -> list[int]:
         return list(map(sub, islice(self.entry_spans, 1, None), self.entry_spans))
-
-
-def _shared_pieces(first: bytes, joints: list[bytes], last: bytes, heads: list[bytes]) -> list[bytes]:
-    return _interleave([first, *joints, last], heads)
 
 
 def _pieces(tags: list[bytes], heads: list[bytes], scopes: list[bytes]) -> list[bytes]:
@@ -556,7 +556,7 @@ def _canonical_facts(states: list[bytes], codes: list[int], flags: list[int], st
         bits |= reduce(or_, map(_CODE_BITS.get, set(codes), repeat(trace_facts.STATUS_OTHER)))
     if flags and 1 in map(and_, flags, repeat(1)):
         bits |= trace_facts.SAMPLED
-    return bits, min(starts) if len(starts) == count else 0, max(ends, default=0)
+    return bits, min(starts) if len(starts) == count else 0, max(ends) if ends else 0
 
 
 def _facts_of_columns(layout: _Layout, rows: list[list]) -> tuple[Iterator[tuple[int, int, int]], list[int]]:
