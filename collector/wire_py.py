@@ -156,6 +156,7 @@ _ENTRY_TAGS = [b"\x0a" + v for v in LENGTHS]  # a ResourceSpans' tag and length 
 _PREFIXED = [b"\x12" + length(n + len(_DEFAULTS)) + _DEFAULTS for n in range(_TABLE)]
 _CODE_BITS = trace_facts.STATUS_BITS
 _UNSET = _CODE_BITS[0]
+_TRACE_STATE, _SAMPLED, _OTHER = trace_facts.TRACE_STATE, trace_facts.SAMPLED, trace_facts.STATUS_OTHER
 _RECORD = trace_facts.RECORD
 _flatten = itertools.chain.from_iterable
 # A scope holding one span that ends an entry's spans in the merged columns: its parent_span_id
@@ -180,7 +181,10 @@ _DEFAULT_SALT = fnv1a_64(b"default-hash-seed")
 def _each(table: list[bytes], make: Callable[[int], bytes], lengths: Iterable[int]) -> list[bytes]:
     """``make`` of each length, from ``table`` when every length is within it (as usual)."""
     lengths = list(lengths)
-    return list(map(table.__getitem__, lengths)) if max(lengths, default=0) < _TABLE else list(map(make, lengths))
+    try:
+        return list(map(table.__getitem__, lengths))
+    except IndexError:
+        return list(map(make, lengths))
 
 
 def _span_tag(n: int) -> bytes:
@@ -493,9 +497,6 @@ class _Layout:
         by_first = _picker(sorted(range(len(fragments)), key=first_span.__getitem__))
         return dict(zip(by_first(trace_ids), by_first(fragments))), trace_spans[-1]
 
-    def entry_counts(self) -> list[int]:
-        return list(map(sub, islice(self.entry_spans, 1, None), self.entry_spans))
-
 
 def _pieces(tags: list[bytes], heads: list[bytes], scopes: list[bytes]) -> list[bytes]:
     """A trace's pieces from its entries when some resource has no fields (no head to share)."""
@@ -523,9 +524,11 @@ def _facts_of_fragments(layout: _Layout) -> tuple[Iterator[tuple[int, int, int]]
         ends[last - 1] = _TRACE_END
     spans = _Entries.FromString(b"".join(_interleave(scopes, ends))).scope_spans.spans  # type: ignore[attr-defined]
     parents = spans.parent_span_id[:]
-    # an entry's parents are the values between its end and the one before: count minus roots
-    cut = list(compress(count(), map(not_, parents)))
-    entry_roots = list(map(sub, map(add, layout.entry_counts(), repeat(1)), map(sub, cut, [-1, *cut[:-1]])))
+    # entry i ends at the column's i-th default, after its parents and every earlier entry's
+    # parents and end: the spans up to its end less that is the roots up to its end
+    cut = compress(count(), map(not_, parents))
+    rooted = list(map(sub, map(add, islice(layout.entry_spans, 1, None), count()), cut))
+    entry_roots = list(map(sub, rooted, [0, *rooted[:-1]]))
     trace_spans = layout.trace_spans
     columns = [_trace_values(column[:], trace_spans) for column in
                (spans.trace_state, spans.status.code, spans.flags, spans.start_time_unix_nano, spans.end_time_unix_nano)]
@@ -549,13 +552,13 @@ def _trace_values(column: list, trace_spans: list[int]) -> Iterable[list]:
 def _canonical_facts(states: list[bytes], codes: list[int], flags: list[int], starts: list[int], ends: list[int],
                      count: int) -> tuple[int, int, int]:
     """(bits but the root's, earliest start, latest end) of a trace's values: none at its default."""
-    bits = trace_facts.TRACE_STATE if states else 0
+    bits = _TRACE_STATE if states else 0
     if len(codes) < count:
         bits |= _UNSET
     if codes:
-        bits |= reduce(or_, map(_CODE_BITS.get, set(codes), repeat(trace_facts.STATUS_OTHER)))
+        bits |= reduce(or_, map(_CODE_BITS.get, set(codes), repeat(_OTHER)))
     if flags and 1 in map(and_, flags, repeat(1)):
-        bits |= trace_facts.SAMPLED
+        bits |= _SAMPLED
     return bits, min(starts) if len(starts) == count else 0, max(ends) if ends else 0
 
 
