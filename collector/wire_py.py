@@ -2,8 +2,8 @@
 
 Every span passes through here when the extension is not built, so no span costs an interpreter
 step; the per-span work is left to upb and to C passes over columns (``map``, ``compress``,
-slices), and Python runs once per trace. For a request as encoders write them (each field once,
-none at its default, the shortest varints: *canonical*):
+slices), and Python runs once per trace. For a request as encoders write them (each field the walk
+reads once, none at its default, the shortest varints: *canonical*):
 
 1. A parse into ``Plain`` types, as OTLP declares the path to the spans and the span fields the
    walk reads, checks the framing and that the request is canonical (its serialization is as
@@ -35,7 +35,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial, reduce
-import itertools
 import struct
 from itertools import compress, count, islice, repeat
 from operator import add, and_, itemgetter, mul, ne, not_, or_, sub
@@ -159,7 +158,6 @@ _CODE_BITS = trace_facts.STATUS_BITS
 _UNSET = _CODE_BITS[0]
 _TRACE_STATE, _SAMPLED, _OTHER = trace_facts.TRACE_STATE, trace_facts.SAMPLED, trace_facts.STATUS_OTHER
 _RECORD = trace_facts.RECORD
-_flatten = itertools.chain.from_iterable
 # A scope holding one span that ends an entry's spans in the merged columns: its parent_span_id
 # is empty, which no span of a canonical request's has; the trace's last entry ends with every
 # fact field at its default (trace_state, status code, flags, start, end), ending the trace's
@@ -275,9 +273,10 @@ def split(body: bytes) -> Split:
     """(fragments by trace ID, spans accepted, spans refused, root spans by resource head) of an
     export request body; a body the walk refuses raises ``WireError``.
 
-    A request as encoders write them (each field once, in its shortest form) is split through
-    its ID columns and one parse of the fragments for the facts; any other goes through the
-    parses that give each span exactly one value of each fact field (``split_exactly``)."""
+    A request as encoders write them (each field the walk reads once, in its shortest form) is
+    split through its ID columns and one parse of the fragments for the facts; any other goes
+    through the parses that give each span exactly one value of each fact field
+    (``split_exactly``)."""
     request = _located(body)
     if not request.payloads:
         return {}, 0, 0, {}
@@ -403,7 +402,8 @@ def _valid(trace_id: bytes, span_id: bytes) -> bool:
 class _Request:
     """What the located parse says of a request: each resource's shared head (its resource and
     schema_url fields), each scope's head and resource, every span's bytes and scope; and whether
-    the request is canonical (each field at most once, none at its default, shortest varints)."""
+    the request is canonical (each field the walk reads at most once, none at its default, shortest
+    varints)."""
 
     def __init__(self, located: object, canonical: bool) -> None:
         self.canonical = canonical
