@@ -2,11 +2,12 @@
 
 Every span passes through here when the extension is not built, so no span costs an interpreter
 step; the per-span work is left to upb and to C passes over columns (``map``, ``compress``,
-slices), and Python runs once per trace. For a request as encoders write them (each field once,
-none at its default, the shortest varints: *canonical*):
+slices), and Python runs once per trace. For a request as encoders write them (each field the walk
+reads once, none at its default, the shortest varints: *canonical*):
 
-1. A parse into ``Plain`` types, as OTLP declares the path to the spans, checks the framing and
-   that the request is canonical (its serialization is as long as the body).
+1. A parse into ``Plain`` types, as OTLP declares the path to the spans and the span fields the
+   walk reads, checks the framing and that the request is canonical (its serialization is as
+   long as the body).
 2. A parse into ``Located`` types takes each span, each resource and scope field and each schema
    URL as bytes: each span's bytes and where it sits.
 3. A parse into ``Id`` types, which declare ``resource_spans``, ``scope_spans`` and ``spans``
@@ -14,8 +15,10 @@ none at its default, the shortest varints: *canonical*):
    trace and span IDs, one per span.
 4. A stable sort of the trace ID column groups each trace's spans in request order, and each
    trace's fragment is cut from the spans' bytes and wrapped in its scopes and resources.
-5. One parse of all the fragments, into ``Entry`` types that merge the spans of each ResourceSpans
-   into columns, gives each trace's facts.
+5. One parse of every fragment's scopes, each resource's ended by a span with an empty parent and
+   each trace's by a span with every fact field at its default, merges all the spans into
+   columns in which those ends cut each trace's values (and each resource's parents): each
+   trace's facts.
 
 Any other request goes through the exact split: each span's bytes are prefixed with every fact
 field at its default (``_DEFAULTS``) and the spans parsed as ``Checked`` types whose fact fields
@@ -32,9 +35,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial, reduce
-import itertools
+import struct
 from itertools import compress, count, islice, repeat
-from operator import add, and_, attrgetter, itemgetter, mul, ne, or_, sub
+from operator import add, and_, itemgetter, mul, ne, not_, or_, sub
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
@@ -42,7 +45,7 @@ from google.protobuf.message import DecodeError
 from tailsampler.collector.wire_check import MAX_BODY, first_error
 from tailsampler.collector.wire_errors import WireError
 from tailsampler.common import trace_facts
-from tailsampler.common.framing import LENGTHS, length
+from tailsampler.common.framing import LENGTHS, field, length
 
 CORE = "python"
 _FIELD = descriptor_pb2.FieldDescriptorProto
@@ -71,26 +74,25 @@ def _declare(package: str, messages: Sequence[tuple[str, Sequence[tuple[int, str
     return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.{name}")) for name, _ in messages}
 
 
-# The span fields the walk does not read, declared by wire type so that upb copies none aside.
+# The span fields the walk does not read. The exact split's types, whose spans are messages of their
+# own, declare them by wire type so that upb copies none aside; the types that merge every span
+# into one message, and the canonical check, leave them unknown: upb keeps an unknown field as it
+# came (and writes it back in one piece), which costs those parses less than setting each field.
 _UNREAD = [(5, "name", _B), (6, "kind", _V), (9, "attributes", _B), (10, "dropped_attributes_count", _V),
            (11, "events", _B), (12, "dropped_events_count", _V), (13, "links", _B), (14, "dropped_links_count", _V)]
 
 
-_LISTS = (9, 11, 13)  # attributes, events, links: repeated in OTLP
-
-
-def _span(label: str, status: str, ids: str = "", lists: str = _ONE, numbers: tuple[int, int] = (_F64, _F32)) -> list[
+def _span(label: str, status: str, ids: str = "", unread: bool = False, numbers: tuple[int, int] = (_F64, _F32)) -> list[
     tuple[int, str, int, str, str]
 ]:
     """A span type: the fact fields ``label`` (the IDs ``ids`` when given), the times and flags of
-    the types ``numbers``, the fields the walk does not read singular or, for OTLP's repeated
-    ones, ``lists``."""
+    the types ``numbers``, and with ``unread`` the fields the walk does not read, singular."""
     return [
         (1, "trace_id", _B, ids or label, ""), (2, "span_id", _B, ids or label, ""), (3, "trace_state", _B, label, ""),
         (4, "parent_span_id", _B, label, ""), (7, "start_time_unix_nano", numbers[0], label, ""),
         (8, "end_time_unix_nano", numbers[0], label, ""), (15, "status", _M, _ONE, status),
         (16, "flags", numbers[1], label, ""),
-        *[(number, name, kind, lists if number in _LISTS else _ONE, "") for number, name, kind in _UNREAD],
+        *[(number, name, kind, _ONE, "") for number, name, kind in _UNREAD if unread],
     ]
 
 
@@ -118,31 +120,29 @@ _TYPES = _declare("tailsampler.wire", [
     ("LocatedRequest", [(1, "resource_spans", _M, _REPEATED, "LocatedResourceSpans")]),
     # the check: every field on the path to the spans, as OTLP has them (protobuf's rules)
     ("PlainStatus", [(2, "message", _B, _ONE, ""), (3, "code", _I32, _ONE, "")]),
-    ("PlainSpan", _span(_ONE, "PlainStatus", lists=_REPEATED)),
+    ("PlainSpan", _span(_ONE, "PlainStatus")),
     *_envelopes("Plain", "PlainSpan", _REPEATED, _REPEATED),
     # a canonical request's trace and span ID columns, and any length-delimited fact number
     ("IdStatus", [(2, "message", _B, _ONE, ""), (3, "code", _B, _REPEATED, "")]),
     ("IdSpans", _span(_REPEATED, "IdStatus", numbers=(_B, _B))),
     *_envelopes("Id", "IdSpans", _ONE, ""),
-    # the fragments of a canonical request, one ResourceSpans per trace and resource, each with its
-    # spans merged into columns
+    # the scopes of a canonical request's fragments as one ResourceSpans, every span merged into columns
     ("EntryStatus", [(2, "message", _B, _ONE, ""), (3, "code", _I32, _REPEATED, "")]),
     ("EntrySpans", _span(_REPEATED, "EntryStatus", ids=_ONE)),
     ("EntryScopeSpans", [(1, "scope", _B, _ONE, ""), (2, "spans", _M, _ONE, "EntrySpans"), (3, "schema_url", _B, _ONE, "")]),
     ("EntryResourceSpans", [
         (1, "resource", _B, _ONE, ""), (2, "scope_spans", _M, _ONE, "EntryScopeSpans"), (3, "schema_url", _B, _ONE, ""),
     ]),
-    ("EntryRequest", [(1, "resource_spans", _M, _REPEATED, "EntryResourceSpans")]),
     # the spans prefixed with the fact fields' defaults, each holding each one exactly once
     ("CheckedStatus", [(2, "message", _B, _ONE, ""), (3, "code", _I32, _PRESENT, "")]),
-    ("CheckedSpan", _span(_PRESENT, "CheckedStatus")),
+    ("CheckedSpan", _span(_PRESENT, "CheckedStatus", unread=True)),
     *_envelopes("Checked", "CheckedSpan", _REPEATED, ""),
     ("ColumnStatus", [(2, "message", _B, _ONE, ""), (3, "code", _I32, _REPEATED, "")]),
-    ("ColumnSpans", _span(_REPEATED, "ColumnStatus")),
+    ("ColumnSpans", _span(_REPEATED, "ColumnStatus", unread=True)),
     *_envelopes("Column", "ColumnSpans", _ONE, ""),
 ])
 _Located, _Plain, _Ids, _Entries, _Checked, _Columns = (
-    _TYPES[name] for name in ("LocatedRequest", "PlainRequest", "IdRequest", "EntryRequest", "CheckedRequest", "ColumnRequest")
+    _TYPES[name] for name in ("LocatedRequest", "PlainRequest", "IdRequest", "EntryResourceSpans", "CheckedRequest", "ColumnRequest")
 )
 
 # trace_id, span_id, trace_state, parent_span_id empty; start, end 0; status {code: 0}; flags 0
@@ -156,10 +156,14 @@ _ENTRY_TAGS = [b"\x0a" + v for v in LENGTHS]  # a ResourceSpans' tag and length 
 _PREFIXED = [b"\x12" + length(n + len(_DEFAULTS)) + _DEFAULTS for n in range(_TABLE)]
 _CODE_BITS = trace_facts.STATUS_BITS
 _UNSET = _CODE_BITS[0]
+_TRACE_STATE, _SAMPLED, _OTHER = trace_facts.TRACE_STATE, trace_facts.SAMPLED, trace_facts.STATUS_OTHER
 _RECORD = trace_facts.RECORD
-_flatten = itertools.chain.from_iterable
-_ENTRY_SPANS = attrgetter("scope_spans.spans")
-_COLUMNS = attrgetter("parent_span_id", "trace_state", "status.code", "flags", "start_time_unix_nano", "end_time_unix_nano")
+# A scope holding one span that ends an entry's spans in the merged columns: its parent_span_id
+# is empty, which no span of a canonical request's has; the trace's last entry ends with every
+# fact field at its default (trace_state, status code, flags, start, end), ending the trace's
+# values in each column too.
+_ENTRY_END = field(b"\x12", field(b"\x12", b"\x22\x00"))
+_TRACE_END = field(b"\x12", field(b"\x12", _DEFAULTS[4:]))
 merge_facts = trace_facts.merge
 
 
@@ -172,11 +176,40 @@ def fnv1a_64(data: bytes, state: int = 0xCBF29CE484222325) -> int:
 
 _DEFAULT_SALT = fnv1a_64(b"default-hash-seed")
 
+# FNV-1a of many 16-byte IDs at once, one lane of a few big integers per ID. XOR with a byte adds
+# d = (low ^ byte) - low to the state, where low is its low byte, so after 16 bytes the state is
+# salt * P**16 + sum(d_k * P**(16 - k)) mod 2**64 (Horner's rule over the d_k), and the low bytes
+# follow one another alone: low' = ((low ^ byte) * P) mod 256. Each d_k is kept positive in its
+# lane as d_k + 256, and the sum of those 256s taken off once at the end.
+_LANE = 14  # bytes per ID: a lane holds (a 64-bit state + 511) * P, below 2**112
+_LANE_UNIT = b"\x01" + bytes(_LANE - 1)
+_LANE_STATE = struct.Struct(f"<Q{_LANE - 8}x")
+_HASH_BASE = (_DEFAULT_SALT * pow(_FNV_PRIME, 16, 1 << 64) - 256 * sum(pow(_FNV_PRIME, k, 1 << 64) for k in range(1, 17))) & _MASK64
+
+
+def _default_salt_hashes(trace_ids: list[bytes]) -> Iterator[int]:
+    """``fnv1a_64(trace_id, _DEFAULT_SALT)`` of each 16-byte ID, in 16 steps of big-integer
+    operations over all the IDs rather than 16 interpreter steps per ID."""
+    unit = int.from_bytes(_LANE_UNIT * len(trace_ids), "little")
+    lows, states = 0xFF * unit, _MASK64 * unit
+    joined, lane = b"".join(trace_ids), bytearray(_LANE * len(trace_ids))
+    low, total = (_DEFAULT_SALT & 0xFF) * unit, 0
+    for k in range(16):
+        lane[::_LANE] = joined[k::16]
+        xored = low ^ int.from_bytes(lane, "little")
+        total = ((total + xored + 256 * unit - low) * _FNV_PRIME) & states
+        low = (xored * (_FNV_PRIME & 0xFF)) & lows
+    lanes = _LANE_STATE.iter_unpack(total.to_bytes(_LANE * len(trace_ids), "little"))
+    return map(and_, map(add, map(itemgetter(0), lanes), repeat(_HASH_BASE)), repeat(_MASK64))
+
 
 def _each(table: list[bytes], make: Callable[[int], bytes], lengths: Iterable[int]) -> list[bytes]:
     """``make`` of each length, from ``table`` when every length is within it (as usual)."""
     lengths = list(lengths)
-    return list(map(table.__getitem__, lengths)) if max(lengths, default=0) < _TABLE else list(map(make, lengths))
+    try:
+        return list(map(table.__getitem__, lengths))
+    except IndexError:
+        return list(map(make, lengths))
 
 
 def _span_tag(n: int) -> bytes:
@@ -240,9 +273,10 @@ def split(body: bytes) -> Split:
     """(fragments by trace ID, spans accepted, spans refused, root spans by resource head) of an
     export request body; a body the walk refuses raises ``WireError``.
 
-    A request as encoders write them (each field once, in its shortest form) is split through
-    its ID columns and one parse of the fragments for the facts; any other goes through the
-    parses that give each span exactly one value of each fact field (``split_exactly``)."""
+    A request as encoders write them (each field the walk reads once, in its shortest form) is
+    split through its ID columns and one parse of the fragments for the facts; any other goes
+    through the parses that give each span exactly one value of each fact field
+    (``split_exactly``)."""
     request = _located(body)
     if not request.payloads:
         return {}, 0, 0, {}
@@ -316,7 +350,7 @@ def _split_canonical(body: bytes, request: _Request) -> Split | None:
     if not ids:
         return {}, 0, refused, {}
     layout = _Layout(request, ids, payloads, scope_of)
-    return (*layout.fragments(_entry_facts_of_fragments(layout)), refused, layout.roots)
+    return (*layout.fragments(*_facts_of_fragments(layout)), refused, layout.roots)
 
 
 def _split_exactly(request: _Request) -> Split:
@@ -333,7 +367,7 @@ def _split_exactly(request: _Request) -> Split:
     if not ids:
         return {}, 0, refused, {}
     layout = _Layout(request, ids, payloads, scope_of)
-    return (*layout.fragments(_entry_facts_of_columns(layout, rows)), refused, layout.roots)
+    return (*layout.fragments(*_facts_of_columns(layout, rows)), refused, layout.roots)
 
 
 def _columns(checked: object, n: int) -> list[list]:
@@ -368,7 +402,8 @@ def _valid(trace_id: bytes, span_id: bytes) -> bool:
 class _Request:
     """What the located parse says of a request: each resource's shared head (its resource and
     schema_url fields), each scope's head and resource, every span's bytes and scope; and whether
-    the request is canonical (each field at most once, none at its default, shortest varints)."""
+    the request is canonical (each field the walk reads at most once, none at its default, shortest
+    varints)."""
 
     def __init__(self, located: object, canonical: bool) -> None:
         self.canonical = canonical
@@ -430,26 +465,28 @@ class _Layout:
         # runs of one trace and one scope: a ScopeSpans each, its fields first
         groups = _cuts(ids, scope_of)
         starts = groups[:-1]
-        group_scope = _picker(starts)(scope_of)
+        by_group = _picker(starts)
+        group_scope = by_group(scope_of)
         bodies = list(map(b"".join, map(parts.__getitem__, map(slice, map(mul, starts, repeat(2)), map(mul, groups[1:], repeat(2))))))
-        scope_heads = _picker(group_scope)(request.scope_heads)
+        by_scope = _picker(group_scope)
+        scope_heads = by_scope(request.scope_heads)
         scopes = list(map(add, map(add, _each(_SPAN_TAGS, _span_tag, map(add, map(len, scope_heads), map(len, bodies))),
                                    scope_heads), bodies))
         # runs of groups of one trace and one resource: an entry each
-        group_ids = _picker(starts)(ids)
-        group_resource = _picker(group_scope)(request.scope_resource)
+        group_ids = by_group(ids)
+        group_resource = by_scope(request.scope_resource)
         entries = _cuts(group_ids, group_resource)
         if len(entries) != len(groups):  # a trace with spans under several scopes of one resource
             scopes = list(map(b"".join, _spans(scopes, entries)))
-        entry_starts = entries[:-1]
-        self.entry_spans = _picker(entry_starts)(starts) + [len(ids)]  # where each entry's spans start
-        self.entry_heads = heads = _picker(_picker(entry_starts)(group_resource))(request.heads)
+        by_entry = _picker(entries[:-1])
+        self.entry_spans = by_entry(starts) + [len(ids)]  # where each entry's spans start
+        self.entry_heads = heads = _picker(by_entry(group_resource))(request.heads)
         inner = list(map(add, map(len, heads), map(len, scopes)))
         tags = _each(_ENTRY_TAGS, _entry_tag, inner)
         self.entry_sizes = list(map(add, map(len, tags), inner))
         self.entry_tags, self.entry_scopes = tags, scopes
         # traces: runs of entries of one trace
-        self.traces = traces = _cuts(_picker(entry_starts)(group_ids))
+        self.traces = traces = _cuts(by_entry(group_ids))
         self.trace_spans = _picker(traces)(self.entry_spans)  # where each trace's spans start, and the end
         self.roots: dict[bytes, int] = {}
 
@@ -458,37 +495,37 @@ class _Layout:
         tags, heads, scopes, traces = self.entry_tags, self.entry_heads, self.entry_scopes, self.traces
         if not all(heads):
             return map(_pieces, _spans(tags, traces), _spans(heads, traces), _spans(scopes, traces))
-        # every entry ends the own bytes before it: own = tag; scopes + next tag; ...; scopes
-        joints = list(map(add, scopes, islice(tags, 1, None)))
-        lasts = list(map(sub, islice(traces, 1, None), repeat(1)))
-        return map(_shared_pieces, map(tags.__getitem__, traces[:-1]), map(joints.__getitem__, map(slice, traces, lasts)),
-                   map(scopes.__getitem__, lasts), _spans(heads, traces))
+        # each entry's own bytes before its head: its tag after the scopes of the trace's entry
+        # before it; each trace's pieces are then its entries' (own, head) pairs and its last scopes
+        befores = list(map(add, [b"", *scopes[:-1]], tags))
+        for first in islice(traces, 1, len(traces) - 1):
+            befores[first] = tags[first]
+        pairs = _interleave(befores, heads)
+        lasts = map(scopes.__getitem__, map(sub, islice(traces, 1, None), repeat(1)))
+        doubled = list(map(mul, traces, repeat(2)))
+        return map(add, map(pairs.__getitem__, map(slice, doubled, islice(doubled, 1, None))), map(list, zip(lasts)))
 
-    def fragments(self, entry_facts: Iterable[tuple[int, int, int, int]]) -> tuple[dict[bytes, Fragment], int]:
+    def fragments(self, facts: Iterable[tuple[int, int, int]], entry_roots: list[int]) -> tuple[dict[bytes, Fragment], int]:
         """Each trace's fragment in the order of the traces' first spans in the request, and the
-        spans accepted; ``entry_facts`` are each entry's facts bits, root spans, earliest start
-        and latest end. Root spans are counted by the head of their entry's resource."""
-        bits, roots, starts, ends = map(list, zip(*entry_facts))
-        for head, found in compress(zip(self.entry_heads, roots), roots):
+        spans accepted; ``facts`` are each trace's facts bits but the root's, earliest start
+        and latest end, ``entry_roots`` each entry's root spans. Root spans are counted by the
+        head of their entry's resource."""
+        bits, starts, ends = map(list, zip(*facts))
+        for head, found in compress(zip(self.entry_heads, entry_roots), entry_roots):
             self.roots[head] = self.roots.get(head, 0) + found
         traces, trace_spans = self.traces, self.trace_spans
-        trace_ids = _picker(trace_spans[:-1])(self.ids)
+        by_trace = _picker(trace_spans[:-1])
+        trace_ids = by_trace(self.ids)
+        rooted = map(mul, map(any, _spans(entry_roots, traces)), repeat(trace_facts.ROOT))
         records = map(
-            _RECORD.pack, repeat(trace_facts.FACTS_VERSION), map(reduce, repeat(or_), _spans(bits, traces)), repeat(0),
+            _RECORD.pack, repeat(trace_facts.FACTS_VERSION), map(or_, bits, rooted), repeat(0),
             map(sub, islice(trace_spans, 1, None), trace_spans), map(sum, _spans(self.entry_sizes, traces)),
-            map(min, _spans(starts, traces)), map(max, _spans(ends, traces)), map(fnv1a_64, trace_ids, repeat(_DEFAULT_SALT)),
+            starts, ends, _default_salt_hashes(trace_ids),
         )
         fragments = list(map(Fragment, self.pieces(), records))
-        first_span = _picker(trace_spans[:-1])(self.order)  # a stable sort keeps each trace's first span first
+        first_span = by_trace(self.order)  # a stable sort keeps each trace's first span first
         by_first = _picker(sorted(range(len(fragments)), key=first_span.__getitem__))
         return dict(zip(by_first(trace_ids), by_first(fragments))), trace_spans[-1]
-
-    def entry_counts(self) -> list[int]:
-        return list(map(sub, islice(self.entry_spans, 1, None), self.entry_spans))
-
-
-def _shared_pieces(first: bytes, joints: list[bytes], last: bytes, heads: list[bytes]) -> list[bytes]:
-    return _interleave([first, *joints, last], heads)
 
 
 def _pieces(tags: list[bytes], heads: list[bytes], scopes: list[bytes]) -> list[bytes]:
@@ -505,44 +542,73 @@ def _pieces(tags: list[bytes], heads: list[bytes], scopes: list[bytes]) -> list[
     return pieces
 
 
-def _entry_facts_of_fragments(layout: _Layout) -> Iterator[tuple[int, int, int, int]]:
-    """Each entry's facts from one parse of every fragment, whose entries merge their spans into
-    columns: in a canonical request each fact field occurs at most once per span and never with
-    its default, so a column is shorter than the entry's spans exactly when some span lacks it."""
-    body = b"".join(_flatten(zip(layout.entry_tags, layout.entry_heads, layout.entry_scopes)))
-    entries = _Entries.FromString(body).resource_spans[:]  # type: ignore[attr-defined]
-    return map(_canonical_facts, map(_COLUMNS, map(_ENTRY_SPANS, entries)), layout.entry_counts())
+def _facts_of_fragments(layout: _Layout) -> tuple[Iterator[tuple[int, int, int]], list[int]]:
+    """(each trace's facts, each entry's root spans) from one parse of every entry's scopes, each
+    entry ended by a span that ends its values in the merged columns (``_ENTRY_END``,
+    ``_TRACE_END``): in a canonical request each fact field occurs at most once per span and never
+    with its default, so the values between two ends are one trace's (or, for parent_span_id,
+    one entry's), and they are fewer than its spans exactly when some span lacks the field."""
+    traces, scopes = layout.traces, layout.entry_scopes
+    ends = [_ENTRY_END] * len(scopes)
+    for last in islice(traces, 1, None):
+        ends[last - 1] = _TRACE_END
+    spans = _Entries.FromString(b"".join(_interleave(scopes, ends))).scope_spans.spans  # type: ignore[attr-defined]
+    parents = spans.parent_span_id[:]
+    # entry i ends at the column's i-th default, after its parents and every earlier entry's
+    # parents and end: the spans up to its end less that is the roots up to its end
+    cut = compress(count(), map(not_, parents))
+    rooted = list(map(sub, map(add, islice(layout.entry_spans, 1, None), count()), cut))
+    entry_roots = list(map(sub, rooted, [0, *rooted[:-1]]))
+    trace_spans = layout.trace_spans
+    columns = [_trace_values(column[:], trace_spans) for column in
+               (spans.trace_state, spans.status.code, spans.flags, spans.start_time_unix_nano, spans.end_time_unix_nano)]
+    return map(_canonical_facts, *columns, map(sub, islice(trace_spans, 1, None), trace_spans)), entry_roots
 
 
-def _canonical_facts(columns: tuple, count: int) -> tuple[int, int, int, int]:
-    """(bits, root spans, earliest start, latest end) of an entry's merged columns."""
-    parents, states, codes, flags, starts, ends = columns
-    roots = count - len(parents)
-    bits = (trace_facts.ROOT if roots else 0) | (trace_facts.TRACE_STATE if len(states) else 0)
+def _trace_values(column: list, trace_spans: list[int]) -> Iterable[list]:
+    """Each trace's values of a column whose traces each end with the field's default, where each
+    trace's spans start in ``trace_spans``. A column of no value or one value per span (as
+    usual) is cut where those say; any other where its defaults are."""
+    traces = len(trace_spans) - 1
+    if len(column) == traces:
+        return repeat([], traces)
+    if len(column) == trace_spans[-1] + traces:
+        starts = list(map(add, trace_spans, count()))
+        return map(column.__getitem__, map(slice, starts, map(sub, islice(starts, 1, None), repeat(1))))
+    cut = list(compress(count(), map(not_, column)))
+    return map(column.__getitem__, map(slice, [0, *map(add, cut[:-1], repeat(1))], cut))
+
+
+def _canonical_facts(states: list[bytes], codes: list[int], flags: list[int], starts: list[int], ends: list[int],
+                     count: int) -> tuple[int, int, int]:
+    """(bits but the root's, earliest start, latest end) of a trace's values: none at its default."""
+    bits = _TRACE_STATE if states else 0
     if len(codes) < count:
         bits |= _UNSET
-    if len(codes):
-        bits |= reduce(or_, map(_CODE_BITS.get, set(codes[:]), repeat(trace_facts.STATUS_OTHER)))
-    if len(flags) and 1 in map(and_, flags[:], repeat(1)):
-        bits |= trace_facts.SAMPLED
-    return bits, roots, min(starts[:]) if len(starts) == count else 0, max(ends[:], default=0)
+    if codes:
+        bits |= reduce(or_, map(_CODE_BITS.get, set(codes), repeat(_OTHER)))
+    if flags and 1 in map(and_, flags, repeat(1)):
+        bits |= _SAMPLED
+    return bits, min(starts) if len(starts) == count else 0, max(ends) if ends else 0
 
 
-def _entry_facts_of_columns(layout: _Layout, rows: list[list]) -> Iterator[tuple[int, int, int, int]]:
-    """Each entry's facts from columns with one value per span, in request order."""
+def _facts_of_columns(layout: _Layout, rows: list[list]) -> tuple[Iterator[tuple[int, int, int]], list[int]]:
+    """(each trace's facts, each entry's root spans) from columns with one value per span, in
+    request order."""
     pick = _picker(layout.order)
-    parents, states, starts, ends, codes, flags = (_spans(pick(row), layout.entry_spans) for row in rows)
-    return map(_exact_facts, parents, states, starts, ends, codes, flags)
+    parents, states, starts, ends, codes, flags = map(pick, rows)
+    entry_roots = list(map(list.count, _spans(parents, layout.entry_spans), repeat(b"")))
+    by_trace = partial(_spans, cuts=layout.trace_spans)
+    return map(_exact_facts, *map(by_trace, (states, starts, ends, codes, flags))), entry_roots
 
 
-def _exact_facts(parents: list[bytes], states: list[bytes], starts: list[int], ends: list[int], codes: list[int],
-                 flags: list[int]) -> tuple[int, int, int, int]:
-    roots = parents.count(b"")
+def _exact_facts(states: list[bytes], starts: list[int], ends: list[int], codes: list[int],
+                 flags: list[int]) -> tuple[int, int, int]:
     bits = reduce(or_, map(_CODE_BITS.get, set(codes), repeat(trace_facts.STATUS_OTHER)))
-    bits |= (trace_facts.ROOT if roots else 0) | (trace_facts.TRACE_STATE if any(states) else 0)
+    bits |= trace_facts.TRACE_STATE if any(states) else 0
     if 1 in map(and_, flags, repeat(1)):
         bits |= trace_facts.SAMPLED
-    return bits, roots, min(starts), max(ends)
+    return bits, min(starts), max(ends)
 
 
 def _picker(indexes: list[int]) -> Callable[[Sequence], list]:
