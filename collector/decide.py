@@ -131,7 +131,7 @@ class DecisionLoop:
     def _evaluate(self, claimed: Claimed) -> tuple[Verdict, dict[str, Decision], int]:
         """The verdict, every policy's vote and the span count."""
         try:
-            view = TraceView(claimed.trace_id, claimed.data)
+            view = TraceView(claimed.trace_id, claimed.data, claimed.facts)
             evaluation = self.engine.decide(view)
             return evaluation.verdict, evaluation.votes, view.span_count
         except Exception as exc:

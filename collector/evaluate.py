@@ -23,7 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from tailsampler.collector.config import load_config
 from tailsampler.common.errors import ConfigError
 from tailsampler.common.otlp_json import JsonDecodeError, request_from_json
-from tailsampler.collector.split import split_request
+from tailsampler.collector import wire
 from tailsampler.policies import Evaluation, PolicyContext, TraceView, build_engine
 
 
@@ -58,15 +58,21 @@ def read_requests(path: Path) -> Iterator[ExportTraceServiceRequest]:
 
 def collect_traces(paths: list[Path]) -> tuple[list[TraceView], int]:
     """Every trace in ``paths`` (in the order they end) and the number of spans refused for bad IDs."""
-    fragments: dict[bytes, list[bytes]] = {}
+    fragments: dict[bytes, list[wire.Fragment]] = {}
     rejected = 0
     for path in paths:
         for request in read_requests(path):
-            split = split_request(request)
+            try:
+                split = wire.split(request.SerializeToString())
+            except wire.WireError as exc:  # nesting upb parsed but the wire walk refuses
+                raise InputError(f"{path}: {exc}") from None
             rejected += split.rejected_spans
             for trace_id, fragment in split.fragments.items():
-                fragments.setdefault(trace_id, []).append(fragment.data)
-    traces = [TraceView(trace_id, b"".join(parts)) for trace_id, parts in fragments.items()]
+                fragments.setdefault(trace_id, []).append(fragment)
+    traces = [
+        TraceView(trace_id, b"".join(f.data for f in parts), wire.merge_facts(b"".join(f.facts for f in parts)))
+        for trace_id, parts in fragments.items()
+    ]
     traces.sort(key=lambda t: (t.end_time_unix_nano, t.trace_id))
     return traces, rejected
 

@@ -1,7 +1,7 @@
 """The fleet's view: what each agent publishes beside its counters, and how agents add up.
 
 Every agent publishes its lifetime counters, a few facts about itself (``agent``: its name, admin
-address, uptime, exporters) and its recent intervals (``history``, bounded: ``PUBLISHED``). Any
+address, uptime, exporters, which wire core it runs) and its recent intervals (``history``, bounded: ``PUBLISHED``). Any
 agent answers for the fleet by adding up what the live agents published: counters key by key,
 intervals by their start, which every agent aligns on the wall clock.
 """
@@ -13,6 +13,7 @@ import socket
 import time
 from typing import Any
 
+from tailsampler.collector import wire
 from tailsampler.collector.history import PUBLISHED, add_up, decode, extent_of
 from tailsampler.collector.stats import StatsQuery, merge, window_stats
 from tailsampler.storage import Exporter
@@ -21,7 +22,8 @@ AGENT_NAME = f"{socket.gethostname()}/{os.getpid()}"
 
 
 def agent_facts(admin: str, started: float, exporters: list[Exporter], now: float, config_hash: str) -> dict[str, Any]:
-    """Who this agent is, which config it runs, and how its exporters are doing (queues, circuits)."""
+    """Who this agent is, which config and wire core it runs, and how its exporters are doing
+    (queues, circuits)."""
     states = {}
     for exporter in exporters:
         healthy, info = exporter.health()
@@ -33,6 +35,7 @@ def agent_facts(admin: str, started: float, exporters: list[Exporter], now: floa
         "started": started,
         "uptime_seconds": round(now - started, 3),
         "exporters": states,
+        "core": wire.CORE,
     }
 
 

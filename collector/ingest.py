@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from tailsampler.collector.buffer import BufferFull, BufferUnavailable, Settlement, TraceBuffer
@@ -28,7 +27,8 @@ from tailsampler.collector.deliveries import Deliveries, Delivery
 from tailsampler.collector.forward import Forwarder
 from tailsampler.collector.metrics import Metrics
 from tailsampler.collector.overload import OverloadRelief
-from tailsampler.collector.split import Fragment, split_body
+from tailsampler.collector import wire
+from tailsampler.collector.wire import Fragment
 from tailsampler.common.verdict import Verdict
 
 
@@ -78,8 +78,8 @@ class Ingest:
         (``accepted_after_deadline``): its resent copy will be a duplicate."""
         metrics = self._metrics
         try:
-            split = split_body(body)
-        except DecodeError as exc:
+            split = wire.split(body)
+        except wire.WireError as exc:
             metrics.requests.labels(transport, "invalid").inc()
             return Outcome.not_a_request(exc)
         if split.rejected_spans:

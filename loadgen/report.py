@@ -136,7 +136,11 @@ async def _settle(options: ReportOptions, sink: Sink, collector: CollectorProces
     async def drained() -> bool:
         return await admin.buffered_traces() == 0
 
-    return await sink.wait_quiet(options.settle_s, options.deadline_s, drained)
+    try:
+        return await sink.wait_quiet(options.settle_s, options.deadline_s, drained)
+    finally:
+        if collector is None:  # a running collector's client, made here (a started one's closes with it)
+            await admin.close()
 
 
 def _run_facts(traffic: TrafficConfig, result: TrafficResult, settled: bool,

@@ -18,6 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from tailsampler.common.otlp_json import to_json
 from tailsampler.loadgen.batching import Batcher, Payload
+from tailsampler.loadgen.layout import LAYOUTS, interleaved
 from tailsampler.loadgen.model import Trace, TraceGenerator, TrafficShape
 from tailsampler.loadgen.transport import PROTOCOLS, Transport, loopback_endpoint, make_transport
 
@@ -283,10 +284,18 @@ async def run_traffic(config: TrafficConfig, transport: Transport | None = None,
     return result
 
 
-def build_payloads(shape: TrafficShape, spans: int, batch_spans: int = 512, seed: int = 1) -> list[Payload]:
-    """OTLP/protobuf requests for at least ``spans`` spans of whole traces, built ahead of a benchmark."""
+def build_payloads(shape: TrafficShape, spans: int, batch_spans: int = 512, seed: int = 1, *,
+                   layout: str = "contiguous", targets: int = 1) -> list[Payload]:
+    """OTLP/protobuf requests for at least ``spans`` spans of whole traces, built ahead of a benchmark.
+
+    ``layout`` orders each scope's spans (``loadgen.layout``); ``targets`` spreads the services
+    over that many agents as ``run`` does, so that one trace's spans reach several of them. The
+    same seed gives the same traces (IDs, spans, attributes) whatever the layout or targets.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     generator = TraceGenerator(shape, seed)
-    batcher = Batcher(1, batch_spans)
+    batcher = Batcher(targets, batch_spans)
     payloads: list[Payload] = []
     made = 0
     start_ns = time.time_ns()
@@ -295,4 +304,7 @@ def build_payloads(shape: TrafficShape, spans: int, batch_spans: int = 512, seed
         made += len(trace.spans)
         payloads.extend(batcher.add_trace(trace)[0])
     payloads.extend(batcher.flush())
+    if layout == "interleaved":
+        for payload in payloads:
+            payload.data = interleaved(payload.data)
     return payloads

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from tailsampler.collector.split import field
+from tailsampler.common.framing import field
 
 _TRACE_ID = b"\x0a\x10"  # Span.trace_id, 16 bytes
 _SPAN_ID = b"\x12\x08"  # Span.span_id, 8 bytes

@@ -30,6 +30,9 @@ def fnv1a_64(data: bytes, state: int = _FNV_OFFSET) -> int:
     return state
 
 
+DEFAULT_SALT_STATE = fnv1a_64(DEFAULT_HASH_SALT.encode())
+
+
 def threshold(percentage: float) -> int:
     exact = Fraction(_MAX_U64) * Fraction(percentage / 100)
     if exact < 1:
@@ -60,7 +63,9 @@ class Probabilistic:
     """1-in-N: the adjusted count of each kept trace (None when the percentage is 0)."""
 
     def evaluate(self, trace: TraceView) -> Decision:
-        if fnv1a_64(trace.trace_id, self.salt_state) <= self.threshold:
+        # the wire walk hashed the trace ID with the default salt already
+        hashed = trace.probabilistic_hash if self.salt_state == DEFAULT_SALT_STATE else fnv1a_64(trace.trace_id, self.salt_state)
+        if hashed <= self.threshold:
             return Decision.SAMPLED
         return Decision.NOT_SAMPLED
 

@@ -1,9 +1,9 @@
 """The read-only view of one buffered trace that every policy evaluates.
 
 A trace arrives as the concatenated fragments written by the receivers, which is a valid
-``TracesData`` body; the view parses what the configured policies need of it, once, and offers
-the facts policies ask for most (duration, root span, span count) without each policy walking the
-spans again.
+``TracesData`` body, with the facts record the wire walk gathered of them; the view offers the
+facts policies ask for most (duration, status codes, span count) without a parse, and parses what
+the other policies need of the bytes, once.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Any
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, TracesData
+
+from tailsampler.common.trace_facts import FACTS_VERSION, RECORD, ROOT, SAMPLED, STATUS_CODES, TRACE_STATE
 
 from .columns import TraceColumns
 
@@ -51,27 +53,27 @@ def attribute(attributes: "list[KeyValue] | Any", key: str) -> Any:
 class TraceView:
     """All spans received for one trace, with derived facts computed on demand.
 
-    Most traces are decided on a few span scalars (status, times, flags), so those come from one
-    parse into columns (``policies/columns.py``) that builds no per-span objects; the full OTLP
-    parse, and per-span wrappers with resource and scope (``spans``), are built only for the
-    policies that ask for them.
+    Most traces are decided on facts the wire walk gathered as the spans came in (span count,
+    bytes, earliest start and latest end, status codes, root seen, trace state present, sampled
+    flag, the ``probabilistic`` hash), carried with the spans as one merged record
+    (``common/trace_facts.py``), so those policies parse nothing. The full OTLP parse, and per-span
+    wrappers with resource and scope (``spans``), are built only for the policies that read
+    attributes, names or events; trace states are read (one columns parse,
+    ``policies/columns.py``) only for a trace whose facts say a span carries one.
     """
 
     __slots__ = (
-        "trace_id", "data", "span_count", "status_codes", "start_time_unix_nano", "end_time_unix_nano",
-        "_columns", "__dict__",
+        "trace_id", "data", "span_count", "byte_size", "start_time_unix_nano", "end_time_unix_nano", "probabilistic_hash",
+        "_bits", "__dict__",
     )
 
-    def __init__(self, trace_id: bytes, data: bytes) -> None:
+    def __init__(self, trace_id: bytes, data: bytes, facts: bytes) -> None:
         self.trace_id = trace_id
         self.data = data
-        columns = self._columns = TraceColumns.FromString(data).resource_spans.scope_spans.spans
-        self.span_count: int = len(columns.span_id)
-        codes = columns.status.code[:]  # a span without a code is UNSET (0)
-        self.status_codes: frozenset[int] = frozenset(codes + [0] if len(codes) < self.span_count else codes)
-        starts = columns.start_time_unix_nano[:]  # a span without a start time starts the trace at 0
-        self.start_time_unix_nano: int = min(starts) if starts and len(starts) == self.span_count else 0
-        self.end_time_unix_nano: int = max(columns.end_time_unix_nano[:], default=0)
+        version, self._bits, _, self.span_count, self.byte_size, self.start_time_unix_nano, self.end_time_unix_nano, \
+            self.probabilistic_hash = RECORD.unpack(facts)
+        if version != FACTS_VERSION:
+            raise ValueError(f"facts record of version {version}, expected {FACTS_VERSION}")
 
     @cached_property
     def parsed(self) -> TracesData:
@@ -87,18 +89,38 @@ class TraceView:
         ]
 
     @property
-    def span_flags(self) -> list[int]:
-        """The ``flags`` of every span that sets any."""
-        return self._columns.flags[:]
+    def status_codes(self) -> frozenset[int]:
+        """The OTLP status codes its spans have (0 UNSET, 1 OK, 2 ERROR)."""
+        return STATUS_CODES[self._bits]
+
+    @property
+    def has_root(self) -> bool:
+        return bool(self._bits & ROOT)
+
+    @property
+    def sampled(self) -> bool:
+        """Whether any span carries the W3C sampled flag (bit 0 of ``flags``)."""
+        return bool(self._bits & SAMPLED)
+
+    @property
+    def has_trace_state(self) -> bool:
+        return bool(self._bits & TRACE_STATE)
 
     @property
     def trace_states(self) -> list[str]:
         """The W3C ``tracestate`` of every span that carries one."""
+        if not self._bits & TRACE_STATE:
+            return []
         return self._columns.trace_state[:]
 
     @property
-    def byte_size(self) -> int:
-        return len(self.data)
+    def span_flags(self) -> list[int]:
+        """The ``flags`` of every span that sets any."""
+        return self._columns.flags[:]
+
+    @cached_property
+    def _columns(self) -> Any:
+        return TraceColumns.FromString(self.data).resource_spans.scope_spans.spans
 
     @property
     def duration_ns(self) -> int:
@@ -108,4 +130,6 @@ class TraceView:
     @cached_property
     def root(self) -> SpanRef | None:
         """The span without a parent, if it has arrived."""
+        if not self._bits & ROOT:
+            return None
         return next((ref for ref in self.spans if not ref.span.parent_span_id), None)

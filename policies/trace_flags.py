@@ -9,9 +9,6 @@ from .base import Decision
 from .kind import Builder, PolicyKind, SpecBase
 from .trace import TraceView
 
-_SAMPLED = 0x01
-
-
 class TraceFlagsSpec(SpecBase, tag="trace_flags"):
     pass
 
@@ -21,7 +18,7 @@ class TraceFlags:
     name: str
 
     def evaluate(self, trace: TraceView) -> Decision:
-        if any(flags & _SAMPLED for flags in trace.span_flags):
+        if trace.sampled:
             return Decision.SAMPLED
         return Decision.NOT_SAMPLED
 

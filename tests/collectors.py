@@ -87,14 +87,15 @@ class AgentProcess:
         self.http_endpoint = otlp["http"]["endpoint"]
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, *extra: str) -> "AgentProcess":
+    def start(self, *extra: str, env: dict[str, str] | None = None) -> "AgentProcess":
+        """Start ``serve`` and wait until it is ready; ``env`` adds to the environment."""
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tailsampler.collector.cli", "serve", "--config", str(self.config_path), *extra],
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         wait_until(self.ready, timeout=30, message=f"agent ready on {self.admin_endpoint}", interval=0.1)
         return self

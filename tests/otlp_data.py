@@ -7,7 +7,8 @@ import os
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from tailsampler.collector.split import Fragment, split_request
+from tailsampler.collector import wire
+from tailsampler.collector.wire import Fragment
 
 
 def new_trace_id() -> bytes:
@@ -43,4 +44,4 @@ def request(
 
 
 def fragments(trace_id: bytes, spans: int = 1, root: bool = False, **kwargs: object) -> dict[bytes, Fragment]:
-    return split_request(request(trace_id, spans, root, **kwargs)).fragments
+    return wire.split(request(trace_id, spans, root, **kwargs).SerializeToString()).fragments

@@ -11,8 +11,9 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from tailsampler.collector.split import split_request
+from tailsampler.collector import wire
 from tailsampler.collector.config import TailSamplingConfig
+from tailsampler.common import trace_facts
 from tailsampler.common.settings import decode
 from tailsampler.policies import Engine, PolicyContext, TraceView, build_engine
 
@@ -85,9 +86,10 @@ def view(*groups: ResourceSpans | Span, trace_id: bytes = TRACE_ID) -> TraceView
     request = ExportTraceServiceRequest(
         resource_spans=[g if isinstance(g, ResourceSpans) else resource_spans([g]) for g in groups]
     )
-    split = split_request(request)
-    fragment = split.fragments.get(trace_id)
-    return TraceView(trace_id, fragment.data if fragment else b"")
+    fragment = wire.split(request.SerializeToString()).fragments.get(trace_id)
+    if fragment is None:
+        return TraceView(trace_id, b"", trace_facts.pack(0, 0, 0, 0, 0, wire.fnv1a_64(trace_id, wire.DEFAULT_SALT_STATE)))
+    return TraceView(trace_id, fragment.data, fragment.facts)
 
 
 def ts_config(policies: list[dict], **top: Any) -> TailSamplingConfig:

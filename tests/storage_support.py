@@ -12,7 +12,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from prometheus_client import CollectorRegistry
 
 from tailsampler.common.settings import decode
-from tailsampler.collector.split import split_request
+from tailsampler.collector import wire
 from tailsampler.common.verdict import Verdict
 from tailsampler.storage import Exporter, ExporterSpec, KeptTrace, build_exporters
 
@@ -56,7 +56,7 @@ def kept(
         span.end_time_unix_nano = start + (100 if i == 0 else i * 10 + 5) * 1_000_000
         if error and i == spans - 1:
             span.status.code = Status.STATUS_CODE_ERROR
-    fragment = split_request(request).fragments[trace_id]
+    fragment = wire.split(request.SerializeToString()).fragments[trace_id]
     return KeptTrace(trace_id, fragment.data, Verdict(True, policy), late=late, span_count=fragment.span_count)
 
 

@@ -11,11 +11,13 @@ import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 from prometheus_client import CollectorRegistry
 
+from tailsampler.collector import wire
 from tailsampler.collector.buffer import BufferFull, Settlement, TraceBuffer, make_buffer
 from tailsampler.collector.config import Config
 from tailsampler.collector.overload import OverloadConfig, ReliefVerdicts
 from tailsampler.common.settings import decode
 from tailsampler.common.verdict import DROPPED, Verdict
+from tailsampler.policies import TraceView
 from tests.otlp_data import fragments, new_trace_id
 
 T0 = 1_800_000_000.0
@@ -73,6 +75,21 @@ async def test_trace_waits_for_its_deadline_then_is_claimed_once_with_all_fragme
     assert claimed[0].data == first[tid].data + second[tid].data
     assert len(spans_of(claimed[0].data)) == 5
     assert await buffer.claim_due(T0 + 20, 100) == []
+
+
+async def test_a_claimed_trace_carries_the_facts_of_every_fragment_merged(make: MakeBuffer) -> None:
+    buffer = await make()
+    tid = new_trace_id()
+    parts = [fragments(tid, 2), fragments(tid, 3, root=True, error=True), fragments(tid, 1, duration_ms=900)]
+    for i, part in enumerate(parts):
+        await buffer.append(part, T0 + i)
+    [claimed] = await buffer.claim_due(T0 + 11, 10)
+    assert claimed.facts == wire.merge_facts(b"".join(p[tid].facts for p in parts))
+    view = TraceView(tid, claimed.data, claimed.facts)
+    assert (view.span_count, view.byte_size, view.has_root, view.status_codes) == (6, len(claimed.data), True, {0, 2})
+    straggler = fragments(tid, 2)
+    await buffer.append(straggler, T0 + 11.5)
+    assert await buffer.settle([Settlement(tid, DROPPED)], T0 + 12) == {tid: straggler[tid].data}
 
 
 async def test_root_span_moves_the_deadline_earlier(make: MakeBuffer) -> None:

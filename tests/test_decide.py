@@ -10,7 +10,8 @@ import yaml
 
 from tailsampler.collector.app import Collector
 from tailsampler.collector.config import parse_config
-from tailsampler.collector.split import Fragment
+from tailsampler.collector.wire import Fragment
+from tailsampler.common.trace_facts import FACTS_SIZE
 from tests.collectors import collector_config
 from tests.otlp_data import fragments, new_trace_id
 
@@ -19,7 +20,8 @@ async def test_a_trace_that_cannot_be_evaluated_is_kept_not_lost(start_collector
     out = tmp_path / "kept.jsonl"
     collector: Collector = await start_collector(collector_config([{"type": "file", "path": str(out)}]))
     broken, fine = new_trace_id(), new_trace_id()
-    await collector.buffer.append({broken: Fragment([b"\x0a\x05\xff\xff"], 1, True), **fragments(fine)}, time.time())
+    unreadable = b"\x02" + bytes(FACTS_SIZE - 1)  # a facts record of a version no agent writes
+    await collector.buffer.append({broken: Fragment([b"\x0a\x05\xff\xff"], unreadable), **fragments(fine)}, time.time())
     await collector.loop.decide(await collector.buffer.claim_due(time.time(), 10, draining=True))
     await collector.loop.settled()
     stats = await collector.stats()

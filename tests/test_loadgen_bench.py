@@ -3,26 +3,31 @@ result is well formed (JSON and Markdown)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
-from tailsampler.loadgen.bench import profile_summary
-from tailsampler.loadgen.cli import main
+from tailsampler.loadgen.bench import MODES, BenchOptions, profile_summary
+from tailsampler.loadgen.cli import build_parser, main
+from tailsampler.loadgen.processes import MALLOC_PINS, AdminClient, NullServerProcess
 
-_METRICS = {
-    "memory": {"ingest_spans_per_second", "ingest_ratio_to_null", "ingest_cpu_us_per_span",
-               "rss_bytes_per_buffered_span",
-               "rss_to_wire_bytes", "collector_cpu_us_per_span", "decision_latency_p50_s",
-               "decision_latency_p99_s", "decision_latency_samples"},
-}
+_LATENCY = {"decision_latency_p50_s", "decision_latency_p99_s", "decision_latency_samples"}
+_HOLD = {"ingest_spans_per_second", "ingest_ratio_to_null", "ingest_cpu_us_per_span",
+         "rss_bytes_per_buffered_span", "rss_to_wire_bytes"}
+_TO_MEMORY = {"ingest_cpu_to_memory", "collector_cpu_to_memory"}
+_METRICS = {"memory": _HOLD | {"collector_cpu_us_per_span"} | _LATENCY}
+_METRICS["memory-contiguous"] = _HOLD | {"collector_cpu_us_per_span"} | _TO_MEMORY
+_METRICS["attributes"] = {"collector_cpu_us_per_span", "collector_cpu_to_memory"}
 _METRICS["redis"] = _METRICS["memory"] | {
     "redis_used_memory_per_buffered_span", "redis_used_memory_to_wire_bytes", "redis_cpu_us_per_span"}
-_METRICS["wal"] = _METRICS["memory"] | {
-    "wal_disk_bytes_per_buffered_span", "wal_disk_to_wire_bytes", "ingest_cpu_to_memory", "collector_cpu_to_memory"}
+_METRICS["wal"] = _METRICS["memory"] | _TO_MEMORY | {"wal_disk_bytes_per_buffered_span", "wal_disk_to_wire_bytes"}
+_METRICS["cluster"] = {f"{metric}_{agents}" for metric in ("collector_cpu_us_per_span", "redis_cpu_us_per_span")
+                       for agents in ("1_agent", "3_agents")} | {"cpu_agents_to_1_agent"}
 
 
 def test_bench_smoke_produces_a_well_formed_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -34,23 +39,32 @@ def test_bench_smoke_produces_a_well_formed_result(tmp_path: Path, capsys: pytes
     assert code == (1 if missed else 0), "bench exits 1 exactly when a target is missed"
     said = capsys.readouterr().err
     assert all(label in said for label in missed), said
-    assert result["options"]["rounds"] == 1 and result["spans_per_round"] >= 4096
+    options = result["options"]
+    assert options["rounds"] == 1 and result["spans_per_round"] >= 16384
+    assert options["modes"] == list(MODES) and options["layout"] == "interleaved"
+    assert options["malloc"] == MALLOC_PINS and set(MALLOC_PINS) == {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"}
     assert 100 < result["wire_bytes_per_span"] < 1000
     null = result["null_server"]
-    assert null["median"] > 0 and len(null["spans_per_second"]) == 3 and null["cpu_median"] > 0  # a round per buffer mode
+    assert null["median"] > 0 and null["cpu_median"] > 0
+    assert len(null["spans_per_second"]) == 4, "a round for each mode that measures ingest"
+    memory = result["modes"]["memory"]["median"]
     for mode, metrics in _METRICS.items():
         data = result["modes"][mode]
         assert data["available"], data.get("reason")
         assert set(data["median"]) == metrics and all(len(v) == 1 for v in data["rounds"].values())
-        assert data["median"]["ingest_spans_per_second"] > 0
-        assert data["median"]["collector_cpu_us_per_span"] > 0
-        after_root = result["options"]["after_root_s"]
-        assert after_root <= data["median"]["decision_latency_p50_s"] <= data["median"]["decision_latency_p99_s"]
-        assert data["median"]["decision_latency_samples"] > 10
-    assert result["modes"]["redis"]["median"]["redis_used_memory_per_buffered_span"] > 0
+        assert all(value > 0 for value in data["median"].values()), (mode, data["median"])
+        if _LATENCY <= metrics:
+            after_root = result["options"]["after_root_s"]
+            assert after_root <= data["median"]["decision_latency_p50_s"] <= data["median"]["decision_latency_p99_s"]
+            assert data["median"]["decision_latency_samples"] > 10
+        if "collector_cpu_to_memory" in metrics:
+            assert data["median"]["collector_cpu_to_memory"] == (
+                data["median"]["collector_cpu_us_per_span"] / memory["collector_cpu_us_per_span"])
     wal = result["modes"]["wal"]["median"]
     assert 0.3 < wal["wal_disk_to_wire_bytes"] < 3, "the log holds about the wire bytes of what is buffered"
-    assert wal["collector_cpu_to_memory"] == wal["collector_cpu_us_per_span"] / result["modes"]["memory"]["median"]["collector_cpu_us_per_span"]
+    cluster = result["modes"]["cluster"]["median"]
+    assert cluster["cpu_agents_to_1_agent"] == (
+        cluster["collector_cpu_us_per_span_3_agents"] / cluster["collector_cpu_us_per_span_1_agent"])
     overload = result["modes"]["overload"]
     assert overload["available"], overload.get("reason")
     figures = overload["median"]
@@ -59,13 +73,62 @@ def test_bench_smoke_produces_a_well_formed_result(tmp_path: Path, capsys: pytes
     assert figures["without_relief_relief_active_share"] == 0 and figures["without_relief_decided_early_share"] > 0
     assert figures["rss_peak_bytes"] >= figures["rss_idle_bytes"] > 0
     targets = result["targets"]
-    assert len(targets) == 10 and all(t["measured"] is not None and t["met"] in (True, False)
+    assert len(targets) == 13 and all(t["measured"] is not None and t["met"] in (True, False)
                                      for t in targets.values())
+    assert targets["collector CPU per span, 3 agents (summed) <= 1.15x 1 agent (end to end, Redis Cluster)"][
+        "measured"] == cluster["cpu_agents_to_1_agent"]
     table = markdown_path.read_text()
     assert table.startswith("# Benchmarks\n")
-    assert "| metric | null server | tailsampler memory | tailsampler memory + WAL | tailsampler redis | target |" in table
+    assert ("| metric | null server | tailsampler memory | tailsampler memory, contiguous spans | "
+            "tailsampler memory + attribute policies | tailsampler memory + WAL | tailsampler redis | target |") in table
+    assert "MALLOC_MMAP_THRESHOLD_=" in table and "MALLOC_TRIM_THRESHOLD_=" in table
+    assert "| per span | 1 agent | 3 agents | 3 ÷ 1 |" in table
     assert "| at 3× the sustainable load | relief on | relief off |" in table
-    assert table.count("\n| ") >= 34
+    assert table.count("\n| ") >= 38  # every row of the four tables
+
+
+def test_bench_modes_default_to_every_mode() -> None:
+    assert build_parser().parse_args(["bench"]).modes == ",".join(MODES)
+    assert BenchOptions().modes == MODES
+
+
+def test_every_process_the_bench_starts_has_the_heap_thresholds_pinned(tmp_path: Path) -> None:
+    async def environment() -> bytes:
+        null = await NullServerProcess(tmp_path).start()
+        try:
+            return Path(f"/proc/{null.pid}/environ").read_bytes()
+        finally:
+            await null.stop()
+
+    variables = asyncio.run(environment()).split(b"\0")
+    assert all(f"{name}={value}".encode() in variables for name, value in MALLOC_PINS.items())
+
+
+def test_the_admin_client_polls_over_one_kept_alive_connection() -> None:
+    async def peers() -> set[object]:
+        seen: set[object] = set()
+
+        async def stats(request: web.Request) -> web.Response:
+            seen.add(request.transport.get_extra_info("peername"))
+            return web.json_response({"traces": {"kept": 0, "dropped": 0}, "buffer": {"traces": 0}})
+
+        app = web.Application()
+        app.add_routes([web.get("/api/v1/stats", stats)])
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        admin = AdminClient(f"127.0.0.1:{port}")
+        try:
+            for _ in range(20):
+                assert await admin.buffered_traces() == 0
+        finally:
+            await admin.close()
+            await runner.cleanup()
+        return seen
+
+    assert len(asyncio.run(peers())) == 1
 
 
 def test_bench_reports_a_buffer_that_cannot_start(tmp_path: Path, monkeypatch) -> None:
@@ -93,7 +156,7 @@ def _closed_port() -> int:
     return free_port()
 
 
-@pytest.mark.parametrize("stage", ["parse", "split", "decide", "pipeline", "wal"])
+@pytest.mark.parametrize("stage", ["parse", "wire-c", "wire-python", "decide", "pipeline", "pipeline-interleaved", "wal"])
 def test_hotpath_runs_one_stage_and_reports_its_cpu_per_span(stage: str, capsys) -> None:
     assert main(["hotpath", stage, "--spans", "600", "--repeat", "1"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -103,5 +166,5 @@ def test_hotpath_runs_one_stage_and_reports_its_cpu_per_span(stage: str, capsys)
 
 
 def test_hotpath_without_repeats_does_only_the_setup(capsys) -> None:
-    assert main(["hotpath", "split", "--spans", "100", "--repeat", "0"]) == 0
+    assert main(["hotpath", "wire-python", "--spans", "100", "--repeat", "0"]) == 0
     assert json.loads(capsys.readouterr().out)["cpu_us_per_span"] is None

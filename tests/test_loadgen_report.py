@@ -190,7 +190,7 @@ def test_report_meets_its_targets_with_the_shipped_example_configs(example: str,
 
 
 def test_loadgen_help_says_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
-    for command, expected in (("run", "(default: 0.001)"), ("report", "(default: 120.0)"), ("bench", "(default: memory,wal,redis,overload)")):
+    for command, expected in (("run", "(default: 0.001)"), ("report", "(default: 120.0)"), ("bench", "attributes,wal,redis,cluster,overload)")):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert expected in " ".join(capsys.readouterr().out.split())

@@ -18,12 +18,14 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from tailsampler.loadgen.batching import Batcher
 from tailsampler.loadgen.cli import main
+from tailsampler.loadgen.layout import interleaved
 from tailsampler.loadgen.model import SERVICES, TraceGenerator, TrafficShape
 from tailsampler.loadgen.processes import NullServerProcess
 from tailsampler.loadgen.sink import Sink
 from tailsampler.loadgen.traffic import TrafficConfig, build_payloads, run_traffic
 from tailsampler.loadgen.transport import GrpcTransport, Outcome
 from tailsampler.common.otlp_json import to_json
+from tailsampler.collector import wire
 from tailsampler.policies.trace import TraceView, attribute
 from tests.terminal import Terminal
 
@@ -32,7 +34,7 @@ def _trace_view(trace) -> TraceView:
     batcher = Batcher(1, 10_000)
     batcher.add_trace(trace)
     (payload,) = batcher.flush()
-    return TraceView(trace.trace_id, payload.data)
+    return TraceView(trace.trace_id, payload.data, wire.facts_of(payload.data))
 
 
 def test_traces_are_w3c_valid_and_carry_semantic_conventions() -> None:
@@ -115,12 +117,60 @@ def test_requests_hold_batch_spans_grouped_by_service() -> None:
     assert roots == len({t for p in payloads for t in p.roots})
 
 
+def _scopes(body: bytes) -> list[list[bytes]]:
+    """Each scope's spans, in order, as their serialised bytes."""
+    request = ExportTraceServiceRequest.FromString(body)
+    return [[s.SerializeToString() for s in ss.spans] for rs in request.resource_spans for ss in rs.scope_spans]
+
+
+def _dealt_trace_by_trace(spans: list[bytes]) -> bool:
+    """Whether the first round of a scope's spans holds one span of every trace in it."""
+    traces = [Span.FromString(span).trace_id for span in spans]
+    distinct = len(set(traces))
+    return len(set(traces[:distinct])) == distinct
+
+
+def test_interleaved_requests_deal_each_scopes_spans_out_trace_by_trace() -> None:
+    contiguous = build_payloads(TrafficShape(), 3000, seed=4, layout="contiguous")
+    changed = 0
+    for payload in contiguous:
+        dealt = interleaved(payload.data)
+        assert len(dealt) == len(payload.data)
+        for before, after in zip(_scopes(payload.data), _scopes(dealt)):
+            assert sorted(before) == sorted(after), "the same spans, byte for byte"
+            assert _dealt_trace_by_trace(after)
+            changed += before != after
+    assert changed, "some scope holds spans of several traces"
+    built = build_payloads(TrafficShape(), 3000, seed=4, layout="interleaved")
+    assert [p.roots for p in built] == [p.roots for p in contiguous]
+    assert all(_dealt_trace_by_trace(spans) for p in built for spans in _scopes(p.data))
+    assert not all(_dealt_trace_by_trace(spans) for p in contiguous for spans in _scopes(p.data))
+
+
+def test_requests_for_several_agents_carry_the_same_traces() -> None:
+    one = build_payloads(TrafficShape(), 3000, seed=9)
+    three = build_payloads(TrafficShape(), 3000, seed=9, targets=3)
+    assert {p.target for p in three} == {0, 1, 2}
+    assert sorted(r for p in three for r in p.roots) == sorted(r for p in one for r in p.roots)
+    assert sum(p.spans for p in three) == sum(p.spans for p in one)
+
+
+def test_every_round_of_requests_carries_trace_ids_never_sent_before() -> None:
+    rounds = [{r for p in build_payloads(TrafficShape(), 2000, seed=1000 + n) for r in p.roots} for n in range(3)]
+    assert all(rounds) and len(set.union(*rounds)) == sum(map(len, rounds))
+
+
+def test_an_unknown_layout_is_refused() -> None:
+    with pytest.raises(ValueError, match="layout must be one of interleaved, contiguous, got 'shuffled'"):
+        build_payloads(TrafficShape(), 100, layout="shuffled")
+
+
 def test_otlp_json_has_hex_ids_and_integer_enums() -> None:
     (payload,) = build_payloads(TrafficShape(error_ratio=1.0), 10, batch_spans=10_000, seed=2)
     document = msgspec.json.decode(to_json(ExportTraceServiceRequest.FromString(payload.data)))
     spans = [s for rs in document["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]]
     (root,) = [s for s in spans if "parentSpanId" not in s]
-    original = TraceView(b"", payload.data).root.span
+    original = TraceView(b"", payload.data, wire.facts_of(payload.data)).root.span
     assert root["traceId"] == original.trace_id.hex() and root["spanId"] == original.span_id.hex()
     assert root["kind"] == 2 and root["status"]["code"] == 2
     assert root["startTimeUnixNano"] == str(original.start_time_unix_nano)

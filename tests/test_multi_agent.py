@@ -85,8 +85,9 @@ class Fleet:
     def decisions(self, trace_ids: list[str]) -> dict[str, bytes | None]:
         client = redis.RedisCluster.from_url(self.cluster.url)
         try:
-            keys = [f"{PREFIX}:{{{shard_of(bytes.fromhex(t), SHARDS)}}}:d:{t}" for t in trace_ids]
-            return dict(zip(trace_ids, client.mget_nonatomic(keys)))
+            keys = [f"{PREFIX}:{{{shard_of(bytes.fromhex(t), SHARDS)}}}:s:{t}" for t in trace_ids]
+            # a trace's key holds its verdict once decided ("1"/"0" first), its fragments before
+            return {t: v if v and v[:1] in (b"0", b"1") else None for t, v in zip(trace_ids, client.mget_nonatomic(keys))}
         finally:
             client.close()
 

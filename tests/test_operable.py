@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from opentelemetry import trace
 
 from tailsampler.collector.summary import version
 from tailsampler.common.incident import Incident
@@ -189,3 +190,37 @@ async def test_metrics_carry_no_created_series(start_collector: StartCollector, 
     assert "tailsampler_requests_total" in text and "tailsampler_exporter_queue_traces" in text
     assert "_created" not in text
     client.shutdown()
+
+
+@pytest.mark.parametrize(("switch", "core"), [("0", "c"), ("1", "python")])
+async def test_the_wire_core_that_runs_is_in_the_startup_line_and_the_stats_and_samples_alike(
+    agent_process: Any, otlp_grpc_sink: GrpcSink, switch: str, core: str
+) -> None:
+    config = collector_config(
+        [{"type": "otlp", "endpoint": otlp_grpc_sink.endpoint, "insecure": True}],
+        {"decision_wait": "300ms", "policies": [
+            {"name": "errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}},
+            {"name": "checkout", "type": "string_attribute", "string_attribute": {"key": "http.route", "values": ["/checkout"]}},
+        ]},
+        ports=True,
+    )
+    agent = agent_process(config).start(env={"TAILSAMPLER_NO_EXTENSIONS": switch})
+    client = SdkClient("grpc", agent.grpc_endpoint)
+    kept = []
+    for route, failing in (("/checkout", False), ("/health", True), ("/health", False)):
+        with client.tracer.start_as_current_span(f"GET {route}", attributes={"http.route": route}) as span:
+            with client.tracer.start_as_current_span("SELECT"):
+                pass
+            if failing:
+                span.set_status(trace.Status(trace.StatusCode.ERROR))
+            if route == "/checkout" or failing:
+                kept.append(format(span.get_span_context().trace_id, "032x"))
+    await asyncio.to_thread(client.flush)
+    await otlp_grpc_sink.wait_for(lambda: len(otlp_grpc_sink.spans_by_trace()) == 2, 20, "the two kept traces")
+    assert sorted(otlp_grpc_sink.spans_by_trace()) == sorted(kept)
+    assert all(len(spans) == 2 for spans in otlp_grpc_sink.spans_by_trace().values())
+    assert agent.stats()["agent"]["core"] == core
+    client.shutdown()
+    agent.stop()
+    [line] = [line for line in agent.log().splitlines() if " started from " in line]
+    assert f"({core} wire core) started from" in line

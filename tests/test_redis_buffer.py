@@ -350,7 +350,10 @@ async def test_every_key_has_a_ttl(make_buffer: Buffers, target: Target) -> None
     await shared.budgets.sync()
     keys = {key: node.pttl(key) for node in target.nodes for key in node.scan_iter(count=1000)}
     kinds = {key.decode().split(":")[2] for key in keys}
-    assert {"s", "due", "claims", "meta", "d", "agents", "b"} <= kinds
+    assert {"s", "due", "claims", "meta", "agents", "b"} <= kinds
+    values = {key: node.get(key) for node in target.nodes for key in node.scan_iter(match="*:s:*", count=1000)}
+    decided = {key for key, value in values.items() if value[:1] in (b"0", b"1")}
+    assert len(decided) == 8, "a decided trace's key holds its verdict"
     assert all(ttl > 0 for ttl in keys.values()), {k: t for k, t in keys.items() if t <= 0}
 
 

@@ -28,7 +28,7 @@ from tailsampler.collector.buffer import BufferFull, BufferUnavailable, Claimed,
 from tailsampler.collector.buffer.redis import RedisTraceBuffer, shard_keys, shard_of
 from tailsampler.collector.buffer.redis_state import RedisState
 from tailsampler.collector.config import BufferLimits, Config
-from tailsampler.collector.split import Fragment
+from tailsampler.collector.wire import Fragment
 from tailsampler.common.settings import decode
 from tailsampler.common.verdict import Verdict
 from tests.otlp_data import fragments, new_trace_id
@@ -201,10 +201,11 @@ async def finish(work: Load, before: int) -> None:
 
 
 def split(migration: SlotMigration) -> None:
-    """Half of the shard's span and decision keys to the target, its sorted sets and counters
-    left on the source: a script that declares them is refused with TRYAGAIN (or, when the shard
-    has no traces waiting at that moment and so no sorted sets, with ASK)."""
-    keys = [k for k in migration.keys() if b":s:" in k or b":d:" in k]
+    """Half of the shard's trace keys (fragments, or a verdict once decided) to the target, its
+    sorted sets and counters left on the source: a script that declares them is refused with
+    TRYAGAIN (or, when the shard has no traces waiting at that moment and so no sorted sets,
+    with ASK)."""
+    keys = [k for k in migration.keys() if b":s:" in k]
     assert keys, "the shard holds traces and decisions"
     migration.move(keys[: max(1, len(keys) // 2)])
 
@@ -301,7 +302,7 @@ async def test_every_script_of_a_shard_waits_while_its_keys_are_split(movable_cl
         reclaimed = await eventually(lambda: _claim(one, moving), 10, "the trace is claimed again after its lease")
         assert reclaimed.data == first.data + late[moving].data
         assert await one.buffer.settle([Settlement(moving, Verdict(True, "test"))], time.time()) == {}
-        assert target.client.exists(f"{PREFIX}:{{3}}:d:{moving.hex()}") == 1, "the decision is on the new master"
+        assert target.client.get(f"{PREFIX}:{{3}}:s:{moving.hex()}") == b"1:test", "the decision is on the new master"
     finally:
         await one.buffer.close()
         await state.close()

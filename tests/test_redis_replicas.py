@@ -12,6 +12,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tailsampler.collector import wire
 from tailsampler.collector.buffer import BufferUnavailable
 from tailsampler.collector.buffer.redis import RedisTraceBuffer
 from tailsampler.collector.buffer.redis_routing import NotReplicated
@@ -41,7 +42,7 @@ async def test_an_append_is_acknowledged_once_the_replica_has_it(replicated_redi
         sent = fragments(tid, 3)
         await buf.append(sent, time.time())
         # acknowledged: the replica has the spans already, not eventually
-        assert replica.client.get(f"ts:{{0}}:s:{tid.hex()}") == sent[tid].data
+        assert wire.unchain(replica.client.get(f"ts:{{0}}:s:{tid.hex()}")) == (sent[tid].data, sent[tid].facts)
 
         replica.pause()  # a replica that falls behind
         try:

@@ -23,7 +23,7 @@ from tailsampler.collector.buffer.wal import (
 )
 from tailsampler.common.durations import Duration
 from tailsampler.common.sizes import ByteSize
-from tailsampler.collector.split import Fragment
+from tailsampler.collector.wire import Fragment
 from tailsampler.policies import Verdict
 from tests.otlp_data import fragments, new_trace_id
 
@@ -100,9 +100,9 @@ async def test_pending_traces_come_back_with_their_fragments_in_order_and_deadli
     assert (recovered.pending, recovered.kept, recovered.settled) == ({}, {}, {})
     a, b = new_trace_id(), new_trace_id()
     parts = [request((a, 2), (b, 1)), request((a, 1), root=True), request((a, 3))]
-    await wal.append(parts[0], T0, facts={a: b"facts-a", b: b""})
+    await wal.append(parts[0], T0)
     await wal.append(parts[1], T0 + 1.5)
-    await wal.append(parts[2], T0 + 2.0, facts={a: b"\x00" * 300})
+    await wal.append(parts[2], T0 + 2.0)
     wal.close()
 
     recovered = reopen(tmp_path)
@@ -110,7 +110,7 @@ async def test_pending_traces_come_back_with_their_fragments_in_order_and_deadli
     trace = recovered.pending[a]
     assert [e.received for e in trace.entries] == [T0, T0 + 1.5, T0 + 2.0]
     assert [e.span_count for e in trace.entries] == [2, 1, 3] and [e.has_root for e in trace.entries] == [False, True, False]
-    assert [e.facts for e in trace.entries] == [b"facts-a", b"", b"\x00" * 300]
+    assert [e.facts for e in trace.entries] == [part[a].facts for part in parts]
     assert trace.data == b"".join(part[a].data for part in parts)
     assert (trace.first_seen, trace.root_seen, trace.span_count, spans_in(trace.data)) == (T0, T0 + 1.5, 6, 6)
     assert recovered.pending[b].data == parts[0][b].data and recovered.pending[b].root_seen is None

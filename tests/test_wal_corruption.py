@@ -27,7 +27,7 @@ async def write_log(path: Path, steps: list[tuple[str, bytes]]) -> tuple[bytes, 
     wal, _ = open_wal(WalConfig(dir=str(path), fsync="never"), CollectorRegistry())
     for i, (step, trace_id) in enumerate(steps):
         if step == "append":
-            await wal.append({**fragments(trace_id, 3), **fragments(new_trace_id(), 1)}, T0 + i, facts={trace_id: b"f"})
+            await wal.append({**fragments(trace_id, 3), **fragments(new_trace_id(), 1)}, T0 + i)
         else:
             await wal.decided({trace_id: DROP}, T0 + i)
     wal.close()

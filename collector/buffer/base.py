@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from tailsampler.collector.config import DecisionCacheConfig
-from tailsampler.collector.split import Fragment
+from tailsampler.collector.wire import Fragment
 from tailsampler.common.verdict import Verdict
 from tailsampler.policies import TokenBucket
 
@@ -71,7 +71,9 @@ class AppendResult:
 
 @dataclass(slots=True)
 class Claimed:
-    """A due trace handed to one decider; ``reason`` is "deadline", "overflow", "size" or "shutdown".
+    """A due trace handed to one decider: its bytes (``TracesData``) and the facts record merged
+    from its fragments' (``common/trace_facts.py``); ``reason`` is "deadline", "overflow", "size"
+    or "shutdown".
 
     ``due`` is the wall-clock deadline the trace was claimed for (0 when unknown), so the
     decider can measure how late decisions are.
@@ -79,12 +81,14 @@ class Claimed:
 
     trace_id: bytes
     data: bytes
+    facts: bytes
     reason: str = "deadline"
     due: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class Settlement:
+class Settlement(NamedTuple):
+    """A claimed trace's verdict (a pair, so that a round's settlements go into a dict at once)."""
+
     trace_id: bytes
     verdict: Verdict
 

@@ -15,17 +15,17 @@ import asyncio
 import heapq
 import logging
 import math
-from collections import deque
-from collections.abc import Awaitable
-from itertools import chain
-
 import time
-from typing import Any, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from itertools import chain, islice, repeat
+from operator import attrgetter, getitem, itemgetter
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from tailsampler.collector.config import BufferConfig, BufferLimits, DecisionCacheConfig
-from tailsampler.collector.split import Fragment
+from tailsampler.collector.wire import Fragment, merge_facts
 from tailsampler.common.incident import Incident
 from tailsampler.common.verdict import Verdict
 from tailsampler.policies import LocalTokenBucket
@@ -49,18 +49,34 @@ log = logging.getLogger(__name__)
 
 
 class _Trace:
-    __slots__ = ("pieces", "nbytes", "first_seen", "slot", "claimed", "early")
+    __slots__ = ("pieces", "facts", "slot", "claimed", "early")
 
-    def __init__(self, first_seen: float) -> None:
-        self.pieces: list[bytes] = []  # of every fragment appended, joined when claimed
-        self.nbytes = 0
-        self.first_seen = first_seen
-        self.slot = -1
+    def __init__(self, pieces: list[bytes], facts: bytes, slot: int) -> None:
+        self.pieces = pieces  # of every fragment appended, joined when claimed (never extended in
+        # place: a fragment's list is its own)
+        self.facts = facts  # merged as fragments arrive; its byte count is the trace's size
+        self.slot = slot
         self.claimed = False
         self.early = ""
 
 
+_PIECES = attrgetter("pieces")
+_FACTS = attrgetter("facts")
+_SIZE = attrgetter("size")
+_TRACE_ID = itemgetter(0)
+
+
+def _sizes(records: Iterable[bytes]) -> Iterator[int]:
+    """The byte counts of facts records (``common/trace_facts.py``: a u64 at offset 8)."""
+    return map(int.from_bytes, map(getitem, records, repeat(slice(8, 16))), repeat("little"))
+
+
 class MemoryTraceBuffer(TraceBuffer):
+    """Work is done per request and per round where it can be: a request's new traces are placed
+    in their slot together, a slot's traces are claimed together, a round is settled and its
+    verdicts remembered together; only traces seen before, and bounds that are hit, cost a step
+    of their own."""
+
     def __init__(self, limits: BufferLimits, config: BufferConfig, registry: CollectorRegistry) -> None:
         self._wait = limits.decision_wait
         self._wait_after_root = limits.decision_wait_after_root
@@ -100,37 +116,40 @@ class MemoryTraceBuffer(TraceBuffer):
         cache = self._cache
         for trace_id, settled in sorted(recovered.settled.items(), key=lambda item: item[1].at):
             if settled.at + cache.ttl > now:
-                cache.put(trace_id, _verdict(settled.decision), settled.at)
+                cache.put([(trace_id, _verdict(settled.decision))], settled.at)
         for trace_id, found in recovered.pending.items():
-            trace = self._traces[trace_id] = _Trace(found.first_seen)
-            trace.pieces = [entry.data for entry in found.entries]
-            trace.nbytes = sum(map(len, trace.pieces))
-            self._bytes += trace.nbytes
+            facts = merge_facts(b"".join(entry.facts for entry in found.entries))
+            trace = self._traces[trace_id] = _Trace([entry.data for entry in found.entries], facts, -1)
+            size = _size_of(trace)
+            self._bytes += size
             deadline = found.first_seen + self._wait
             if found.root_seen is not None and self._wait_after_root > 0:
                 deadline = min(deadline, found.root_seen + self._wait_after_root)
-            if self._max_trace_bytes and trace.nbytes > self._max_trace_bytes:
+            if self._max_trace_bytes and size > self._max_trace_bytes:
                 self._decide_early(trace_id, trace, "size")
             else:
                 self._place(trace_id, trace, self._slot_of(max(deadline, now)))
-        undelivered = []
-        for trace_id, found in recovered.kept.items():
-            verdict = _verdict(found.decision)
-            cache.put(trace_id, verdict, now)
-            undelivered.append(Undelivered(trace_id, found.data, verdict, found.span_count))
-        return undelivered
+        kept = [(trace_id, _verdict(found.decision)) for trace_id, found in recovered.kept.items()]
+        cache.put(kept, now)
+        return [
+            Undelivered(trace_id, found.data, verdict, found.span_count)
+            for (trace_id, verdict), found in zip(kept, recovered.kept.values())
+        ]
 
     def _slot_of(self, deadline: float) -> int:
         return math.ceil(deadline / self._tick)
 
-    def _place(self, trace_id: bytes, trace: _Trace, slot: int) -> None:
-        if trace.slot >= 0:
-            self._slots[trace.slot].pop(trace_id, None)
+    def _bucket(self, slot: int) -> dict[bytes, None]:
         bucket = self._slots.get(slot)
         if bucket is None:
             bucket = self._slots[slot] = {}
             heapq.heappush(self._slot_heap, slot)
-        bucket[trace_id] = None
+        return bucket
+
+    def _place(self, trace_id: bytes, trace: _Trace, slot: int) -> None:
+        if trace.slot >= 0:
+            self._slots[trace.slot].pop(trace_id, None)
+        self._bucket(slot)[trace_id] = None
         trace.slot = slot
 
     def _unslot(self, trace_id: bytes, trace: _Trace) -> None:
@@ -142,59 +161,44 @@ class MemoryTraceBuffer(TraceBuffer):
         self._unslot(trace_id, trace)
         trace.early = reason
         self._early.append(trace_id)
-        self._early_bytes += trace.nbytes
+        self._early_bytes += _size_of(trace)
 
     async def append(self, fragments: dict[bytes, Fragment], now: float, relief: Relief | None = None) -> AppendResult:
         result = AppendResult({})
         traces = self._traces
-        # traces not buffered: already decided (a cached verdict) or new (None)
-        unbuffered = {tid: self._cache.get(tid, now) for tid in fragments if tid not in traces}
+        held = [tid for tid in fragments if tid in traces]
+        outside = [tid for tid in fragments if tid not in traces] if held else list(fragments)
+        cached = self._cache.found(outside, now)  # traces not buffered: already decided, or new
+        new = [tid for tid in outside if tid not in cached] if cached else outside
         request = fragments
         if relief is not None:
-            fragments = self._relieve(fragments, unbuffered, relief, result)
-            new = 0  # relief decided every new trace at once
-        else:
-            new = sum(1 for cached in unbuffered.values() if cached is None)
-        incoming = sum(f.size for f in fragments.values())
+            fragments = self._relieve(fragments, new, cached, relief, result)
+            new = []  # relief decided every new trace at once
+        incoming = sum(map(_SIZE, fragments.values()))
         # traces already waiting for an early decision are on their way out: they do not count
-        over_traces = len(traces) - len(self._early) + new - self._max_traces
+        over_traces = len(traces) - len(self._early) + len(new) - self._max_traces
         over_bytes = self._bytes - self._early_bytes + incoming - self._max_bytes
         if over_traces > 0 or over_bytes > 0:
             if self._backpressure or len(self._early) >= self._max_early:
                 what = "num_traces" if over_traces > 0 else "max_bytes"
                 raise BufferFull(f"trace buffer full ({what} reached)", retry_after=self._retry_after)
             result.early = self._evict_oldest(over_traces, over_bytes)
-        logged = None if self._wal is None else self._log(request, unbuffered, result, incoming, now)
-        for trace_id, verdict in chain(result.decided_now.items(), result.late_kept.items()):  # relief's
-            self._cache.put(trace_id, verdict, now)
-        for trace_id, fragment in fragments.items():
-            trace = traces.get(trace_id)
-            if trace is None:
-                cached = unbuffered[trace_id]
-                if cached is not None:
-                    if cached.keep:
-                        result.late_kept[trace_id] = cached
-                    else:
-                        result.late_dropped_spans += fragment.span_count
-                    continue
-                trace = traces[trace_id] = _Trace(now)
-                self._place(trace_id, trace, self._slot_of(now + self._wait))
-            trace.pieces += fragment.pieces  # as they are: envelopes stay shared between traces
-            size = fragment.size
-            trace.nbytes += size
-            self._bytes += size
-            if trace.claimed:
-                continue
-            if trace.early:
-                self._early_bytes += size
-                continue
-            if self._max_trace_bytes and trace.nbytes > self._max_trace_bytes:
-                self._decide_early(trace_id, trace, "size")
-                result.early += 1
-            elif fragment.has_root and self._wait_after_root > 0:
-                slot = self._slot_of(now + self._wait_after_root)
-                if slot < trace.slot:
-                    self._place(trace_id, trace, slot)
+        logged = None if self._wal is None else self._log(request, cached, result, incoming, now)
+        relieved = list(chain(result.decided_now.items(), result.late_kept.items()))
+        if relieved:
+            self._cache.put(relieved, now)
+        for trace_id, verdict in cached.items():
+            if trace_id not in fragments:
+                continue  # relief rescued it: its fragment left as a late span
+            if verdict.keep:
+                result.late_kept[trace_id] = verdict
+            else:
+                result.late_dropped_spans += fragments[trace_id].span_count
+        self._bytes += incoming - sum(map(_SIZE, map(fragments.__getitem__, cached.keys() & fragments.keys())))
+        if new:
+            self._take_new(new, fragments, now, result)
+        for trace_id in held:
+            self._take_more(trace_id, traces[trace_id], fragments[trace_id], now, result)
         if logged is not None:
             try:
                 await logged
@@ -202,13 +206,55 @@ class MemoryTraceBuffer(TraceBuffer):
                 raise self._unavailable(exc) from None
         return result
 
+    def _take_new(self, new: list[bytes], fragments: dict[bytes, Fragment], now: float, result: AppendResult) -> None:
+        """Buffer traces seen for the first time, all in their slot at once (a root's fragment
+        puts its trace in the earlier slot of the wait after a root)."""
+        traces = self._traces
+        parts = list(map(fragments.__getitem__, new))
+        slot = self._slot_of(now + self._wait)
+        traces.update(zip(new, map(_Trace, map(_PIECES, parts), map(_FACTS, parts), repeat(slot))))
+        waiting = new
+        if self._wait_after_root > 0 and (root_slot := self._slot_of(now + self._wait_after_root)) < slot:
+            rooted = [tid for tid, fragment in zip(new, parts) if fragment.has_root]
+            if rooted:
+                self._bucket(root_slot).update(dict.fromkeys(rooted))
+                for trace_id in rooted:
+                    traces[trace_id].slot = root_slot
+                waiting = [tid for tid, fragment in zip(new, parts) if not fragment.has_root]
+        self._bucket(slot).update(dict.fromkeys(waiting))
+        if self._max_trace_bytes:
+            for trace_id, fragment in zip(new, parts):
+                if fragment.size > self._max_trace_bytes:
+                    self._decide_early(trace_id, traces[trace_id], "size")
+                    result.early += 1
+
+    def _take_more(self, trace_id: bytes, trace: _Trace, fragment: Fragment, now: float, result: AppendResult) -> None:
+        """A fragment of a trace already buffered (or being decided: its spans come back from settle)."""
+        # as they are (envelopes stay shared between traces), in a new list: the first fragment's
+        # is the trace's own until then
+        trace.pieces = trace.pieces + fragment.pieces
+        trace.facts = merge_facts(trace.facts + fragment.facts)
+        if trace.claimed:
+            return
+        if trace.early:
+            self._early_bytes += fragment.size
+            return
+        if self._max_trace_bytes and _size_of(trace) > self._max_trace_bytes:
+            self._decide_early(trace_id, trace, "size")
+            result.early += 1
+        elif fragment.has_root and self._wait_after_root > 0:
+            slot = self._slot_of(now + self._wait_after_root)
+            if slot < trace.slot:
+                self._place(trace_id, trace, slot)
+
+
     @property
     def _retry_after(self) -> float:
         return max(1.0, self._wait_after_root or self._tick)
 
     def _log(
-        self, fragments: dict[bytes, Fragment], unbuffered: dict[bytes, Verdict | None], result: AppendResult,
-        incoming: int, now: float,
+        self, fragments: dict[bytes, Fragment], cached: dict[bytes, Verdict], result: AppendResult, incoming: int,
+        now: float,
     ) -> Awaitable[None]:
         """Write the request to the log before the buffer changes: the fragments it buffers, and
         the decisions made as it came in (late spans of kept traces with their fragments; overload
@@ -218,11 +264,11 @@ class MemoryTraceBuffer(TraceBuffer):
         assert self._wal is not None
         logged, decided = fragments, dict(result.decided_now)
         decided.update(result.late_kept)  # relief's rescues: the only ones known yet
-        if decided or any(unbuffered.values()):
+        if decided or cached:
             logged = {}
             for trace_id, fragment in fragments.items():
                 verdict = decided.get(trace_id)
-                if verdict is None and (verdict := unbuffered.get(trace_id)) is not None:
+                if verdict is None and (verdict := cached.get(trace_id)) is not None:
                     if not verdict.keep:
                         continue
                     decided[trace_id] = verdict
@@ -251,18 +297,16 @@ class MemoryTraceBuffer(TraceBuffer):
         return BufferUnavailable(str(exc))
 
     def _relieve(
-        self, fragments: dict[bytes, Fragment], unbuffered: dict[bytes, Verdict | None], relief: Relief,
+        self, fragments: dict[bytes, Fragment], new: list[bytes], cached: dict[bytes, Verdict], relief: Relief,
         result: AppendResult,
     ) -> dict[bytes, Fragment]:
         """Decide the new traces of a request at once (and rescue relief-dropped traces that
         now show an error); returns the fragments left to buffer or to follow their verdict. The
         verdicts are remembered once the request is logged."""
         rest = dict(fragments)
-        for trace_id, cached in unbuffered.items():
-            if cached is not None and cached != relief.dropped:
-                continue
+        for trace_id in [*new, *(tid for tid, verdict in cached.items() if verdict == relief.dropped)]:
             verdict = relief.choose(trace_id, fragments[trace_id])
-            if cached is None:
+            if trace_id not in cached:
                 result.decided_now[trace_id] = verdict
             elif verdict.keep:
                 result.late_kept[trace_id] = verdict
@@ -286,60 +330,66 @@ class MemoryTraceBuffer(TraceBuffer):
             trace = self._traces[trace_id]
             self._decide_early(trace_id, trace, "overflow")
             over_traces -= 1
-            over_bytes -= trace.nbytes
+            over_bytes -= _size_of(trace)
             moved += 1
         return moved
 
-    def _hand_out(self, trace_id: bytes, reason: str) -> Claimed:
-        trace = self._traces[trace_id]
-        self._unslot(trace_id, trace)
-        if trace.early:
-            self._early_bytes -= trace.nbytes
-        trace.claimed = True
-        data = b"".join(trace.pieces)
-        trace.pieces.clear()
-        return Claimed(trace_id, data, reason)
+    def _hand_out(self, trace_ids: list[bytes], reason: str, due: float = 0.0) -> list[Claimed]:
+        """Claim these traces (already out of their slots) for one decider."""
+        picked = list(map(self._traces.__getitem__, trace_ids))
+        datas = list(map(b"".join, map(_PIECES, picked)))
+        facts = list(map(_FACTS, picked))
+        for trace in picked:
+            trace.claimed = True
+            trace.slot = -1
+            trace.pieces = []  # what arrives from now on comes back from settle
+            if trace.early:
+                self._early_bytes -= _size_of(trace)
+        return list(map(Claimed, trace_ids, datas, facts, repeat(reason), repeat(due)))
 
     async def claim_due(self, now: float, limit: int, *, draining: bool = False) -> list[Claimed]:
         if draining:
             if self._wal is not None:
                 return []  # nothing is lost: the log has them for the next start
             pending = [tid for tid, trace in self._traces.items() if not trace.claimed][:limit]
-            return [self._hand_out(trace_id, "shutdown") for trace_id in pending]
+            for trace_id in pending:
+                self._unslot(trace_id, self._traces[trace_id])
+            return self._hand_out(pending, "shutdown")
         out: list[Claimed] = []
         while self._early and len(out) < limit:
             trace_id = self._early.popleft()
             trace = self._traces.get(trace_id)
             if trace is not None and not trace.claimed:
-                out.append(self._hand_out(trace_id, trace.early))
+                out += self._hand_out([trace_id], trace.early)
         current = math.floor(now / self._tick)
-        heap = self._slot_heap
+        heap, slots = self._slot_heap, self._slots
         while heap and heap[0] <= current and len(out) < limit:
-            bucket = self._slots.get(heap[0])
-            if not bucket:
-                self._slots.pop(heapq.heappop(heap), None)
-                continue
-            claimed = self._hand_out(next(iter(bucket)), "deadline")
-            claimed.due = heap[0] * self._tick
-            out.append(claimed)
+            slot = heap[0]
+            bucket = slots.get(slot)
+            if len(bucket or ()) <= limit - len(out):  # the whole slot
+                heapq.heappop(heap)
+                slots.pop(slot, None)
+                trace_ids = list(bucket or ())
+            else:
+                trace_ids = list(islice(bucket, limit - len(out)))  # type: ignore[arg-type]
+                deque(map(bucket.__delitem__, trace_ids), 0)  # type: ignore[union-attr]
+            if trace_ids:
+                out += self._hand_out(trace_ids, "deadline", slot * self._tick)
         return out
 
     async def renew(self, now: float) -> None:
         """Nothing to do: claims in process memory do not expire."""
 
     async def settle(self, settlements: list[Settlement], now: float) -> dict[bytes, bytes]:
-        stragglers: dict[bytes, bytes] = {}
-        for settlement in settlements:
-            trace = self._traces.pop(settlement.trace_id, None)
-            if trace is None:
-                continue
-            self._bytes -= trace.nbytes
-            if trace.pieces:
-                stragglers[settlement.trace_id] = b"".join(trace.pieces)
-            self._cache.put(settlement.trace_id, settlement.verdict, now)
+        traces = self._traces
+        settled = [s for s in settlements if s.trace_id in traces]
+        popped = list(map(traces.pop, map(_TRACE_ID, settled)))
+        self._bytes -= sum(_sizes(map(_FACTS, popped)))
+        self._cache.put(settled, now)
+        stragglers = {s.trace_id: b"".join(trace.pieces) for s, trace in zip(settled, popped) if trace.pieces}
         if self._wal is not None and stragglers:
             # spans that arrived after a trace was logged dropped made it pending in the log again
-            dropped = {s.trace_id: s.verdict for s in settlements if s.trace_id in stragglers and not s.verdict.keep}
+            dropped = {s.trace_id: s.verdict for s in settled if s.trace_id in stragglers and not s.verdict.keep}
             self._write(self._wal.decided, dropped, now)
         return stragglers
 
@@ -386,6 +436,10 @@ class MemoryTraceBuffer(TraceBuffer):
 
 def _verdict(decision: DecisionValue) -> Verdict:
     return Verdict(decision.keep, decision.policy, decision.sample_rate)
+
+
+def _size_of(trace: _Trace) -> int:
+    return int.from_bytes(trace.facts[8:16], "little")
 
 
 class LocalState(SharedState):

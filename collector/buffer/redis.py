@@ -8,11 +8,20 @@ loaded again and only the refused calls run again.
 
 Key layout, per shard ``{n}`` (``ts`` is ``key_prefix``)::
 
-    ts:{n}:s:<trace_id_hex>   STRING  the trace's fragments, appended as they arrive
+    ts:{n}:s:<trace_id_hex>   STRING  the trace: while buffered or being decided, its fragments as
+                                      they arrived, each after its facts record (``wire.chain``);
+                                      once decided, its verdict (``Verdict.encode``: "1"/"0" first),
+                                      TTL decision_cache.ttl
     ts:{n}:due                ZSET    trace -> decision deadline (1 = too big, 2 = overflow: decide now)
     ts:{n}:claims             ZSET    trace -> lease deadline of the agent deciding it
     ts:{n}:meta               HASH    tb: bytes stored, eb: bytes of traces marked for early decision
-    ts:{n}:d:<trace_id_hex>   STRING  the trace's verdict (``Verdict.encode``: "1"/"0" first), TTL decision_cache.ttl
+
+One key per trace costs each trace one command to append (``SET NX`` for a new trace; a
+``GETRANGE`` and an ``APPEND`` for one seen before, whose key may hold its verdict instead), one
+to claim (``GET``) and one to settle (``SET ... GET``, which returns what arrived since the claim):
+the sorted sets change once per call, for every trace of it. The facts records are merged when a
+trace is claimed, in the wire core (``wire.unchain``), so the scripts never read them but for a
+fragment's length and root bit.
 
 A claimed trace is leased: the agent renews its leases every lease/3 while deciding and exporting;
 an agent that dies stops renewing and another agent reclaims the trace when the lease runs out.
@@ -44,7 +53,8 @@ import zlib
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
-from itertools import chain
+from itertools import repeat
+from operator import attrgetter, itemgetter
 from typing import AsyncIterator, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter
@@ -63,7 +73,8 @@ from redis.exceptions import (
 )
 
 from tailsampler.collector.config import BufferConfig, BufferLimits, DecisionCacheConfig
-from tailsampler.collector.split import Fragment
+from tailsampler.collector import wire
+from tailsampler.collector.wire import Fragment
 from tailsampler.common.incident import Incident
 from tailsampler.common.verdict import Verdict
 
@@ -180,7 +191,8 @@ class RedisTraceBuffer(TraceBuffer):
         self._failing: set[int] = set()  # shards whose last command failed: probed before a request writes
         self._clock_offset_ms: float | None = None
         self._clock_checked = False  # False after a failure: Redis may be another server now
-        self._held: dict[bytes, tuple[int, int]] = {}
+        self._held: dict[bytes, tuple[int, int, int]] = {}  # trace ID -> shard, claimed length, its fragment bytes
+        self._unread: list[tuple[_Shard, list[bytes], bytes, bytes]] = []  # claims whose values are still to read
         self._renewed_at = 0.0
         self._run_ids: dict[str, str] = {}
         self._held_by_shard = [0] * config.shards
@@ -298,8 +310,10 @@ class RedisTraceBuffer(TraceBuffer):
         raise failures[0]
 
     def _by_shard(self, trace_ids: Iterable[bytes]) -> dict[int, list[bytes]]:
-        groups: dict[int, list[bytes]] = {}
         shards = len(self._shards)
+        if shards == 1:
+            return {0: list(trace_ids)}
+        groups: dict[int, list[bytes]] = {}
         for trace_id in trace_ids:
             groups.setdefault(shard_of(trace_id, shards), []).append(trace_id)
         return groups
@@ -325,37 +339,31 @@ class RedisTraceBuffer(TraceBuffer):
             calls = []
             for index, trace_ids in groups.items():
                 shard = self._shards[index]
-                args: list[object] = [fence, shard.prefix, now, *self._append_limits]
-                parts = [fragments[trace_id] for trace_id in trace_ids]
-                args += (
-                    b"".join(trace_ids).hex(),
-                    b"".join(b"1" if part.has_root else b"0" for part in parts),
-                    ",".join([str(part.size) for part in parts]),
-                    b"".join(chain.from_iterable(part.pieces for part in parts)),
+                calls.append(_Call("append", shard, [
+                    fence, shard.prefix, now, *self._append_limits,
+                    b"".join(trace_ids).hex(), wire.chain(list(map(fragments.__getitem__, trace_ids))),
                     b"".join([letters[chosen[t]] for t in trace_ids]) if letters else b"",
-                    *decisions,
-                    self._kept_ttl_ms,
-                    self._dropped_ttl_ms,
-                )
-                calls.append(_Call("append", shard, args))
+                    *decisions, self._kept_ttl_ms, self._dropped_ttl_ms,
+                ]))
             replies = await self._run(calls, until, replicated=True)
             self._refuse_partly_taken(calls, replies, groups, fragments)
         for call, reply, trace_ids in zip(calls, replies, groups.values()):
-            result.early += reply[0]
-            self._early_seen[call.shard.index] = reply[1]
-            for trace_id, status in zip(trace_ids, reply[2:]):
-                if status == 0:
+            marked, early, statuses, decided = reply  # type: ignore[misc]
+            result.early += marked
+            self._early_seen[call.shard.index] = early
+            if statuses.count(b"0") == len(statuses):  # every trace buffered: the usual answer
+                continue
+            verdicts = iter(decided)
+            for trace_id, status in zip(trace_ids, statuses):
+                if status == _BUFFERED:
                     continue
-                if status == 1:
+                if status == _DECIDED_NOW:
                     result.decided_now[trace_id] = chosen[trace_id]
-                    continue
-                if status == 2:
+                elif status == _RESCUED:
                     assert relief is not None
                     result.late_kept[trace_id] = relief.kept_for_error
                     result.rescued += 1
-                    continue
-                verdict = Verdict.decode(status)
-                if verdict.keep:
+                elif (verdict := Verdict.decode(next(verdicts))).keep:
                     result.late_kept[trace_id] = verdict
                 else:
                     result.late_dropped_spans += fragments[trace_id].span_count
@@ -377,7 +385,8 @@ class RedisTraceBuffer(TraceBuffer):
             if isinstance(reply, NotReplicated):
                 reply = reply.reply
             if not isinstance(reply, Exception):  # a trace answered 0 was buffered, not one already decided
-                taken += sum(fragments[t].span_count for t, status in zip(trace_ids, reply[2:]) if status == 0)
+                statuses = reply[2]  # type: ignore[index]
+                taken += sum(fragments[t].span_count for t, status in zip(trace_ids, statuses) if status == _BUFFERED)
         self._refused_but_buffered.inc(taken)
         self._first_failure("append", replies)
 
@@ -398,7 +407,7 @@ class RedisTraceBuffer(TraceBuffer):
         calls = [
             _Call("check", self._shards[index], [
                 self._shards[index].prefix, self._max_traces, self._max_bytes,
-                sum(fragments[t].size for t in ids), b"".join(ids).hex(),
+                sum(map(_SIZE, map(fragments.__getitem__, ids))), b"".join(ids).hex(),
             ])
             for index, ids in groups.items()
         ]
@@ -430,6 +439,9 @@ class RedisTraceBuffer(TraceBuffer):
         candidates = [self._shards[(start + i) % count] for i in range(count)]
         failures: list[object] = []
         async with self._reaching("claim"):
+            if self._unread:  # claims whose values could not be read last time (a slot was moving)
+                unread, self._unread = self._unread, []
+                await self._read_claimed(unread, claimed, failures)
             while candidates and len(claimed) < limit:
                 room = limit - len(claimed)
                 quotas = [room // len(candidates) + (1 if i < room % len(candidates) else 0) for i in range(len(candidates))]
@@ -448,39 +460,75 @@ class RedisTraceBuffer(TraceBuffer):
                     failures.append(exc)  # the traces claimed so far are this agent's: hand them out
                     break
                 candidates = unasked
+                handed: list[tuple[_Shard, list[bytes], bytes, bytes]] = []
                 for (shard, quota), reply in zip(asked, replies):
                     if isinstance(reply, Exception):  # this shard waits for the next claim
                         failures.append(reply)
                         continue
-                    self._take(shard.index, reply, claimed)
-                    if len(reply) // 4 == quota:
+                    ids_hex, reasons, deadlines = reply  # type: ignore[misc]
+                    if ids_hex:
+                        handed.append((shard, _trace_ids(ids_hex), reasons, deadlines))
+                    if len(ids_hex) // 32 == quota:
                         candidates.append(shard)
+                if handed:
+                    await self._read_claimed(handed, claimed, failures)
             self._first_failure("claim", failures, keep=bool(claimed))
         return claimed
 
-    def _take(self, index: int, reply: list[bytes], into: list[Claimed]) -> None:
-        for i in range(0, len(reply), 4):
-            trace_id = bytes.fromhex(reply[i].decode())
-            reason = reply[i + 1].decode()
-            data = reply[i + 3]
-            if reason == "lease":
-                self._reclaimed.inc()
-                reason = "deadline"
-            elif reason != "deadline":
-                self._early_seen[index] = max(0, self._early_seen[index] - 1)
-            self._held[trace_id] = (index, len(data))
-            into.append(Claimed(trace_id, data, reason, float(reply[i + 2])))
+    async def _read_claimed(
+        self, handed: list[tuple[_Shard, list[bytes], bytes, bytes]], into: list[Claimed], failures: list[object]
+    ) -> None:
+        """Read the claimed traces' values, one MGET per shard, and hand them out as ``Claimed``.
+        The claims are this agent's from the claim on (renewed, released by ``close``); a shard
+        whose values cannot be read now (its slot started to move after the claim) is read again
+        at the next claim."""
+        for shard, ids, _, _ in handed:
+            self._held.update(zip(ids, repeat((shard.index, -1, -1))))  # held, not yet read
+        values = await self._router.run(
+            [Routed(shard.keys[0], ("MGET", *[shard.prefix + b"s:" + tid.hex().encode() for tid in ids]))
+             for shard, ids, _, _ in handed],
+            self._deadline(),
+        )
+        for (shard, ids, reasons, deadlines), found in zip(handed, values):
+            if isinstance(found, Exception):
+                failures.append(found)
+                self._unread.append((shard, ids, reasons, deadlines))
+                continue
+            self._take(shard.index, ids, reasons, deadlines, found, into)  # type: ignore[arg-type]
+
+    def _take(self, index: int, ids: list[bytes], reasons: bytes, deadlines: bytes, values: list[bytes | None],
+              into: list[Claimed]) -> None:
+        """Claimed traces as ``Claimed``; one whose key is gone or was decided between the claim
+        and the read is left to its lease."""
+        lapsed = reasons.count(b"l")
+        if lapsed:
+            self._reclaimed.inc(lapsed)
+        early = reasons.count(b"s") + reasons.count(b"o")
+        if early:
+            self._early_seen[index] = max(0, self._early_seen[index] - early)
+        due = list(map(float, deadlines.split(b",")))
+        if not all(value is not None and value[:1] == _CHAIN for value in values):
+            kept = [i for i, value in enumerate(values) if value is not None and value[:1] == _CHAIN]
+            for i in set(range(len(ids))).difference(kept):
+                self._held.pop(ids[i], None)
+            ids, values, due = [ids[i] for i in kept], [values[i] for i in kept], [due[i] for i in kept]
+            reasons = bytes(reasons[i] for i in kept)
+        if not ids:
+            return
+        datas, facts = zip(*map(_unchain, ids, values))  # type: ignore[arg-type]
+        self._held.update(zip(ids, zip(repeat(index), map(len, values), map(len, datas))))  # type: ignore[arg-type]
+        into += map(Claimed, ids, datas, facts, map(_REASONS.__getitem__, reasons), due)
 
     async def settle(self, settlements: list[Settlement], now: float) -> dict[bytes, bytes]:
         """Traces are no longer renewed from here on, even if Redis cannot be reached: their
         leases run out and they are decided again (a duplicate at worst, never a trace stuck
         under a lease that this agent renews forever). When only some shards can be reached,
         what the others returned is returned."""
-        groups: dict[int, list[tuple[Settlement, int]]] = {}
-        for settlement in settlements:
-            held = self._held.pop(settlement.trace_id, None)
+        groups: dict[int, list[tuple[Settlement, int, int]]] = {}
+        pop = self._held.pop
+        for settlement, held in zip(settlements, map(pop, map(_TRACE_ID, settlements), repeat(None))):
             if held is not None:
-                groups.setdefault(held[0], []).append((settlement, held[1]))
+                groups.setdefault(held[0], []).append((settlement, held[1], held[2]))
         if not groups:
             return {}
         async with self._reaching("settle"):
@@ -488,19 +536,24 @@ class RedisTraceBuffer(TraceBuffer):
             calls = []
             for index, group in groups.items():
                 shard = self._shards[index]
-                args: list[object] = [fence, shard.prefix, self._kept_ttl_ms, self._dropped_ttl_ms]
-                for s, offset in group:
-                    args += (s.trace_id.hex(), offset, s.verdict.encode())
-                calls.append(_Call("settle", shard, args))
+                codes: dict[Verdict, int] = {}
+                choices = [codes.setdefault(s.verdict, len(codes)) for s, _, _ in group]
+                calls.append(_Call("settle", shard, [
+                    fence, shard.prefix, self._kept_ttl_ms, self._dropped_ttl_ms,
+                    b"".join([s.trace_id for s, _, _ in group]).hex(), ",".join([str(length) for _, length, _ in group]),
+                    ",".join([str(size) for _, _, size in group]), ",".join(map(str, choices)),
+                    *[verdict.encode() for verdict in codes],
+                ]))
             replies = await self._run(calls, self._deadline())
             self._first_failure("settle", replies, keep=not all(isinstance(r, Exception) for r in replies))
-        return {
-            s.trace_id: data
-            for group, reply in zip(groups.values(), replies)
-            if not isinstance(reply, Exception)
-            for (s, _), data in zip(group, reply)
-            if data
-        }
+        stragglers: dict[bytes, bytes] = {}
+        for group, reply in zip(groups.values(), replies):
+            if isinstance(reply, Exception):
+                continue
+            for position, rest in zip(reply[::2], reply[1::2]):  # type: ignore[index]
+                trace_id = group[position - 1][0].trace_id
+                stragglers[trace_id] = _unchain(trace_id, rest)[0]
+        return stragglers
 
     def set_decision_cache(self, config: DecisionCacheConfig) -> None:
         """Decision keys get this TTL; a size of 0 turns that kind of decision key off (Redis
@@ -574,7 +627,7 @@ class RedisTraceBuffer(TraceBuffer):
 
     async def _renew(self, deadline: float) -> None:
         groups: dict[int, list[str]] = {}
-        for trace_id, (index, _) in self._held.items():
+        for trace_id, (index, _, _) in self._held.items():
             groups.setdefault(index, []).append(trace_id.hex())
         calls = [
             _Call("renew", self._shards[index], [self._shards[index].prefix, deadline, self._hold_ms, *ids])
@@ -582,6 +635,30 @@ class RedisTraceBuffer(TraceBuffer):
         ]
         async with self._reaching("renew"):
             self._first_failure("renew", await self._run(calls, self._deadline()))
+
+
+_BUFFERED, _DECIDED_NOW, _RESCUED = b"012"
+_CHAIN = b"\x01"  # the first byte of a buffered trace's value (redis_common.lua)
+_REASONS = {ord("l"): "deadline", ord("d"): "deadline", ord("s"): "size", ord("o"): "overflow"}
+_SIZE = attrgetter("size")
+_TRACE_ID = itemgetter(0)
+
+
+def _trace_ids(packed_hex: bytes) -> list[bytes]:
+    """Trace IDs sent as their hex forms, concatenated."""
+    packed = bytes.fromhex(packed_hex.decode())
+    return [packed[i : i + 16] for i in range(0, len(packed), 16)]
+
+
+def _unchain(trace_id: bytes, value: bytes) -> tuple[bytes, bytes]:
+    """A trace's value as (its bytes, its merged facts); one this release cannot read (written by
+    another release) is handed on as it is, with a record the decision loop refuses to read,
+    so the trace is kept as an evaluation error rather than lost."""
+    try:
+        return wire.unchain(value)
+    except ValueError as exc:
+        log.error("redis buffer: trace %s is not stored as this release stores traces (%s)", trace_id.hex(), exc)
+        return value, b""
 
 
 def _stale(exc: object) -> bool:

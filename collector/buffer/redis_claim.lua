@@ -1,45 +1,53 @@
 -- Hand up to `limit` traces of one shard to the calling agent under a lease: first traces whose
 -- lease expired (their agent stopped renewing), then due traces, early ones first.
 -- ARGV: fence_ms, prefix, now, lease_deadline, limit, hold_ttl_ms.
--- Returns flat (trace_id_hex, reason, deadline, data) quadruples; reason is size, overflow,
--- deadline or lease; deadline is the decision deadline claimed for, 0 when not a deadline.
+-- Returns {trace IDs (hex, concatenated), one letter per trace: its reason (l lease, d deadline,
+-- s size, o overflow), the decision deadlines claimed for (comma-separated; 0 when not a
+-- deadline)}. The agent reads the traces' values (their facts records and fragments) with one
+-- MGET afterwards: a value of a few kilobytes costs Redis several times more passed through Lua
+-- (into a Lua string, then into the script's reply) than sent by MGET.
+-- Each trace's key is checked once (its first byte); the sorted sets change in one command each.
 local stale = refuse_if_stale(ARGV[1])
 if stale then return stale end
-local prefix, now, lease, limit, hold_ttl = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
-local out = {}
-local REASONS = {[SIZE] = 'size', [OVERFLOW] = 'overflow'}
+local prefix, now, lease, limit = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local ids, reasons, deadlines = {}, {}, {}
+local leases = {}  -- score, member, ...: one ZADD
+local REASONS = {[SIZE] = 's', [OVERFLOW] = 'o'}
 
 local function hand_out(tid, reason, deadline)
-  local data = redis.call('GET', span_key(prefix, tid))
-  if data then
-    redis.call('ZADD', claims, lease, tid)
-    redis.call('PEXPIRE', span_key(prefix, tid), hold_ttl)
-    out[#out + 1] = tid
-    out[#out + 1] = reason
-    out[#out + 1] = deadline
-    out[#out + 1] = data
-  else
-    redis.call('ZREM', claims, tid)
-  end
-  return data
+  if redis.call('GETRANGE', trace_key(prefix, tid), 0, 0) ~= CHAIN then return false end  -- gone, or decided meanwhile
+  ids[#ids + 1] = tid
+  reasons[#reasons + 1] = reason
+  deadlines[#deadlines + 1] = deadline
+  leases[#leases + 1] = lease
+  leases[#leases + 1] = tid
+  return true
 end
 
-for _, tid in ipairs(redis.call('ZRANGE', claims, '-inf', now, 'BYSCORE', 'LIMIT', 0, limit)) do
-  hand_out(tid, 'lease', '0')
+local lapsed = redis.call('ZRANGE', claims, '-inf', now, 'BYSCORE', 'LIMIT', 0, limit)
+local gone = {}
+for _, tid in ipairs(lapsed) do
+  if not hand_out(tid, 'l', '0') then gone[#gone + 1] = tid end
 end
-local room = limit - #out / 4
+if #gone > 0 then in_bulk('ZREM', claims, gone) end
+local room = limit - #ids
 if room > 0 then
   local entries = redis.call('ZRANGE', due, '-inf', now, 'BYSCORE', 'LIMIT', 0, room, 'WITHSCORES')
+  local taken, early_bytes = {}, 0
   for i = 1, #entries, 2 do
     local tid, deadline = entries[i], tonumber(entries[i + 1])
-    redis.call('ZREM', due, tid)
-    local data = hand_out(tid, REASONS[deadline] or 'deadline', deadline > EARLY and entries[i + 1] or '0')
-    if data and deadline <= EARLY then redis.call('HINCRBY', meta, 'eb', -#data) end
+    taken[#taken + 1] = tid
+    if hand_out(tid, REASONS[deadline] or 'd', deadline > EARLY and entries[i + 1] or '0') and deadline <= EARLY then
+      early_bytes = early_bytes + fragment_bytes(redis.call('GET', trace_key(prefix, tid)))  -- early ones are few
+    end
   end
+  if #taken > 0 then in_bulk('ZREM', due, taken) end
+  if early_bytes > 0 then redis.call('HINCRBY', meta, 'eb', -early_bytes) end
 end
--- counters drift only when span keys expire under them; an empty shard resets them
+if #leases > 0 then in_bulk('ZADD', claims, leases) end
+-- counters drift only when trace keys expire under them; an empty shard resets them
 if redis.call('ZCARD', due) + redis.call('ZCARD', claims) == 0 then
   redis.call('DEL', meta)
 end
-keep_alive(hold_ttl)
-return out
+keep_alive(tonumber(ARGV[6]))
+return {table.concat(ids), table.concat(reasons), table.concat(deadlines, ',')}

@@ -1,22 +1,43 @@
--- Record decisions for traces this agent claimed, free their spans and return what was
--- appended after the claim (everything past the offset the agent received).
--- ARGV: fence_ms, prefix, kept_ttl_ms, dropped_ttl_ms (0: do not cache),
---       then (trace_id_hex, claimed_length, decision) triples; decision is "1"/"0" + policy.
+-- Record decisions for traces this agent claimed, in the traces' own keys, and return what was
+-- appended after the claim (everything past the length the agent received).
+-- ARGV: fence_ms, prefix, kept_ttl_ms, dropped_ttl_ms (0: do not cache), trace IDs (hex,
+--       concatenated), the claimed lengths (comma-separated), the fragment bytes of what was
+--       claimed (comma-separated), each trace's decision as an index into what follows
+--       (comma-separated), then the decisions ("1"/"0" + policy).
+-- Returns {position of a trace (1-based), what was appended to it after the claim, ...} for the
+-- traces that have such spans. A trace's key is compared by its first byte and its length, and
+-- only what followed the claim is read: the claimed chain, kilobytes, never passes through Lua.
+-- The claims change in one ZREM.
 local stale = refuse_if_stale(ARGV[1])
 if stale then return stale end
 local prefix, kept_ttl, dropped_ttl = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local tids = trace_ids(ARGV[5])
+local offsets, sizes, choices = {}, {}, {}
+for n in string.gmatch(ARGV[6], '%d+') do offsets[#offsets + 1] = tonumber(n) end
+for n in string.gmatch(ARGV[7], '%d+') do sizes[#sizes + 1] = tonumber(n) end
+for n in string.gmatch(ARGV[8], '%d+') do choices[#choices + 1] = tonumber(n) end
 local out = {}
-local freed = 0  -- bytes of the span keys deleted: one HINCRBY for the call
-for i = 5, #ARGV, 3 do
-  local tid, offset, decision = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
-  local skey = span_key(prefix, tid)
-  local rest = redis.call('GETRANGE', skey, offset, -1)
-  out[#out + 1] = rest
-  -- the key held offset + #rest bytes, unless it expired and came back shorter: the counters'
-  -- usual drift, reset when the shard empties
-  if redis.call('DEL', skey) == 1 then freed = freed + offset + #rest end
-  redis.call('ZREM', claims, tid)
-  remember(prefix, tid, decision, string.sub(decision, 1, 1) == '1' and kept_ttl or dropped_ttl)
+local freed = 0  -- bytes of the fragments dropped: one HINCRBY for the call
+for i, tid in ipairs(tids) do
+  local key, decision = trace_key(prefix, tid), ARGV[9 + choices[i]]
+  local ttl = string.sub(decision, 1, 1) == '1' and kept_ttl or dropped_ttl
+  -- the key holds the fragments claimed and what followed, unless it expired (the counters'
+  -- usual drift, reset when the shard empties) or another agent decided it after our lease
+  if redis.call('GETRANGE', key, 0, 0) == CHAIN then
+    freed = freed + sizes[i]
+    if redis.call('STRLEN', key) > offsets[i] then
+      local rest = redis.call('GETRANGE', key, offsets[i], -1)
+      freed = freed + fragment_bytes(rest)
+      out[#out + 1] = i
+      out[#out + 1] = rest
+    end
+  end
+  if ttl > 0 then
+    redis.call('SET', key, decision, 'PX', ttl)
+  else
+    redis.call('DEL', key)
+  end
 end
+in_bulk('ZREM', claims, tids)
 if freed > 0 then redis.call('HINCRBY', meta, 'tb', -freed) end
 return out

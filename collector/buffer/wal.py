@@ -99,9 +99,10 @@ _ENTRY_OVERHEAD = 48  # bytes a fragment costs on disk beyond its own, about: it
 
 
 class Fragment(Protocol):
-    """What the log reads of a fragment (``tailsampler.collector.split.Fragment``)."""
+    """What the log reads of a fragment (``tailsampler.collector.wire.Fragment``)."""
 
     pieces: Sequence[bytes]
+    facts: bytes
     span_count: int
     has_root: bool
     size: int
@@ -201,12 +202,11 @@ class WriteAheadLog:
         fragments: Mapping[bytes, Fragment],
         received: float,
         *,
-        facts: Mapping[bytes, bytes] | None = None,
         decided: Mapping[bytes, DecisionValue] | None = None,
     ) -> Awaitable[None]:
         """Log one request's fragments, received at ``received`` (wall-clock seconds); await the
-        result before acknowledging the request. ``facts`` holds each trace's facts (opaque bytes;
-        None: none). ``decided`` holds decisions made as the request came in: a kept trace's
+        result before acknowledging the request; each fragment's facts record is logged with it.
+        ``decided`` holds decisions made as the request came in: a kept trace's
         fragments here (late spans of a kept trace, or a trace overload relief kept) go out now,
         and each is settled by one more ``delivered``; a dropped trace (overload relief) is
         settled, with no fragments logged. Raises ``WalFull`` when the request does not fit,
@@ -221,7 +221,7 @@ class WriteAheadLog:
             map(_SPANS, values),
             map(_ROOT, values),
             list(map(_PIECES, values)),
-            None if facts is None else [facts.get(trace_id, b"") for trace_id in fragments],
+            list(map(_FACTS, values)),
             None,
             decided,
         )

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from tailsampler.collector import wire
 from tailsampler.collector.config import TailSamplingConfig
 from tailsampler.collector.evaluate import SpanClock
 from tailsampler.common.errors import ConfigError, Problem
@@ -45,13 +46,22 @@ def parse_policies(text: str) -> TailSamplingConfig:
     return settings
 
 
+def _view(row: dict[str, Any]) -> TraceView | None:
+    """The stored trace as the decision loop sees it, or None for bytes that hold no trace."""
+    data = row.pop("spans")
+    try:
+        return TraceView(bytes.fromhex(row["trace_id"]), data, wire.facts_of(data))
+    except (wire.WireError, ValueError):
+        return None
+
+
 def what_if(settings: TailSamplingConfig, store: str, limit: int) -> dict[str, Any]:
     """Each of the last ``limit`` kept traces decided by ``settings``' policies, and a summary."""
     clock = SpanClock()
     engine = build_engine(settings, PolicyContext(clock))
     rows = recent_traces(store, min(max(1, limit), MAX_TRACES))
     views = sorted(
-        ((TraceView(bytes.fromhex(row["trace_id"]), row.pop("spans")), row) for row in rows),
+        ((view, row) for row in rows if (view := _view(row)) is not None),
         key=lambda pair: (pair[0].end_time_unix_nano, pair[0].trace_id),
     )
     results, by_policy = [], Counter()
