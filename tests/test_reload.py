@@ -116,7 +116,10 @@ async def test_policies_and_exporters_change_under_traffic_and_a_broken_file_cha
     for thread in threads:
         thread.start()
     try:
-        await asyncio.sleep(4.0)  # phase A: errors only
+        # phase A, errors only: until enough traces were sent long enough before any reload to be
+        # decided under these policies
+        await eventually(lambda: sum(t.started < time.monotonic() - DECISION_WAIT - 1.5 for t in traffic.sent) > 30,
+                         30, "phase A traffic decided before the reload")
 
         config_b = copy.deepcopy(config_a)
         config_b["tail_sampling"]["policies"] = EVERYTHING
@@ -126,7 +129,8 @@ async def test_policies_and_exporters_change_under_traffic_and_a_broken_file_cha
         agent.signal(signal.SIGHUP)
         await eventually(lambda: agent.stats()["config"]["hash"] == hash_b, 10, "SIGHUP applied the new config")
         reloaded = time.monotonic()
-        await asyncio.sleep(3.0)  # phase B: everything, into the SQLite store and the sink
+        # phase B, everything, into the SQLite store and the sink
+        await eventually(lambda: sum(t.started >= reloaded for t in traffic.sent) > 70, 30, "phase B traffic")
 
         broken = copy.deepcopy(config_b)
         broken["tail_sampling"]["policies"] = [{"name": "slow", "type": "latency", "latency": {"threshold_ms": "soon"}}]
@@ -141,7 +145,10 @@ async def test_policies_and_exporters_change_under_traffic_and_a_broken_file_cha
         agent.signal(signal.SIGHUP)
         await eventually(lambda: agent.stats()["config"]["reloads"] == {"applied": 1, "rejected": 2}, 10)
         assert agent.stats()["config"]["hash"] == hash_b
-        await asyncio.sleep(2.0)  # phase C: the broken file changed nothing
+        # phase C: the broken file changed nothing
+        rejected = time.monotonic()
+        await eventually(lambda: sum(t.started >= rejected for t in traffic.sent) > 40 and liveness.polls > 110, 30,
+                         "phase C traffic")
     finally:
         traffic.stopping.set()
         threads[0].join()
