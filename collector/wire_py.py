@@ -39,39 +39,28 @@ import struct
 from itertools import compress, count, islice, repeat
 from operator import add, and_, itemgetter, mul, ne, not_, or_, sub
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
 from tailsampler.collector.wire_check import MAX_BODY, first_error
 from tailsampler.collector.wire_errors import WireError
 from tailsampler.common import trace_facts
 from tailsampler.common.framing import LENGTHS, field, length
+from tailsampler.common.proto_types import FIELD, FieldSpec, declare
 
 CORE = "python"
-_FIELD = descriptor_pb2.FieldDescriptorProto
 _B, _V, _F64, _F32, _I32, _M = (
-    _FIELD.TYPE_BYTES, _FIELD.TYPE_UINT64, _FIELD.TYPE_FIXED64, _FIELD.TYPE_FIXED32, _FIELD.TYPE_INT32, _FIELD.TYPE_MESSAGE,
+    FIELD.TYPE_BYTES, FIELD.TYPE_UINT64, FIELD.TYPE_FIXED64, FIELD.TYPE_FIXED32, FIELD.TYPE_INT32, FIELD.TYPE_MESSAGE,
 )
 _ONE, _REPEATED, _PRESENT = "one", "repeated", "present"  # singular, repeated, singular tracking presence
 
 
 def _declare(package: str, messages: Sequence[tuple[str, Sequence[tuple[int, str, int, str, str]]]]) -> dict[str, type]:
-    """Message classes for ``messages``: (name, [(number, field name, type, label, message type)])."""
-    file = descriptor_pb2.FileDescriptorProto(name=f"{package.replace('.', '/')}.proto", package=package, syntax="proto3")
-    for name, fields in messages:
-        message = file.message_type.add(name=name)
-        for number, field_name, kind, label, type_name in fields:
-            repeated = _FIELD.LABEL_REPEATED if label == _REPEATED else _FIELD.LABEL_OPTIONAL
-            field = message.field.add(name=field_name, number=number, type=kind, label=repeated)
-            if label == _PRESENT:  # proto3 ``optional``: a synthetic oneof of its own
-                field.proto3_optional = True
-                field.oneof_index = len(message.oneof_decl)
-                message.oneof_decl.add(name=f"_{field_name}")
-            if type_name:
-                field.type_name = f".{package}.{type_name}"
-    pool = descriptor_pool.Default()
-    pool.Add(file)
-    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.{name}")) for name, _ in messages}
+    """``declare`` for messages written as (name, [(number, field name, type, label, message type)])."""
+    return declare(package, [
+        (name, [FieldSpec(number, field_name, kind, label == _REPEATED, type_name, label == _PRESENT)
+                for number, field_name, kind, label, type_name in fields])
+        for name, fields in messages
+    ])
 
 
 # The span fields the walk does not read. The exact split's types, whose spans are messages of their
@@ -251,11 +240,11 @@ class Fragment:
 
     @property
     def size(self) -> int:
-        return int.from_bytes(self.facts[8:16], "little")
+        return trace_facts.byte_size(self.facts)
 
     @property
     def span_count(self) -> int:
-        return int.from_bytes(self.facts[4:8], "little")
+        return trace_facts.span_count(self.facts)
 
     @property
     def has_root(self) -> bool:
@@ -307,7 +296,7 @@ def unchain(value: bytes) -> tuple[bytes, bytes]:
         record = value[at : at + size]
         if len(record) < size or record[0] != trace_facts.FACTS_VERSION:
             raise ValueError(f"not a chain of facts records and fragments at byte {at}")
-        n = int.from_bytes(record[8:16], "little")
+        n = trace_facts.byte_size(record)
         if n > len(value) - at - size:
             raise ValueError(f"a fragment of {n} bytes at byte {at} runs past the chain's end")
         records.append(record)

@@ -26,6 +26,7 @@ class FieldSpec(NamedTuple):
     type: int
     repeated: bool = False
     type_name: str = ""
+    present: bool = False  # proto3 ``optional``: a singular field that tracks its presence
 
 
 Messages = Sequence[tuple[str, Sequence[FieldSpec]]]
@@ -67,6 +68,10 @@ def declare(package: str, messages: Messages, dependencies: Sequence[str] = ()) 
         for spec in fields:
             label = FIELD.LABEL_REPEATED if spec.repeated else FIELD.LABEL_OPTIONAL
             field = message.field.add(name=spec.name, number=spec.number, type=spec.type, label=label)
+            if spec.present:  # a synthetic oneof of its own, as protoc declares ``optional``
+                field.proto3_optional = True
+                field.oneof_index = len(message.oneof_decl)
+                message.oneof_decl.add(name=f"_{spec.name}")
             if spec.type_name:
                 field.type_name = spec.type_name if spec.type_name.startswith(".") else f".{package}.{spec.type_name}"
     pool = descriptor_pool.Default()

@@ -68,6 +68,19 @@ def merge(records: bytes) -> bytes:
     return pack(bits, spans, size, start, end, trace_hash)
 
 
+SPAN_COUNT = slice(4, 8)
+BYTE_SIZE = slice(8, 16)
+
+
+def span_count(record: bytes) -> int:
+    return int.from_bytes(record[SPAN_COUNT], "little")
+
+
+def byte_size(record: bytes) -> int:
+    """The length of the fragments the record describes."""
+    return int.from_bytes(record[BYTE_SIZE], "little")
+
+
 def trace_hash(record: bytes) -> int:
     """The record's ``probabilistic`` hash of its trace ID (default salt)."""
     return int.from_bytes(record[32:40], "little")

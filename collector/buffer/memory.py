@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from tailsampler.collector.config import BufferConfig, BufferLimits, DecisionCacheConfig
 from tailsampler.collector.wire import Fragment, merge_facts
 from tailsampler.common.incident import Incident
+from tailsampler.common.trace_facts import BYTE_SIZE, byte_size
 from tailsampler.common.verdict import Verdict
 from tailsampler.policies import LocalTokenBucket
 
@@ -67,8 +68,8 @@ _TRACE_ID = itemgetter(0)
 
 
 def _sizes(records: Iterable[bytes]) -> Iterator[int]:
-    """The byte counts of facts records (``common/trace_facts.py``: a u64 at offset 8)."""
-    return map(int.from_bytes, map(getitem, records, repeat(slice(8, 16))), repeat("little"))
+    """The byte counts of facts records, in C-level passes (``trace_facts.byte_size`` of each)."""
+    return map(int.from_bytes, map(getitem, records, repeat(BYTE_SIZE)), repeat("little"))
 
 
 class MemoryTraceBuffer(TraceBuffer):
@@ -439,7 +440,7 @@ def _verdict(decision: DecisionValue) -> Verdict:
 
 
 def _size_of(trace: _Trace) -> int:
-    return int.from_bytes(trace.facts[8:16], "little")
+    return byte_size(trace.facts)
 
 
 class LocalState(SharedState):
