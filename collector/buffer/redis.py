@@ -17,11 +17,15 @@ Key layout, per shard ``{n}`` (``ts`` is ``key_prefix``)::
     ts:{n}:meta               HASH    tb: bytes stored, eb: bytes of traces marked for early decision
 
 One key per trace costs each trace one command to append (``SET NX`` for a new trace; a
-``GETRANGE`` and an ``APPEND`` for one seen before, whose key may hold its verdict instead), one
-to claim (``GET``) and one to settle (``SET ... GET``, which returns what arrived since the claim):
-the sorted sets change once per call, for every trace of it. The facts records are merged when a
-trace is claimed, in the wire core (``wire.unchain``), so the scripts never read them but for a
-fragment's length and root bit.
+``GETRANGE`` and an ``APPEND`` for one seen before, whose key may hold its verdict instead), none
+to claim (the agent reads the claimed values with one ``MGET`` per shard) and two to settle
+(``STRLEN``, against the length claimed, then ``SET`` of the verdict; a ``GETRANGE`` reads what
+arrived since the claim, when something did): the sorted sets change once per call, for every
+trace of it. Each command a script runs costs Redis several times what the same command costs
+sent by a client, and every string that enters Lua is copied and hashed whole, so a trace's bytes
+enter Lua once, as one argument of the append, and never pass through a script's reply. The
+facts records are merged when a trace is claimed, in the wire core (``wire.unchain``), so the
+scripts never read them but for a fragment's length and root bit.
 
 A claimed trace is leased: the agent renews its leases every lease/3 while deciding and exporting;
 an agent that dies stops renewing and another agent reclaims the trace when the lease runs out.
@@ -340,10 +344,10 @@ class RedisTraceBuffer(TraceBuffer):
             for index, trace_ids in groups.items():
                 shard = self._shards[index]
                 calls.append(_Call("append", shard, [
-                    fence, shard.prefix, now, *self._append_limits,
-                    b"".join(trace_ids).hex(), wire.chain(list(map(fragments.__getitem__, trace_ids))),
+                    fence, shard.prefix, now, *self._append_limits, b"".join(trace_ids).hex(),
                     b"".join([letters[chosen[t]] for t in trace_ids]) if letters else b"",
                     *decisions, self._kept_ttl_ms, self._dropped_ttl_ms,
+                    *map(_chained, map(fragments.__getitem__, trace_ids)),
                 ]))
             replies = await self._run(calls, until, replicated=True)
             self._refuse_partly_taken(calls, replies, groups, fragments)
@@ -642,6 +646,11 @@ _CHAIN = b"\x01"  # the first byte of a buffered trace's value (redis_common.lua
 _REASONS = {ord("l"): "deadline", ord("d"): "deadline", ord("s"): "size", ord("o"): "overflow"}
 _SIZE = attrgetter("size")
 _TRACE_ID = itemgetter(0)
+
+
+def _chained(fragment: Fragment) -> bytes:
+    """A fragment as the append script stores it: its facts record, then its bytes."""
+    return wire.chain([fragment])
 
 
 def _trace_ids(packed_hex: bytes) -> list[bytes]:

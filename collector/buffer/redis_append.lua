@@ -1,12 +1,14 @@
 -- Buffer one request's fragments for one shard.
 -- ARGV: fence_ms, prefix, now, wait, wait_after_root, max_traces, max_bytes, max_trace_bytes,
---       evict (1: decide the oldest early when full), hold_ttl_ms, then the fragments packed
---       into two arguments (one argument per trace each would cost the client more than the
---       work): trace IDs (hex, concatenated), and each trace's facts record then its fragment,
---       in that order (the record's byte count says where the fragment ends, its bits whether it
---       holds a root); then overload relief: one letter per trace ("" when relief is off):
+--       evict (1: decide the oldest early when full), hold_ttl_ms, the trace IDs (hex,
+--       concatenated), then overload relief: one letter per trace ("" when relief is off):
 --       k (keep), e (keep: the fragment holds an error span) or d (drop), the three decisions
---       those letters stand for, and the kept and dropped decision TTLs.
+--       those letters stand for, and the kept and dropped decision TTLs; then each trace's facts
+--       record and fragment (``wire.chain``), one argument per trace, in the trace IDs' order
+--       (the record's byte count says how long the fragment is, its bits whether it holds a
+--       root). Every string that enters Lua is copied and hashed whole: an argument per trace is
+--       stored by SET or APPEND as it came, where one argument for the whole request was hashed
+--       once as a whole and once more for each fragment cut out of it.
 -- Returns {traces marked early now, traces marked early in the shard, one letter per trace:
 -- 0 buffered, 1 decided now by relief, 2 a trace relief had dropped is kept from now on (an
 -- error span), v decided before; then the decisions of the traces decided before, in order
@@ -18,9 +20,10 @@ local stale = refuse_if_stale(ARGV[1])
 if stale then return stale end
 local prefix, now, wait, after_root = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local max_trace_bytes, hold_ttl = tonumber(ARGV[8]), tonumber(ARGV[10])
-local tids, packed = trace_ids(ARGV[11]), ARGV[12]
-local relief, relief_decisions = ARGV[13], {k = ARGV[14], e = ARGV[15], d = ARGV[16]}
-local kept_ttl, dropped_ttl = tonumber(ARGV[17]), tonumber(ARGV[18])
+local tids = trace_ids(ARGV[11])
+local relief, relief_decisions = ARGV[12], {k = ARGV[13], e = ARGV[14], d = ARGV[15]}
+local kept_ttl, dropped_ttl = tonumber(ARGV[16]), tonumber(ARGV[17])
+local FIRST = 17  -- ARGV[FIRST + i]: trace i's record and fragment
 local marked = 0
 local early = nil  -- traces marked early in the shard, when known: else every append looks its trace up
 
@@ -28,8 +31,10 @@ if ARGV[9] == '1' then
   -- under relief no new trace is buffered: only the traces already here count (bytes are
   -- counted whole, which errs on the side of room)
   local counted = relief ~= '' and {} or tids
+  local incoming = 0
+  for i = 1, #tids do incoming = incoming + #ARGV[FIRST + i] - RECORD end
   local over_traces, over_bytes
-  over_traces, over_bytes, early = pressure(prefix, counted, tonumber(ARGV[6]), tonumber(ARGV[7]), #packed - RECORD * #tids)
+  over_traces, over_bytes, early = pressure(prefix, counted, tonumber(ARGV[6]), tonumber(ARGV[7]), incoming)
   while over_traces > 0 or over_bytes > 0 do
     local oldest = redis.call('ZRANGE', due, '(' .. EARLY, '+inf', 'BYSCORE', 'LIMIT', 0, 1)[1]
     if not oldest then break end
@@ -70,12 +75,10 @@ local function append_more(key, tid, data, size, root)
   return nil
 end
 
-local at = 1
 for i, tid in ipairs(tids) do
-  local size = struct.unpack('<I4', packed, at + 8)  -- the fragment's bytes (under 4 GiB: a body is at most 64 MiB)
-  local root = after_root > 0 and string.byte(packed, at + 1) % 2 == 1
-  local data = string.sub(packed, at, at + RECORD + size - 1)
-  at = at + RECORD + size
+  local data = ARGV[FIRST + i]
+  local size = #data - RECORD
+  local root = after_root > 0 and string.byte(data, 2) % 2 == 1
   local key = trace_key(prefix, tid)
   local letter = relief ~= '' and string.sub(relief, i, i) or nil
   local status, decided = '0', nil

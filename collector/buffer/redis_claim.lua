@@ -6,7 +6,10 @@
 -- deadline)}. The agent reads the traces' values (their facts records and fragments) with one
 -- MGET afterwards: a value of a few kilobytes costs Redis several times more passed through Lua
 -- (into a Lua string, then into the script's reply) than sent by MGET.
--- Each trace's key is checked once (its first byte); the sorted sets change in one command each.
+-- A due trace is handed out unread: its key holds its chain until it is claimed (a key that
+-- expired meanwhile reads nil in the agent's MGET, which leaves the claim to its lease). A trace
+-- whose lease ran out is checked first (its key's first byte): another agent may have decided
+-- it since. The sorted sets change in one command each.
 local stale = refuse_if_stale(ARGV[1])
 if stale then return stale end
 local prefix, now, lease, limit = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
@@ -15,19 +18,21 @@ local leases = {}  -- score, member, ...: one ZADD
 local REASONS = {[SIZE] = 's', [OVERFLOW] = 'o'}
 
 local function hand_out(tid, reason, deadline)
-  if redis.call('GETRANGE', trace_key(prefix, tid), 0, 0) ~= CHAIN then return false end  -- gone, or decided meanwhile
   ids[#ids + 1] = tid
   reasons[#reasons + 1] = reason
   deadlines[#deadlines + 1] = deadline
   leases[#leases + 1] = lease
   leases[#leases + 1] = tid
-  return true
 end
 
 local lapsed = redis.call('ZRANGE', claims, '-inf', now, 'BYSCORE', 'LIMIT', 0, limit)
 local gone = {}
 for _, tid in ipairs(lapsed) do
-  if not hand_out(tid, 'l', '0') then gone[#gone + 1] = tid end
+  if redis.call('GETRANGE', trace_key(prefix, tid), 0, 0) == CHAIN then
+    hand_out(tid, 'l', '0')
+  else  -- gone, or decided by another agent
+    gone[#gone + 1] = tid
+  end
 end
 if #gone > 0 then in_bulk('ZREM', claims, gone) end
 local room = limit - #ids
@@ -37,8 +42,9 @@ if room > 0 then
   for i = 1, #entries, 2 do
     local tid, deadline = entries[i], tonumber(entries[i + 1])
     taken[#taken + 1] = tid
-    if hand_out(tid, REASONS[deadline] or 'd', deadline > EARLY and entries[i + 1] or '0') and deadline <= EARLY then
-      early_bytes = early_bytes + fragment_bytes(redis.call('GET', trace_key(prefix, tid)))  -- early ones are few
+    hand_out(tid, REASONS[deadline] or 'd', deadline > EARLY and entries[i + 1] or '0')
+    if deadline <= EARLY then
+      early_bytes = early_bytes + fragment_bytes(redis.call('GET', trace_key(prefix, tid)) or '')  -- early ones are few
     end
   end
   if #taken > 0 then in_bulk('ZREM', due, taken) end

@@ -5,9 +5,9 @@
 --       claimed (comma-separated), each trace's decision as an index into what follows
 --       (comma-separated), then the decisions ("1"/"0" + policy).
 -- Returns {position of a trace (1-based), what was appended to it after the claim, ...} for the
--- traces that have such spans. A trace's key is compared by its first byte and its length, and
--- only what followed the claim is read: the claimed chain, kilobytes, never passes through Lua.
--- The claims change in one ZREM.
+-- traces that have such spans. A trace's key is compared by its length, and by its first byte
+-- only when it grew; only what followed the claim is read: the claimed chain, kilobytes, never
+-- passes through Lua. The claims change in one ZREM.
 local stale = refuse_if_stale(ARGV[1])
 if stale then return stale end
 local prefix, kept_ttl, dropped_ttl = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -22,10 +22,13 @@ for i, tid in ipairs(tids) do
   local key, decision = trace_key(prefix, tid), ARGV[9 + choices[i]]
   local ttl = string.sub(decision, 1, 1) == '1' and kept_ttl or dropped_ttl
   -- the key holds the fragments claimed and what followed, unless it expired (the counters'
-  -- usual drift, reset when the shard empties) or another agent decided it after our lease
-  if redis.call('GETRANGE', key, 0, 0) == CHAIN then
+  -- usual drift, reset when the shard empties) or another agent decided it after our lease. A
+  -- key of the claimed length is taken for the claim: a verdict that long (a policy name of
+  -- some 70 characters) would only make the byte counters drift the same way
+  local length = redis.call('STRLEN', key)
+  if length == offsets[i] or (length > offsets[i] and redis.call('GETRANGE', key, 0, 0) == CHAIN) then
     freed = freed + sizes[i]
-    if redis.call('STRLEN', key) > offsets[i] then
+    if length > offsets[i] then
       local rest = redis.call('GETRANGE', key, offsets[i], -1)
       freed = freed + fragment_bytes(rest)
       out[#out + 1] = i
