@@ -164,6 +164,14 @@ def _hotpath(args: argparse.Namespace) -> int:
     return 0
 
 
+def _redis_cost(args: argparse.Namespace) -> int:
+    from tailsampler.loadgen.redis_cost import measure
+
+    cost = measure(args.spans)
+    print(json.dumps({**dataclasses.asdict(cost), "total": cost.total}))
+    return 0
+
+
 def _null_server(args: argparse.Namespace) -> int:
     from tailsampler.loadgen.sink import NullServer
 
@@ -239,6 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
     hotpath.add_argument("--spans", type=int, default=5_000, help="spans per pass (whole traces, so a few more)")
     hotpath.add_argument("--repeat", type=int, default=2, help="timed passes after the warm-up")
     hotpath.set_defaults(handler=_hotpath)
+
+    redis_cost = commands.add_parser(
+        "redis-cost", formatter_class=DefaultsFormatter,
+        help="Redis's instructions per span for the Redis buffer's work, under callgrind",
+        description="Starts a throwaway Redis under valgrind --tool=callgrind, appends fresh requests "
+                    "through a Redis buffer, then claims and settles every trace, and prints Redis's "
+                    "instructions per span for each phase (append, decide) as JSON. Needs valgrind.",
+    )
+    redis_cost.add_argument("--spans", type=int, default=20_000, help="spans appended (whole traces, so a few more)")
+    redis_cost.set_defaults(handler=_redis_cost)
 
     null = commands.add_parser(
         "null-server", formatter_class=DefaultsFormatter, help="an OTLP/gRPC server that parses requests and answers")
