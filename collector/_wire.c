@@ -846,88 +846,171 @@ static int check_fragments(PyObject *fragments) {
     return 0;
 }
 
-/* Each fragment's record, then its pieces, for every fragment in turn: what a buffer that keeps
- * a trace as one string appends, the record's byte count saying where the fragment ends. */
-static PyObject *chain(PyObject *module, PyObject *fragments) {
+#define DIGEST_SIZE 16
+
+static void put_le(uint8_t *p, uint64_t v, int n) {
+    for (int i = 0; i < n; i++, v >>= 8) p[i] = (uint8_t)v;
+}
+
+/* The digest `digests` maps a resource's fields to (a borrowed reference), or NULL with an error. */
+static PyObject *digest_of(PyObject *digests, PyObject *head) {
+    PyObject *digest = PyDict_GetItemWithError(digests, head);
+    if (!digest) {
+        if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, head);
+        return NULL;
+    }
+    if (!PyBytes_Check(digest) || PyBytes_GET_SIZE(digest) != DIGEST_SIZE) {
+        PyErr_Format(PyExc_ValueError, "a resource digest must be %d bytes", DIGEST_SIZE);
+        return NULL;
+    }
+    return digest;
+}
+
+/* Each fragment's record, then its stored body, for every fragment in turn (see wire_py.chain):
+ * u32 n, the lengths of the n own pieces before a resource, the n digests, the own pieces. */
+static PyObject *chain(PyObject *module, PyObject *args) {
     (void)module;
+    PyObject *fragments, *digests;
+    if (!PyArg_ParseTuple(args, "OO!:chain", &fragments, &PyDict_Type, &digests)) return NULL;
     if (check_fragments(fragments) < 0) return NULL;
     Py_ssize_t total = 0, n = PyList_GET_SIZE(fragments);
     for (Py_ssize_t i = 0; i < n; i++) {
-        Fragment *f = (Fragment *)PyList_GET_ITEM(fragments, i);
-        total += PyBytes_GET_SIZE(f->facts);
-        for (Py_ssize_t k = 0; k < PyList_GET_SIZE(f->pieces); k++) {
-            PyObject *piece = PyList_GET_ITEM(f->pieces, k);
+        PyObject *pieces = ((Fragment *)PyList_GET_ITEM(fragments, i))->pieces;
+        Py_ssize_t count = PyList_GET_SIZE(pieces);
+        if (count % 2 == 0) {
+            PyErr_SetString(PyExc_ValueError, "a fragment's pieces must alternate its own bytes and resource fields");
+            return NULL;
+        }
+        total += FACTS_SIZE + 4 + (count / 2) * (4 + DIGEST_SIZE);
+        for (Py_ssize_t k = 0; k < count; k++) {
+            PyObject *piece = PyList_GET_ITEM(pieces, k);
             if (!PyBytes_Check(piece)) {
                 PyErr_SetString(PyExc_TypeError, "a fragment's pieces must be bytes");
                 return NULL;
             }
-            total += PyBytes_GET_SIZE(piece);
+            if (k % 2 == 0) total += PyBytes_GET_SIZE(piece);
+            else if (!digest_of(digests, piece)) return NULL;
         }
     }
     PyObject *out = PyBytes_FromStringAndSize(NULL, total);
     if (!out) return NULL;
-    char *at = PyBytes_AS_STRING(out);
+    uint8_t *at = (uint8_t *)PyBytes_AS_STRING(out);
     for (Py_ssize_t i = 0; i < n; i++) {
         Fragment *f = (Fragment *)PyList_GET_ITEM(fragments, i);
-        memcpy(at, PyBytes_AS_STRING(f->facts), (size_t)PyBytes_GET_SIZE(f->facts));
-        at += PyBytes_GET_SIZE(f->facts);
-        for (Py_ssize_t k = 0; k < PyList_GET_SIZE(f->pieces); k++) {
+        Py_ssize_t count = PyList_GET_SIZE(f->pieces), heads = count / 2;
+        uint8_t *record = at, *lengths = at + FACTS_SIZE + 4, *refs = lengths + 4 * heads;
+        uint8_t *own = refs + DIGEST_SIZE * heads;
+        memcpy(record, PyBytes_AS_STRING(f->facts), FACTS_SIZE);
+        put_le(record + FACTS_SIZE, (uint64_t)heads, 4);
+        for (Py_ssize_t k = 0; k < count; k++) {
             PyObject *piece = PyList_GET_ITEM(f->pieces, k);
-            memcpy(at, PyBytes_AS_STRING(piece), (size_t)PyBytes_GET_SIZE(piece));
-            at += PyBytes_GET_SIZE(piece);
+            if (k % 2 == 0) {
+                memcpy(own, PyBytes_AS_STRING(piece), (size_t)PyBytes_GET_SIZE(piece));
+                own += PyBytes_GET_SIZE(piece);
+                if (k < count - 1) put_le(lengths + 4 * (k / 2), (uint64_t)PyBytes_GET_SIZE(piece), 4);
+            } else {
+                memcpy(refs + DIGEST_SIZE * (k / 2), PyBytes_AS_STRING(digest_of(digests, piece)), DIGEST_SIZE);
+            }
         }
+        put_le(record + 8, (uint64_t)(own - record - FACTS_SIZE), 8);
+        at = own;
     }
     return out;
 }
 
-/* A chain back into the trace's bytes and one merged record. */
-static PyObject *unchain(PyObject *module, PyObject *value) {
+/* A chain back into (the fragments' bytes joined, their merged facts record), each digest
+ * replaced by the resource fields `resources` maps it to (KeyError with the digest if missing). */
+static PyObject *unchain(PyObject *module, PyObject *args) {
     (void)module;
+    PyObject *value, *resources;
+    if (!PyArg_ParseTuple(args, "OO!:unchain", &value, &PyDict_Type, &resources)) return NULL;
     if (!is_bytes(value, "a chain")) return NULL;
     const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(value), *end = p + PyBytes_GET_SIZE(value);
+    PyObject *heads = PyList_New(0);  /* each reference's resource fields, in order */
+    if (!heads) return NULL;
+    PyObject *data = NULL, *facts = NULL, *merged = NULL;
     Py_ssize_t records = 0, data_len = 0;
     for (const uint8_t *at = p; at < end;) {
         if (end - at < FACTS_SIZE || at[0] != FACTS_VERSION) {
             PyErr_Format(PyExc_ValueError, "not a chain of facts records and fragments at byte %zd", (Py_ssize_t)(at - p));
-            return NULL;
+            goto fail;
         }
         uint64_t n = get_le(at + 8, 8);
         if (n > (uint64_t)(end - at - FACTS_SIZE)) {
             PyErr_Format(PyExc_ValueError, "a fragment of %llu bytes at byte %zd runs past the chain's end", (unsigned long long)n,
                          (Py_ssize_t)(at - p));
-            return NULL;
+            goto fail;
         }
+        const uint8_t *body = at + FACTS_SIZE;
+        uint64_t count = n >= 4 ? get_le(body, 4) : UINT64_MAX, own = 0;
+        if (count > (n - 4) / (4 + DIGEST_SIZE)) {
+            PyErr_Format(PyExc_ValueError, "the fragment at byte %zd is not a stored fragment", (Py_ssize_t)(at - p));
+            goto fail;
+        }
+        for (uint64_t i = 0; i < count; i++) own += get_le(body + 4 + 4 * i, 4);
+        if (own > n - 4 - (4 + DIGEST_SIZE) * count) {
+            PyErr_Format(PyExc_ValueError, "the fragment at byte %zd is not a stored fragment", (Py_ssize_t)(at - p));
+            goto fail;
+        }
+        const uint8_t *refs = body + 4 + 4 * count;
+        for (uint64_t i = 0; i < count; i++) {
+            PyObject *digest = PyBytes_FromStringAndSize((const char *)refs + DIGEST_SIZE * i, DIGEST_SIZE);
+            if (!digest) goto fail;
+            PyObject *head = PyDict_GetItemWithError(resources, digest);
+            if (!head || !PyBytes_Check(head)) {
+                if (head) PyErr_SetString(PyExc_TypeError, "resource fields must be bytes");
+                else if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, digest);
+                Py_DECREF(digest);
+                goto fail;
+            }
+            Py_DECREF(digest);
+            if (PyList_Append(heads, head) < 0) goto fail;
+            data_len += PyBytes_GET_SIZE(head);
+        }
+        data_len += (Py_ssize_t)(n - 4 - (4 + DIGEST_SIZE) * count);
         records++;
-        data_len += (Py_ssize_t)n;
         at += FACTS_SIZE + n;
     }
     if (!records) {
         PyErr_SetString(PyExc_ValueError, "an empty chain");
-        return NULL;
+        goto fail;
     }
-    PyObject *data = PyBytes_FromStringAndSize(NULL, data_len);
-    PyObject *facts = PyBytes_FromStringAndSize(NULL, records * FACTS_SIZE);
-    if (!data || !facts) {
-        Py_XDECREF(data);
-        Py_XDECREF(facts);
-        return NULL;
-    }
-    char *out = PyBytes_AS_STRING(data), *rec = PyBytes_AS_STRING(facts);
+    data = PyBytes_FromStringAndSize(NULL, data_len);
+    facts = PyBytes_FromStringAndSize(NULL, records * FACTS_SIZE);
+    if (!data || !facts) goto fail;
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(data), *rec = (uint8_t *)PyBytes_AS_STRING(facts);
+    Py_ssize_t next_head = 0;
     for (const uint8_t *at = p; at < end;) {
-        uint64_t n = get_le(at + 8, 8);
+        uint64_t n = get_le(at + 8, 8), count = get_le(at + FACTS_SIZE, 4);
+        const uint8_t *lengths = at + FACTS_SIZE + 4, *own = lengths + (4 + DIGEST_SIZE) * count;
+        const uint8_t *body_end = at + FACTS_SIZE + n;
+        uint8_t *fragment = out;
+        for (uint64_t i = 0; i < count; i++) {
+            uint64_t length = get_le(lengths + 4 * i, 4);
+            memcpy(out, own, (size_t)length);
+            out += length;
+            own += length;
+            PyObject *head = PyList_GET_ITEM(heads, next_head++);
+            memcpy(out, PyBytes_AS_STRING(head), (size_t)PyBytes_GET_SIZE(head));
+            out += PyBytes_GET_SIZE(head);
+        }
+        memcpy(out, own, (size_t)(body_end - own));
+        out += body_end - own;
         memcpy(rec, at, FACTS_SIZE);
+        put_le(rec + 8, (uint64_t)(out - fragment), 8);
         rec += FACTS_SIZE;
-        memcpy(out, at + FACTS_SIZE, (size_t)n);
-        out += n;
-        at += FACTS_SIZE + n;
+        at = body_end;
     }
-    PyObject *merged = records == 1 ? (Py_INCREF(facts), facts) : merge_facts(NULL, facts);
+    merged = records == 1 ? (Py_INCREF(facts), facts) : merge_facts(NULL, facts);
+    if (!merged) goto fail;
+    Py_DECREF(heads);
     Py_DECREF(facts);
-    if (!merged) {
-        Py_DECREF(data);
-        return NULL;
-    }
     return Py_BuildValue("(NN)", data, merged);
+fail:
+    Py_DECREF(heads);
+    Py_XDECREF(data);
+    Py_XDECREF(facts);
+    return NULL;
 }
 
 /* ---- the Fragment type ------------------------------------------------------------------ */
@@ -1027,8 +1110,8 @@ static PyMethodDef methods[] = {
     {"split", split, METH_O, "split(body) -> (fragments by trace ID, spans accepted, spans refused)"},
     {"merge_facts", merge_facts, METH_O, "merge_facts(records) -> one facts record for a concatenation of records"},
     {"fnv1a_64", (PyCFunction)(void (*)(void))fnv1a_64, METH_FASTCALL, "fnv1a_64(data, state=FNV offset basis) -> int"},
-    {"chain", chain, METH_O, "chain(fragments) -> each fragment's facts record and bytes, in turn"},
-    {"unchain", unchain, METH_O, "unchain(chain) -> (the fragments' bytes joined, their merged facts record)"},
+    {"chain", chain, METH_VARARGS, "chain(fragments, digests) -> each fragment's facts record and stored body, in turn"},
+    {"unchain", unchain, METH_VARARGS, "unchain(chain, resources) -> (the fragments' bytes joined, their merged facts record)"},
     {NULL},
 };
 

@@ -30,6 +30,7 @@ else:
         _core = wire_py
 
 CORE: str = _core.CORE
+DIGEST_SIZE = wire_py.DIGEST_SIZE  # of a resource's digest in a chain (``chain``, ``unchain``)
 Fragment = _core.Fragment
 merge_facts = _core.merge_facts
 fnv1a_64 = _core.fnv1a_64
@@ -71,6 +72,6 @@ def facts_of(data: bytes) -> bytes:
 DEFAULT_SALT_STATE = fnv1a_64(DEFAULT_HASH_SALT.encode())
 
 __all__ = [
-    "CORE", "DEFAULT_HASH_SALT", "DEFAULT_SALT_STATE", "FACTS_SIZE", "FNV_OFFSET", "Fragment", "WireError",
+    "CORE", "DEFAULT_HASH_SALT", "DIGEST_SIZE", "DEFAULT_SALT_STATE", "FACTS_SIZE", "FNV_OFFSET", "Fragment", "WireError",
     "WireSplit", "chain", "facts_of", "fnv1a_64", "merge_facts", "split", "unchain",
 ]

@@ -282,14 +282,37 @@ def split_exactly(body: bytes) -> Split:
     return _split_exactly(request) if request.payloads else ({}, 0, 0, {})
 
 
-def chain(fragments: list[Fragment]) -> bytes:
-    """Each fragment's record, then its bytes, for every fragment in turn: what a buffer that
-    keeps a trace as one string appends (the record's byte count says where the fragment ends)."""
-    return b"".join([piece for fragment in fragments for piece in (fragment.facts, *fragment.pieces)])
+DIGEST_SIZE = 16
+_COUNT = struct.Struct("<I")
+_BYTE_SIZE = struct.Struct("<Q")
 
 
-def unchain(value: bytes) -> tuple[bytes, bytes]:
-    """A chain back into (the fragments' bytes joined, their merged facts record)."""
+def chain(fragments: list[Fragment], digests: dict[bytes, bytes]) -> bytes:
+    """Each fragment's record, then its stored body, for every fragment in turn: what a buffer
+    that keeps a trace as one string appends, with each resource's fields stored elsewhere once
+    and referred to by the digest ``digests`` maps them to. The body is a u32 count n, the lengths
+    (u32) of the n pieces of the fragment's own bytes that come before a resource, the n digests,
+    then its own bytes; the record's byte count is the body's length, so it says where the body
+    ends (``unchain`` gives the fragment's own length back)."""
+    out: list[bytes] = []
+    for fragment in fragments:
+        pieces = fragment.pieces
+        if len(pieces) % 2 == 0:
+            raise ValueError("a fragment's pieces must alternate its own bytes and resource fields")
+        owns, heads = pieces[0::2], pieces[1::2]
+        refs = [digests[head] for head in heads]
+        if any(len(ref) != DIGEST_SIZE for ref in refs):
+            raise ValueError(f"a resource digest must be {DIGEST_SIZE} bytes")
+        body = struct.pack(f"<I{len(heads)}I", len(heads), *map(len, owns[:-1])) + b"".join(refs) + b"".join(owns)
+        facts = fragment.facts
+        out += (facts[:8], _BYTE_SIZE.pack(len(body)), facts[16:], body)
+    return b"".join(out)
+
+
+def unchain(value: bytes, resources: dict[bytes, bytes]) -> tuple[bytes, bytes]:
+    """A chain back into (the fragments' bytes joined, their merged facts record), each digest
+    replaced by the resource fields ``resources`` maps it to; a digest it lacks raises
+    ``KeyError`` with the digest, bytes that are not a chain ``ValueError``."""
     size = trace_facts.FACTS_SIZE
     at, records, data = 0, [], []
     while at < len(value):
@@ -299,8 +322,23 @@ def unchain(value: bytes) -> tuple[bytes, bytes]:
         n = trace_facts.byte_size(record)
         if n > len(value) - at - size:
             raise ValueError(f"a fragment of {n} bytes at byte {at} runs past the chain's end")
-        records.append(record)
-        data.append(value[at + size : at + size + n])
+        body = value[at + size : at + size + n]
+        count = _COUNT.unpack_from(body)[0] if n >= 4 else -1
+        if count < 0 or count > (n - 4) // (4 + DIGEST_SIZE):
+            raise ValueError(f"the fragment at byte {at} is not a stored fragment")
+        lengths = struct.unpack_from(f"<{count}I", body, 4)
+        refs = 4 + 4 * count
+        own = refs + DIGEST_SIZE * count
+        if own + sum(lengths) > n:
+            raise ValueError(f"the fragment at byte {at} is not a stored fragment")
+        pieces = []
+        for i, length in enumerate(lengths):
+            pieces += (body[own : own + length], resources[body[refs + DIGEST_SIZE * i : refs + DIGEST_SIZE * (i + 1)]])
+            own += length
+        pieces.append(body[own:])
+        fragment = b"".join(pieces)
+        records.append(record[:8] + _BYTE_SIZE.pack(len(fragment)) + record[16:])
+        data.append(fragment)
         at += size + n
     if not records:
         raise ValueError("an empty chain")

@@ -45,3 +45,9 @@ def request(
 
 def fragments(trace_id: bytes, spans: int = 1, root: bool = False, **kwargs: object) -> dict[bytes, Fragment]:
     return wire.split(request(trace_id, spans, root, **kwargs).SerializeToString()).fragments
+
+
+def stored_size(fragment: Fragment) -> int:
+    """The bytes the Redis buffer stores for a fragment (and counts): its facts record and its
+    stored body, which refers to each resource by a 16-byte digest."""
+    return len(wire.chain([fragment], {head: bytes(wire.DIGEST_SIZE) for head in fragment.pieces[1::2]}))

@@ -23,12 +23,13 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from tailsampler.collector.buffer import BufferFull, BufferUnavailable, Occupancy, Settlement
+from tailsampler.collector.wire import Fragment
 from tailsampler.collector.buffer.redis import RedisTraceBuffer, shard_of
 from tailsampler.collector.buffer.redis_state import RedisState
 from tailsampler.collector.config import BufferConfig, BufferLimits, Config
 from tailsampler.common.settings import decode
 from tailsampler.common.verdict import DROPPED, Verdict
-from tests.otlp_data import fragments, new_trace_id
+from tests.otlp_data import fragments, new_trace_id, stored_size
 from tests.redis_servers import RedisCluster, RedisProcess
 from tests.waiting import eventually
 
@@ -266,7 +267,8 @@ async def test_occupancy_is_cluster_wide(make_buffer: Buffers) -> None:
     sent_b = {tid: f for _ in range(7) for tid, f in fragments(new_trace_id(), 1).items()}
     await a.append(sent_a, now)
     await b.append(sent_b, now)
-    total = sum(len(f.data) for f in (*sent_a.values(), *sent_b.values()))
+    # what the keys hold: each fragment's facts record and stored body, its resources by digest
+    total = sum(map(stored_size, (*sent_a.values(), *sent_b.values())))
     assert await a.occupancy() == await b.occupancy() == Occupancy(12, total)
 
 
@@ -286,7 +288,7 @@ async def test_decide_early_hands_the_oldest_traces_to_the_decider(make_standalo
 async def test_decide_early_bounds_bytes_too(make_standalone: Buffers) -> None:
     ids = [new_trace_id() for _ in range(4)]
     sent = [fragments(tid, 5) for tid in ids]
-    size = len(sent[0][ids[0]].data)
+    size = stored_size(sent[0][ids[0]])
     buf = await make_standalone(shards=1, max_bytes=3 * size, ts={"decision_wait": "30s"})
     now = time.time()
     early = [(await buf.append(request, now + i)).early for i, request in enumerate(sent)]
@@ -389,3 +391,39 @@ async def test_a_paused_redis_pushes_back_and_the_buffer_recovers(fresh_redis: R
 
 async def _ready(shared: RedisState) -> bool:
     return (await shared.check())[0]
+
+
+async def test_a_resource_is_stored_once_per_shard_and_read_back_by_an_agent_that_never_saw_it(make_buffer: Buffers) -> None:
+    """Fragments refer to their resource by digest: the resource's fields are in the shard's
+    resource hash once, however many traces carry them, and not in the traces' keys."""
+    a, b = await make_buffer(shards=1), await make_buffer(shards=1)
+    now = time.time()
+    sent: dict[bytes, Fragment] = {}
+    for tid in (new_trace_id() for _ in range(6)):
+        sent.update(fragments(tid, 2, service="payments"))
+    await a.append(sent, now)
+    node = make_buffer.target.client()
+    hashes = [key for key in node.scan_iter(match="ts:{0}:r:*")]
+    head = next(iter(sent.values())).pieces[1]
+    assert len(hashes) == 1 and list(node.hgetall(hashes[0]).values()) == [head]
+    for tid in sent:
+        assert head not in node.get(f"ts:{{0}}:s:{tid.hex()}")
+    claimed = await b.claim_due(now + 10, 100)  # b has no resource at hand: it reads the hash
+    assert {c.trace_id: c.data for c in claimed} == {tid: f.data for tid, f in sent.items()}
+    assert {c.trace_id: c.facts for c in claimed} == {tid: f.facts for tid, f in sent.items()}
+
+
+async def test_a_trace_whose_resource_is_gone_is_kept_as_an_evaluation_error(make_standalone: Buffers) -> None:
+    registry = CollectorRegistry()
+    config = agent_config(make_standalone.target, shards=1)
+    a = redis_buffer(config)
+    b = RedisTraceBuffer(BufferLimits.of(config), config.buffer, registry)
+    make_standalone.made += [a, b]
+    tid = new_trace_id()
+    now = time.time()
+    await a.append(fragments(tid, 2), now)
+    node = make_standalone.target.client()
+    node.delete(*node.keys("ts:{0}:r:*"))  # evicted, say
+    (claimed,) = await b.claim_due(now + 10, 10)
+    assert claimed.trace_id == tid and claimed.facts == b""  # the decision loop refuses to read it: kept
+    assert registry.get_sample_value("tailsampler_redis_missing_resources_total") == 1

@@ -42,7 +42,9 @@ async def test_an_append_is_acknowledged_once_the_replica_has_it(replicated_redi
         sent = fragments(tid, 3)
         await buf.append(sent, time.time())
         # acknowledged: the replica has the spans already, not eventually
-        assert wire.unchain(replica.client.get(f"ts:{{0}}:s:{tid.hex()}")) == (sent[tid].data, sent[tid].facts)
+        # the trace's resources (stored once per shard and period) are on the replica too
+        resources = {d: h for key in replica.client.keys("ts:{0}:r:*") for d, h in replica.client.hgetall(key).items()}
+        assert wire.unchain(replica.client.get(f"ts:{{0}}:s:{tid.hex()}"), resources) == (sent[tid].data, sent[tid].facts)
 
         replica.pause()  # a replica that falls behind
         try:

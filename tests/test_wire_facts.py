@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
+
 import pytest
 
 from tailsampler.collector import wire_py
@@ -44,20 +46,69 @@ def test_what_is_not_records_is_refused_by_both(records: bytes) -> None:
             merge(records)
 
 
-def test_a_chain_of_fragments_splits_back_into_their_bytes_and_merged_facts() -> None:
+def _digests(fragments) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+    """(resource fields -> digest, digest -> resource fields) for the fragments' resources."""
+    heads = {head for fragment in fragments for head in fragment.pieces[1::2]}
+    digests = {head: hashlib.blake2b(head, digest_size=16).digest() for head in heads}
+    return digests, {digest: head for head, digest in digests.items()}
+
+
+def test_a_chain_stores_each_resource_by_digest_and_splits_back_into_the_fragments_and_merged_facts() -> None:
     for core in (c_core(), wire_py):
         fragments = [f for seed in range(3) for f in core.split(wire_bodies.real_request(60, seed))[0].values()][:7]
-        data, facts = core.unchain(core.chain(fragments))
+        digests, resources = _digests(fragments)
+        assert digests  # the requests' resources have fields: there is something to refer to
+        chained = core.chain(fragments, digests)
+        assert chained == wire_py.chain(fragments, digests)
+        assert not any(head in chained for head in digests)  # each resource is referred to, not stored
+        data, facts = core.unchain(chained, resources)
         assert data == b"".join(b"".join(f.pieces) for f in fragments)
         assert facts == core.merge_facts(b"".join(f.facts for f in fragments))
-        assert core.unchain(core.chain(fragments[:1])) == (b"".join(fragments[0].pieces), fragments[0].facts)
+        one = core.chain(fragments[:1], digests)
+        assert core.unchain(one, resources) == (b"".join(fragments[0].pieces), fragments[0].facts)
+        # the record's byte count is the stored body's: what a Redis script steps by
+        assert trace_facts.byte_size(one[:40]) == len(one) - 40
+
+
+def test_a_chain_without_a_resource_it_refers_to_names_the_digest() -> None:
+    for core in (c_core(), wire_py):
+        fragment = next(iter(core.split(wire_bodies.real_request(5))[0].values()))
+        digests, resources = _digests([fragment])
+        missing = next(iter(resources))
+        with pytest.raises(KeyError) as raised:
+            core.unchain(core.chain([fragment], digests), {d: h for d, h in resources.items() if d != missing})
+        assert raised.value.args == (missing,)
+        with pytest.raises(KeyError):
+            core.chain([fragment], {})
 
 
 @pytest.mark.parametrize("cut", [1, 39, 45])
 def test_what_is_not_a_chain_is_refused_by_both(cut: int) -> None:
     fragment = next(iter(wire_py.split(wire_bodies.real_request(5))[0].values()))
-    chained = wire_py.chain([fragment])
-    for value in (chained[:cut], b"", b"\x0a" + chained[1:], chained + b"\x01"):
+    digests, resources = _digests([fragment])
+    chained = wire_py.chain([fragment], digests)
+    broken_count = chained[:40] + b"\xff\xff\xff\x00" + chained[44:]
+    for value in (chained[:cut], b"", b"\x0a" + chained[1:], chained + b"\x01", broken_count):
         for core in (c_core(), wire_py):
             with pytest.raises(ValueError):
-                core.unchain(value)
+                core.unchain(value, resources)
+
+
+def test_random_stored_bodies_are_refused_or_read_alike() -> None:
+    """Hostile values (a Redis key written by something else) never crash the C core and meet
+    the same answer in both."""
+    rng = random.Random(9)
+    fragment = next(iter(wire_py.split(wire_bodies.real_request(5))[0].values()))
+    digests, resources = _digests([fragment])
+    chained = bytearray(wire_py.chain([fragment], digests))
+    for _ in range(3000):
+        value = bytearray(chained)
+        for _ in range(rng.randint(1, 4)):
+            value[rng.randrange(len(value))] = rng.randrange(256)
+        answers = []
+        for core in (c_core(), wire_py):
+            try:
+                answers.append(core.unchain(bytes(value), resources))
+            except (ValueError, KeyError) as exc:
+                answers.append(type(exc))
+        assert answers[0] == answers[1]

@@ -9,12 +9,15 @@ loaded again and only the refused calls run again.
 Key layout, per shard ``{n}`` (``ts`` is ``key_prefix``)::
 
     ts:{n}:s:<trace_id_hex>   STRING  the trace: while buffered or being decided, its fragments as
-                                      they arrived, each after its facts record (``wire.chain``);
-                                      once decided, its verdict (``Verdict.encode``: "1"/"0" first),
-                                      TTL decision_cache.ttl
+                                      they arrived, each after its facts record, its resources by
+                                      digest (``wire.chain``); once decided, its verdict
+                                      (``Verdict.encode``: "1"/"0" first), TTL decision_cache.ttl
+    ts:{n}:r:<period>         HASH    digest -> a resource's fields (the appends of one period of
+                                      the hold TTL), TTL three periods
     ts:{n}:due                ZSET    trace -> decision deadline (1 = too big, 2 = overflow: decide now)
     ts:{n}:claims             ZSET    trace -> lease deadline of the agent deciding it
-    ts:{n}:meta               HASH    tb: bytes stored, eb: bytes of traces marked for early decision
+    ts:{n}:meta               HASH    tb: bytes stored (trace keys' lengths), eb: bytes of traces
+                                      marked for early decision
 
 One key per trace costs each trace one command to append (``SET NX`` for a new trace; a
 ``GETRANGE`` and an ``APPEND`` for one seen before, whose key may hold its verdict instead), none
@@ -26,6 +29,14 @@ sent by a client, and every string that enters Lua is copied and hashed whole, s
 enter Lua once, as one argument of the append, and never pass through a script's reply. The
 facts records are merged when a trace is claimed, in the wire core (``wire.unchain``), so the
 scripts never read them but for a fragment's length and root bit.
+
+A resource's fields (a service's attributes: often a kilobyte or more, and the same in every
+request of that service) are stored once per shard and period, in ``r:<period>`` under their
+BLAKE2b digest, and each fragment refers to them by that digest: storing them in every trace sent
+under them took a fifth of the buffer's memory. An agent keeps the resources it has sent or read
+at hand (``_RESOURCES_CACHED``) and reads those it lacks from the shard's hashes when it claims.
+A digest names content, so any agent's copy is right; a resource hash lives three hold periods
+after its last write, longer than a trace that refers to it is held.
 
 A claimed trace is leased: the agent renews its leases every lease/3 while deciding and exporting;
 an agent that dies stops renewing and another agent reclaims the trace when the lease runs out.
@@ -188,6 +199,10 @@ class RedisTraceBuffer(TraceBuffer):
             0 if self._backpressure else 1, self._hold_ms,
         )]
         self._early_seen = [0] * config.shards
+        # resources both ways (fields -> digest, digest -> fields): a fragment refers to its
+        # resources by digest, and the resources are stored once per shard and period
+        self._digests: dict[bytes, bytes] = {}
+        self._resources: dict[bytes, bytes] = {}
         self._client = connect(config.url, config.cluster, self._timeout)
         self._outage = Incident(log, f"redis buffer {where(self._client)}")
         # WAIT answers within half the timeout, the other half being the script's share
@@ -195,7 +210,7 @@ class RedisTraceBuffer(TraceBuffer):
         self._failing: set[int] = set()  # shards whose last command failed: probed before a request writes
         self._clock_offset_ms: float | None = None
         self._clock_checked = False  # False after a failure: Redis may be another server now
-        self._held: dict[bytes, tuple[int, int, int]] = {}  # trace ID -> shard, claimed length, its fragment bytes
+        self._held: dict[bytes, tuple[int, int]] = {}  # trace ID -> shard, claimed length
         self._unread: list[tuple[_Shard, list[bytes], bytes, bytes]] = []  # claims whose values are still to read
         self._renewed_at = 0.0
         self._run_ids: dict[str, str] = {}
@@ -211,6 +226,12 @@ class RedisTraceBuffer(TraceBuffer):
         self._lost = Counter(
             "tailsampler_redis_lost_traces",
             "Buffered traces found gone because a Redis server restarted without them (no persistence)",
+            registry=registry,
+        )
+        self._missing_resources = Counter(
+            "tailsampler_redis_missing_resources",
+            "Claimed traces that refer to a resource no resource hash of their shard holds any more "
+            "(Redis evicted it, or the trace outlived three hold periods): kept as evaluation errors",
             registry=registry,
         )
         self._script_loads = Counter(
@@ -340,14 +361,18 @@ class RedisTraceBuffer(TraceBuffer):
             if relief is None:  # under relief new traces are not buffered: nothing to refuse them for
                 await self._admit(groups, fragments, until)
             fence = self._fence()
+            epoch = b"r:%d" % self._epoch(now)
             calls = []
             for index, trace_ids in groups.items():
                 shard = self._shards[index]
+                group = list(map(fragments.__getitem__, trace_ids))
+                referred = self._referred(group)
                 calls.append(_Call("append", shard, [
                     fence, shard.prefix, now, *self._append_limits, b"".join(trace_ids).hex(),
                     b"".join([letters[chosen[t]] for t in trace_ids]) if letters else b"",
-                    *decisions, self._kept_ttl_ms, self._dropped_ttl_ms,
-                    *map(_chained, map(fragments.__getitem__, trace_ids)),
+                    *decisions, self._kept_ttl_ms, self._dropped_ttl_ms, shard.prefix + epoch, 2 * len(referred),
+                    *[part for pair in referred for part in pair],
+                    *[wire.chain([fragment], self._digests) for fragment in group],
                 ]))
             replies = await self._run(calls, until, replicated=True)
             self._refuse_partly_taken(calls, replies, groups, fragments)
@@ -393,6 +418,29 @@ class RedisTraceBuffer(TraceBuffer):
                 taken += sum(fragments[t].span_count for t, status in zip(trace_ids, statuses) if status == _BUFFERED)
         self._refused_but_buffered.inc(taken)
         self._first_failure("append", replies)
+
+    def _epoch(self, now: float) -> int:
+        """The period of one hold TTL that ``now`` falls in: a shard's resources are kept in one
+        hash per period (``r:<period>``), which lives three periods after its last write, so
+        resources of traces gone for good leave with it."""
+        return int(now * 1000) // self._hold_ms
+
+    def _referred(self, fragments: list[Fragment]) -> list[tuple[bytes, bytes]]:
+        """(digest, fields) of each resource the fragments were sent under, each once: the
+        append stores them in the shard's resource hash, the fragments only their digests."""
+        heads = {head for fragment in fragments for head in fragment.pieces[1::2]}
+        for head in heads.difference(self._digests):
+            self._learn(hashlib.blake2b(head, digest_size=wire.DIGEST_SIZE).digest(), head)
+        return [(self._digests[head], head) for head in heads]
+
+    def _learn(self, digest: bytes, head: bytes) -> None:
+        """Remember a resource both ways; a cache past its bound starts again (what it then
+        lacks is read back from Redis)."""
+        if len(self._resources) >= _RESOURCES_CACHED:
+            self._digests.clear()
+            self._resources.clear()
+        self._digests[head] = digest
+        self._resources[digest] = head
 
     async def _admit(self, groups: dict[int, list[bytes]], fragments: dict[bytes, Fragment], until: float) -> None:
         """Refuse a request that does not fit, or that a shard which failed last time still
@@ -487,7 +535,7 @@ class RedisTraceBuffer(TraceBuffer):
         whose values cannot be read now (its slot started to move after the claim) is read again
         at the next claim."""
         for shard, ids, _, _ in handed:
-            self._held.update(zip(ids, repeat((shard.index, -1, -1))))  # held, not yet read
+            self._held.update(zip(ids, repeat((shard.index, -1))))  # held, not yet read
         values = await self._router.run(
             [Routed(shard.keys[0], ("MGET", *[shard.prefix + b"s:" + tid.hex().encode() for tid in ids]))
              for shard, ids, _, _ in handed],
@@ -498,10 +546,11 @@ class RedisTraceBuffer(TraceBuffer):
                 failures.append(found)
                 self._unread.append((shard, ids, reasons, deadlines))
                 continue
-            self._take(shard.index, ids, reasons, deadlines, found, into)  # type: ignore[arg-type]
+            values = [value if value is not None and value[:1] == _CHAIN else None for value in found]  # type: ignore[union-attr]
+            self._take(shard.index, ids, reasons, deadlines, values, await self._unchained(shard, ids, values), into)
 
     def _take(self, index: int, ids: list[bytes], reasons: bytes, deadlines: bytes, values: list[bytes | None],
-              into: list[Claimed]) -> None:
+              unchained: list[tuple[bytes, bytes] | None], into: list[Claimed]) -> None:
         """Claimed traces as ``Claimed``; one whose key is gone or was decided between the claim
         and the read is left to its lease."""
         lapsed = reasons.count(b"l")
@@ -511,28 +560,83 @@ class RedisTraceBuffer(TraceBuffer):
         if early:
             self._early_seen[index] = max(0, self._early_seen[index] - early)
         due = list(map(float, deadlines.split(b",")))
-        if not all(value is not None and value[:1] == _CHAIN for value in values):
-            kept = [i for i, value in enumerate(values) if value is not None and value[:1] == _CHAIN]
+        if None in values:
+            kept = [i for i, value in enumerate(values) if value is not None]
             for i in set(range(len(ids))).difference(kept):
                 self._held.pop(ids[i], None)
             ids, values, due = [ids[i] for i in kept], [values[i] for i in kept], [due[i] for i in kept]
+            unchained = [unchained[i] for i in kept]
             reasons = bytes(reasons[i] for i in kept)
         if not ids:
             return
-        datas, facts = zip(*map(_unchain, ids, values))  # type: ignore[arg-type]
-        self._held.update(zip(ids, zip(repeat(index), map(len, values), map(len, datas))))  # type: ignore[arg-type]
+        datas, facts = zip(*unchained)  # type: ignore[arg-type]
+        self._held.update(zip(ids, zip(repeat(index), map(len, values))))  # type: ignore[arg-type]
         into += map(Claimed, ids, datas, facts, map(_REASONS.__getitem__, reasons), due)
+
+    async def _unchained(self, shard: _Shard, ids: list[bytes], values: list[bytes | None]) -> list[tuple[bytes, bytes] | None]:
+        """Each value as (its fragments' bytes, their merged facts), ``None`` for none; the
+        resources this agent has not seen are read from the shard's resource hashes first."""
+        out: list[tuple[bytes, bytes] | bytes | None] = [
+            None if value is None else self._unchain(tid, value) for tid, value in zip(ids, values)
+        ]
+        while missing := {digest for digest in out if isinstance(digest, bytes)}:
+            found = await self._read_resources(shard, missing)
+            for i, digest in enumerate(out):
+                if isinstance(digest, bytes):
+                    value = values[i]
+                    assert value is not None
+                    out[i] = self._unchain(ids[i], value) if digest in found else self._unreadable(ids[i], value, digest)
+        return out  # type: ignore[return-value]
+
+    async def _read_resources(self, shard: _Shard, digests: set[bytes]) -> set[bytes]:
+        """Read resources from the shard's hashes of this period and the three before it (a
+        resource hash lives three periods after its last write); returns the digests found."""
+        wanted = list(digests)
+        epoch = self._epoch(time.time())
+        replies = await self._router.run(
+            [Routed(shard.keys[0], ("HMGET", shard.prefix + b"r:%d" % (epoch - back), *wanted)) for back in range(4)],
+            self._deadline(),
+        )
+        self._first_failure("claim", replies)
+        found: set[bytes] = set()
+        for reply in replies:
+            for digest, head in zip(wanted, reply):  # type: ignore[call-overload]
+                if head is not None and digest not in found:
+                    self._learn(digest, head)
+                    found.add(digest)
+        return found
+
+    def _unchain(self, trace_id: bytes, value: bytes) -> tuple[bytes, bytes] | bytes:
+        """A trace's value as (its bytes, its merged facts), or the digest of a resource it refers
+        to that this agent lacks. One this release cannot read (written by another release) is
+        handed on as it is, with a record the decision loop refuses to read, so the trace is
+        kept as an evaluation error rather than lost."""
+        try:
+            return wire.unchain(value, self._resources)
+        except KeyError as missing:
+            return missing.args[0]
+        except ValueError as exc:
+            log.error("redis buffer: trace %s is not stored as this release stores traces (%s)", trace_id.hex(), exc)
+            return value, b""
+
+    def _unreadable(self, trace_id: bytes, value: bytes, digest: bytes) -> tuple[bytes, bytes]:
+        self._missing_resources.inc()
+        log.error(
+            "redis buffer: trace %s refers to resource %s, which no resource hash of its shard holds any more "
+            "(evicted, or the trace outlived three hold periods); it is kept as an evaluation error", trace_id.hex(), digest.hex(),
+        )
+        return value, b""
 
     async def settle(self, settlements: list[Settlement], now: float) -> dict[bytes, bytes]:
         """Traces are no longer renewed from here on, even if Redis cannot be reached: their
         leases run out and they are decided again (a duplicate at worst, never a trace stuck
         under a lease that this agent renews forever). When only some shards can be reached,
         what the others returned is returned."""
-        groups: dict[int, list[tuple[Settlement, int, int]]] = {}
+        groups: dict[int, list[tuple[Settlement, int]]] = {}
         pop = self._held.pop
         for settlement, held in zip(settlements, map(pop, map(_TRACE_ID, settlements), repeat(None))):
             if held is not None:
-                groups.setdefault(held[0], []).append((settlement, held[1], held[2]))
+                groups.setdefault(held[0], []).append((settlement, held[1]))
         if not groups:
             return {}
         async with self._reaching("settle"):
@@ -541,22 +645,21 @@ class RedisTraceBuffer(TraceBuffer):
             for index, group in groups.items():
                 shard = self._shards[index]
                 codes: dict[Verdict, int] = {}
-                choices = [codes.setdefault(s.verdict, len(codes)) for s, _, _ in group]
+                choices = [codes.setdefault(s.verdict, len(codes)) for s, _ in group]
                 calls.append(_Call("settle", shard, [
                     fence, shard.prefix, self._kept_ttl_ms, self._dropped_ttl_ms,
-                    b"".join([s.trace_id for s, _, _ in group]).hex(), ",".join([str(length) for _, length, _ in group]),
-                    ",".join([str(size) for _, _, size in group]), ",".join(map(str, choices)),
-                    *[verdict.encode() for verdict in codes],
+                    b"".join([s.trace_id for s, _ in group]).hex(), ",".join([str(length) for _, length in group]),
+                    ",".join(map(str, choices)), *[verdict.encode() for verdict in codes],
                 ]))
             replies = await self._run(calls, self._deadline())
             self._first_failure("settle", replies, keep=not all(isinstance(r, Exception) for r in replies))
         stragglers: dict[bytes, bytes] = {}
-        for group, reply in zip(groups.values(), replies):
-            if isinstance(reply, Exception):
+        for index, group, reply in zip(groups, groups.values(), replies):
+            if isinstance(reply, Exception) or not reply:
                 continue
-            for position, rest in zip(reply[::2], reply[1::2]):  # type: ignore[index]
-                trace_id = group[position - 1][0].trace_id
-                stragglers[trace_id] = _unchain(trace_id, rest)[0]
+            ids = [group[position - 1][0].trace_id for position in reply[::2]]  # type: ignore[index]
+            rests = await self._unchained(self._shards[index], ids, reply[1::2])  # type: ignore[index]
+            stragglers.update(zip(ids, [rest[0] for rest in rests]))  # type: ignore[index]
         return stragglers
 
     def set_decision_cache(self, config: DecisionCacheConfig) -> None:
@@ -631,7 +734,7 @@ class RedisTraceBuffer(TraceBuffer):
 
     async def _renew(self, deadline: float) -> None:
         groups: dict[int, list[str]] = {}
-        for trace_id, (index, _, _) in self._held.items():
+        for trace_id, (index, _) in self._held.items():
             groups.setdefault(index, []).append(trace_id.hex())
         calls = [
             _Call("renew", self._shards[index], [self._shards[index].prefix, deadline, self._hold_ms, *ids])
@@ -642,32 +745,17 @@ class RedisTraceBuffer(TraceBuffer):
 
 
 _BUFFERED, _DECIDED_NOW, _RESCUED = b"012"
+_RESOURCES_CACHED = 16384  # resources an agent keeps at hand, both ways: a few MB
 _CHAIN = b"\x01"  # the first byte of a buffered trace's value (redis_common.lua)
 _REASONS = {ord("l"): "deadline", ord("d"): "deadline", ord("s"): "size", ord("o"): "overflow"}
 _SIZE = attrgetter("size")
 _TRACE_ID = itemgetter(0)
 
 
-def _chained(fragment: Fragment) -> bytes:
-    """A fragment as the append script stores it: its facts record, then its bytes."""
-    return wire.chain([fragment])
-
-
 def _trace_ids(packed_hex: bytes) -> list[bytes]:
     """Trace IDs sent as their hex forms, concatenated."""
     packed = bytes.fromhex(packed_hex.decode())
     return [packed[i : i + 16] for i in range(0, len(packed), 16)]
-
-
-def _unchain(trace_id: bytes, value: bytes) -> tuple[bytes, bytes]:
-    """A trace's value as (its bytes, its merged facts); one this release cannot read (written by
-    another release) is handed on as it is, with a record the decision loop refuses to read,
-    so the trace is kept as an evaluation error rather than lost."""
-    try:
-        return wire.unchain(value)
-    except ValueError as exc:
-        log.error("redis buffer: trace %s is not stored as this release stores traces (%s)", trace_id.hex(), exc)
-        return value, b""
 
 
 def _stale(exc: object) -> bool:

@@ -3,12 +3,15 @@
 --       evict (1: decide the oldest early when full), hold_ttl_ms, the trace IDs (hex,
 --       concatenated), then overload relief: one letter per trace ("" when relief is off):
 --       k (keep), e (keep: the fragment holds an error span) or d (drop), the three decisions
---       those letters stand for, and the kept and dropped decision TTLs; then each trace's facts
---       record and fragment (``wire.chain``), one argument per trace, in the trace IDs' order
---       (the record's byte count says how long the fragment is, its bits whether it holds a
---       root). Every string that enters Lua is copied and hashed whole: an argument per trace is
---       stored by SET or APPEND as it came, where one argument for the whole request was hashed
---       once as a whole and once more for each fragment cut out of it.
+--       those letters stand for, and the kept and dropped decision TTLs; the shard's resource
+--       hash of this period (``r:<period>``), the number of arguments that follow for it, and
+--       those arguments: each resource the fragments refer to, as its digest then its fields;
+--       then each trace's facts record and stored fragment (``wire.chain``: its resources by
+--       digest), one argument per trace, in the trace IDs' order (the record's byte count says
+--       how long the stored fragment is, its bits whether it holds a root). Every string that
+--       enters Lua is copied and hashed whole: an argument per trace is stored by SET or APPEND
+--       as it came, where one argument for the whole request was hashed once as a whole and once
+--       more for each fragment cut out of it.
 -- Returns {traces marked early now, traces marked early in the shard, one letter per trace:
 -- 0 buffered, 1 decided now by relief, 2 a trace relief had dropped is kept from now on (an
 -- error span), v decided before; then the decisions of the traces decided before, in order
@@ -23,7 +26,8 @@ local max_trace_bytes, hold_ttl = tonumber(ARGV[8]), tonumber(ARGV[10])
 local tids = trace_ids(ARGV[11])
 local relief, relief_decisions = ARGV[12], {k = ARGV[13], e = ARGV[14], d = ARGV[15]}
 local kept_ttl, dropped_ttl = tonumber(ARGV[16]), tonumber(ARGV[17])
-local FIRST = 17  -- ARGV[FIRST + i]: trace i's record and fragment
+local resources, referred = ARGV[18], tonumber(ARGV[19])
+local FIRST = 19 + referred  -- ARGV[FIRST + i]: trace i's record and stored fragment
 local marked = 0
 local early = nil  -- traces marked early in the shard, when known: else every append looks its trace up
 
@@ -32,7 +36,7 @@ if ARGV[9] == '1' then
   -- counted whole, which errs on the side of room)
   local counted = relief ~= '' and {} or tids
   local incoming = 0
-  for i = 1, #tids do incoming = incoming + #ARGV[FIRST + i] - RECORD end
+  for i = 1, #tids do incoming = incoming + #ARGV[FIRST + i] end
   local over_traces, over_bytes
   over_traces, over_bytes, early = pressure(prefix, counted, tonumber(ARGV[6]), tonumber(ARGV[7]), incoming)
   while over_traces > 0 or over_bytes > 0 do
@@ -43,6 +47,14 @@ if ARGV[9] == '1' then
     marked = marked + 1
     early = early + 1
   end
+end
+
+-- a resource hash lives three periods past its last write: longer than any trace that refers to it
+if referred > 0 then
+  for i = 20, 19 + referred, 4000 do  -- pairs stay whole: 4000 is even
+    redis.call('HSET', resources, unpack(ARGV, i, math.min(i + 3999, 19 + referred)))
+  end
+  redis.call('PEXPIRE', resources, 3 * hold_ttl)
 end
 
 local statuses, decisions = {}, {}
@@ -77,7 +89,7 @@ end
 
 for i, tid in ipairs(tids) do
   local data = ARGV[FIRST + i]
-  local size = #data - RECORD
+  local size = #data  -- what the key grows by: the counters count the keys' lengths
   local root = after_root > 0 and string.byte(data, 2) % 2 == 1
   local key = trace_key(prefix, tid)
   local letter = relief ~= '' and string.sub(relief, i, i) or nil

@@ -44,7 +44,7 @@ if room > 0 then
     taken[#taken + 1] = tid
     hand_out(tid, REASONS[deadline] or 'd', deadline > EARLY and entries[i + 1] or '0')
     if deadline <= EARLY then
-      early_bytes = early_bytes + fragment_bytes(redis.call('GET', trace_key(prefix, tid)) or '')  -- early ones are few
+      early_bytes = early_bytes + redis.call('STRLEN', trace_key(prefix, tid))  -- early ones are few
     end
   end
   if #taken > 0 then in_bulk('ZREM', due, taken) end

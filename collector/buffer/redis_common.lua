@@ -1,6 +1,7 @@
 -- Shared by every buffer script (prepended when the scripts are loaded).
 -- One shard's keys: KEYS[1] due (ZSET trace -> decision deadline), KEYS[2] claims (ZSET trace ->
--- lease deadline), KEYS[3] meta (HASH: tb = bytes stored, eb = bytes of traces marked early);
+-- lease deadline), KEYS[3] meta (HASH: tb = bytes stored, eb = bytes of traces marked early,
+-- each the length of the traces' keys: their facts records and stored fragments);
 -- a trace's own key is built from the shard's key prefix, so it shares its hash tag.
 -- KEYS[4] is never written: a script declaring a missing key is refused by both nodes while
 -- its slot is being migrated (TRYAGAIN, or ASK then TRYAGAIN), so no script reads or writes the
@@ -27,20 +28,9 @@ end
 
 local function trace_key(prefix, tid) return prefix .. 's:' .. tid end
 
--- The bytes of a buffered trace's fragments, without their records: what the counters count.
-local function fragment_bytes(value)
-  local bytes, at = 0, 1
-  while at <= #value do
-    local size = struct.unpack('<I4', value, at + 8)
-    bytes = bytes + size
-    at = at + RECORD + size
-  end
-  return bytes
-end
-
 local function mark_early(prefix, tid, kind)
   redis.call('ZADD', due, kind, tid)
-  local size = fragment_bytes(redis.call('GET', trace_key(prefix, tid)) or '')
+  local size = redis.call('STRLEN', trace_key(prefix, tid))
   redis.call('HINCRBY', meta, 'eb', size)
   return size
 end
