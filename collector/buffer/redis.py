@@ -95,6 +95,7 @@ from tailsampler.common.verdict import Verdict
 
 from .base import AppendResult, BufferFull, BufferUnavailable, Claimed, Occupancy, Relief, Settlement, TraceBuffer
 from .redis_budget import UNREACHABLE
+from .redis_packing import pack_with_hiredis
 from .redis_routing import NotReplicated, Routed, Router
 
 log = logging.getLogger(__name__)
@@ -131,8 +132,8 @@ def shard_of(trace_id: bytes, shards: int) -> int:
 
 
 def connect(url: str, cluster: bool, timeout: float) -> Redis | RedisCluster:
-    """An asyncio client (hiredis parser when installed) that fails fast instead of retrying:
-    the buffer's callers decide what a failure means (push back, try next tick).
+    """An asyncio client (hiredis parses the replies and packs the commands) that fails fast
+    instead of retrying: the buffer's callers decide what a failure means (push back, try next tick).
 
     A cluster client patches its slot map on MOVED and never closes every connection because of
     MOVEDs (``reinitialize_steps=0``): the connections carry other requests' commands, whose
@@ -142,9 +143,9 @@ def connect(url: str, cluster: bool, timeout: float) -> Redis | RedisCluster:
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
     )
-    if cluster:
-        return RedisCluster.from_url(url, reinitialize_steps=0, **options)
-    return Redis.from_url(url, **options)
+    client = RedisCluster.from_url(url, reinitialize_steps=0, **options) if cluster else Redis.from_url(url, **options)
+    pack_with_hiredis(client)
+    return client
 
 
 def shard_keys(key_prefix: str, index: int) -> tuple[bytes, bytes, bytes, bytes]:
