@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import Awaitable, Callable, NamedTuple, Sequence
 
@@ -38,11 +39,11 @@ from redis.exceptions import (
     AskError,
     BusyLoadingError,
     ClusterDownError,
-    ConnectionError,
     MovedError,
     NoScriptError,
     RedisError,
-    TimeoutError,
+    ResponseError,
+    TimeoutError as RedisTimeoutError,
     TryAgainError,
 )
 
@@ -170,27 +171,50 @@ class Router:
                 elif isinstance(answer, NoScriptError) and self._reload is not None:
                     await self._reload(node)
                     again.append(i)
-                elif isinstance(answer, (ConnectionError, TimeoutError)):  # lost while reading the answers
-                    self._refresh(node)
         return again, pause
 
     async def _send(
         self, node: ClusterNode | None, commands: list[Routed], wait: tuple[str, int, int] | None
     ) -> list[object]:
-        pipe = self._client.pipeline(transaction=False)
-        if node is None:
-            for command in commands:
-                pipe.execute_command(*command.args)
-            if wait:
-                pipe.execute_command(*wait)
-            return await pipe.execute(raise_on_error=False)
-        # a node named explicitly: the commands go where their slot was looked up, and WAIT
-        # follows them on the connection that node's part of the pipeline takes
-        for command in commands:
-            pipe.execute_command(*command.args, target_nodes=node)
+        """The commands' replies, an error reply being that command's answer: one pipeline on one
+        connection of the node (or of the single server's pool), written in one piece and read
+        back in order, with ``WAIT`` last on the same connection. redis-py's own pipelines do the
+        same with bookkeeping per command that costs more than the commands' packing (a cluster
+        pipeline looks each command's slot up again, though the node is named); a connection
+        that fails midway is closed, since answers may still be on their way on it. The replies
+        share one deadline, the socket timeout, instead of one timer each."""
+        args = [command.args for command in commands]
         if wait:
-            pipe.execute_command(*wait, target_nodes=node)
-        return await pipe.execute(raise_on_error=False, allow_redirections=False)
+            args.append(wait)
+        pool = self._client.connection_pool if node is None else None
+        if pool is not None:
+            connection = await pool.get_connection()
+        else:
+            assert node is not None
+            connection = node.acquire_connection()
+            await node.disconnect_if_needed(connection)
+        try:
+            await connection.send_packed_command(connection.pack_commands(args))
+            replies: list[object] = []
+            async with asyncio.timeout(connection.socket_timeout):  # one deadline for all the replies
+                for _ in args:
+                    try:
+                        replies.append(await connection.read_response(timeout=math.inf))
+                    except ResponseError as error:  # MOVED, TRYAGAIN, NOSCRIPT, a script's error...
+                        replies.append(error)
+            return replies
+        except TimeoutError as exc:  # asyncio's: the replies' deadline passed
+            await connection.disconnect(nowait=True)
+            raise RedisTimeoutError(f"no reply from {node.name if node else 'redis'} within {connection.socket_timeout}s") from exc
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        finally:
+            if pool is not None:
+                await pool.release(connection)
+            else:
+                assert node is not None
+                node.release(connection)
 
     def _refresh(self, failed: ClusterNode | None) -> None:
         """Read the slot map again, in the background and not too often: after a master died, the
