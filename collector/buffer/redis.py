@@ -367,13 +367,13 @@ class RedisTraceBuffer(TraceBuffer):
             for index, trace_ids in groups.items():
                 shard = self._shards[index]
                 group = list(map(fragments.__getitem__, trace_ids))
-                referred = self._referred(group)
+                digests = self._referred(group)
                 calls.append(_Call("append", shard, [
                     fence, shard.prefix, now, *self._append_limits, b"".join(trace_ids).hex(),
                     b"".join([letters[chosen[t]] for t in trace_ids]) if letters else b"",
-                    *decisions, self._kept_ttl_ms, self._dropped_ttl_ms, shard.prefix + epoch, 2 * len(referred),
-                    *[part for pair in referred for part in pair],
-                    *[wire.chain([fragment], self._digests) for fragment in group],
+                    *decisions, self._kept_ttl_ms, self._dropped_ttl_ms, shard.prefix + epoch, 2 * len(digests),
+                    *[part for head, digest in digests.items() for part in (digest, head)],
+                    *[wire.chain([fragment], digests) for fragment in group],
                 ]))
             replies = await self._run(calls, until, replicated=True)
             self._refuse_partly_taken(calls, replies, groups, fragments)
@@ -426,13 +426,18 @@ class RedisTraceBuffer(TraceBuffer):
         resources of traces gone for good leave with it."""
         return int(now * 1000) // self._hold_ms
 
-    def _referred(self, fragments: list[Fragment]) -> list[tuple[bytes, bytes]]:
-        """(digest, fields) of each resource the fragments were sent under, each once: the
-        append stores them in the shard's resource hash, the fragments only their digests."""
-        heads = {head for fragment in fragments for head in fragment.pieces[1::2]}
-        for head in heads.difference(self._digests):
-            self._learn(hashlib.blake2b(head, digest_size=wire.DIGEST_SIZE).digest(), head)
-        return [(self._digests[head], head) for head in heads]
+    def _referred(self, fragments: list[Fragment]) -> dict[bytes, bytes]:
+        """The digest of each resource the fragments were sent under, by its fields: the append
+        stores them in the shard's resource hash, the fragments only their digests. Held apart
+        from the cache, which may start again while this request's resources are learned."""
+        digests: dict[bytes, bytes] = {}
+        for head in {head for fragment in fragments for head in fragment.pieces[1::2]}:
+            digest = self._digests.get(head)
+            if digest is None:
+                digest = hashlib.blake2b(head, digest_size=wire.DIGEST_SIZE).digest()
+                self._learn(digest, head)
+            digests[head] = digest
+        return digests
 
     def _learn(self, digest: bytes, head: bytes) -> None:
         """Remember a resource both ways; a cache past its bound starts again (what it then
