@@ -14,7 +14,7 @@ from aiohttp import web
 
 from tailsampler.loadgen.bench import MODES, BenchOptions, profile_summary
 from tailsampler.loadgen.cli import build_parser, main
-from tailsampler.loadgen.processes import MALLOC_PINS, AdminClient, NullServerProcess
+from tailsampler.loadgen.processes import MALLOC_PINS, AdminClient, NullServerProcess, cpu_seconds
 
 _LATENCY = {"decision_latency_p50_s", "decision_latency_p99_s", "decision_latency_samples"}
 _HOLD = {"ingest_spans_per_second", "ingest_ratio_to_null", "ingest_cpu_us_per_span",
@@ -102,6 +102,25 @@ def test_every_process_the_bench_starts_has_the_heap_thresholds_pinned(tmp_path:
 
     variables = asyncio.run(environment()).split(b"\0")
     assert all(f"{name}={value}".encode() in variables for name, value in MALLOC_PINS.items())
+
+
+def test_cpu_seconds_reads_a_child_to_below_one_clock_tick() -> None:
+    """A child burning CPU for 3 ms and then waiting: its CPU reads between 3 ms and well under the
+    10 ms that one tick of ``/proc/<pid>/stat`` would round it to, and it stops growing."""
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nstart = time.process_time()\nwhile time.process_time() - start < 0.003: pass\n"
+        "print('burnt', flush=True)\nsys.stdin.read()")], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        before = cpu_seconds(child.pid)
+        assert child.stdout is not None and child.stdout.readline() == b"burnt\n"
+        after = cpu_seconds(child.pid)
+        assert 0.003 <= after - before < 0.5
+        assert round(after * 1e9) % 10_000_000 != 0, "not a whole number of 10 ms ticks"
+        assert cpu_seconds(child.pid) - after < 0.002, "a waiting child adds (almost) nothing"
+    finally:
+        child.communicate(b"")
+    with pytest.raises(ProcessLookupError, match=f"no CPU-time clock for process {child.pid}"):
+        cpu_seconds(child.pid)
 
 
 def test_the_admin_client_polls_over_one_kept_alive_connection() -> None:
