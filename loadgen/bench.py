@@ -14,12 +14,12 @@ Two collectors run per buffer type, one after the other:
 
 Requests are laid out as an SDK batching concurrent requests sends them: each scope's spans dealt
 out one trace at a time (``loadgen.layout``). Every request carries trace IDs no collector has
-seen (each round and the latency phases have seeds of their own, and each collector, or fleet of
-agents, has a buffer of its own, under a key prefix of this run's in Redis), so no decision cache
-or pending trace shortcuts the work. End-to-end
-CPU is counted until every trace sent has been decided and every span of the kept ones has reached
-the sink, polling the admin API over one kept-alive connection. Every process runs with glibc's
-heap thresholds pinned (``processes.MALLOC_PINS``).
+seen (each round, the latency phases and the cluster fleets' warm-up have seeds of their own, and
+each collector, or fleet of agents, has a buffer of its own, under a key prefix of this run's in
+Redis), so no decision cache or pending trace shortcuts the work. End-to-end CPU is counted
+until every trace sent has been decided and every span of the kept ones has reached the sink,
+polling the admin API over one kept-alive connection. Every process runs with glibc's heap
+thresholds pinned (``processes.MALLOC_PINS``).
 
 Modes beside ``memory``, each quoted as a ratio to the memory mode's CPU per span:
 - ``memory-contiguous``: the same spans with each trace's spans side by side;
@@ -32,7 +32,9 @@ Modes beside ``memory``, each quoted as a ratio to the memory mode's CPU per spa
 The ``redis`` mode runs the same on a Redis server of its own. The ``cluster`` mode starts a
 3-master Redis Cluster and measures collector CPU per span end to end with one agent and with three
 agents sharing the cluster buffer (each service sending to one of them, so a trace's spans reach
-several), round by round, and the ratio of the three agents' summed CPU to the one agent's.
+several), round by round, and the ratio of the three agents' summed CPU to the one agent's; a
+third fleet, one agent taking the three agents' requests, has their fragments without their
+processes, and says how much of the ratio is which.
 
 The ``overload`` mode (``bench_overload``) drives a memory-buffer collector at three times its
 sustainable load, with and without overload relief, and samples its memory.
@@ -102,6 +104,12 @@ MODES = (*_BUFFER_MODES, "cluster", "overload")
 _TO_MEMORY = ("memory-contiguous", "attributes", "wal")  # quoted as a ratio to the memory mode
 _SLOW_THRESHOLD_MS = 1000
 CLUSTER_AGENTS = 3
+# the cluster mode's fleets: label, agents, request streams (``build_payloads``' targets)
+_CLUSTER_FLEETS = (
+    ("1_agent", 1, 1),
+    ("1_agent_spread", 1, CLUSTER_AGENTS),
+    (f"{CLUSTER_AGENTS}_agents", CLUSTER_AGENTS, CLUSTER_AGENTS),
+)
 
 
 def attribute_policies(slow_threshold_ms: int) -> list[dict[str, Any]]:
@@ -188,10 +196,12 @@ class _Fleet:
     sink: Sink
     redis: RedisServer | RedisCluster | None = None
     sent_traces: int = 0
+    streams: int = 1  # request streams (payload targets), dealt out over the agents in turn
 
     @property
     def endpoints(self) -> list[str]:
-        return [agent.grpc_endpoint for agent in self.agents]
+        """Each request stream's agent: one each, or with fewer agents than streams, shared."""
+        return [self.agents[i % len(self.agents)].grpc_endpoint for i in range(max(self.streams, len(self.agents)))]
 
     def cpu_seconds(self) -> float:
         return sum(cpu_seconds(agent.pid) for agent in self.agents)
@@ -316,11 +326,11 @@ class _Run:
     @contextlib.asynccontextmanager
     async def _fleet(
         self, name: str, buffer_type: str, policies: list[dict[str, Any]], wait_s: float, after_root_s: float,
-        agents: int = 1, cluster: RedisCluster | None = None, **tail_sampling: Any,
+        agents: int = 1, cluster: RedisCluster | None = None, streams: int = 1, **tail_sampling: Any,
     ) -> AsyncIterator[_Fleet]:
         """A sink and ``agents`` collectors exporting to it, with a buffer of their own: memory,
         memory with a write-ahead log, a Redis server started here, or ``cluster`` under a key
-        prefix of their own. All stopped after."""
+        prefix of their own, taking ``streams`` request streams. All stopped after."""
         workdir = self.workdir / name
         async with contextlib.AsyncExitStack() as stack:
             sink = Sink()
@@ -336,7 +346,7 @@ class _Run:
                 buffer.update(type="redis", url=redis.url, key_prefix=f"ts-{name}-{self.run_id}")
             elif cluster is not None:
                 buffer.update(type="redis", url=cluster.url, cluster=True, key_prefix=f"ts-{name}-{self.run_id}")
-            fleet = _Fleet([], sink, redis)
+            fleet = _Fleet([], sink, redis, streams=streams)
             for index in range(agents):
                 config = collector_config(endpoint, policies, f"{wait_s}s", f"{after_root_s}s", buffer, **tail_sampling)
                 agent = name if agents == 1 else f"{name}-agent{index}"
@@ -431,32 +441,49 @@ class _Run:
         return max(cpu, 0.0) / sent.spans * 1e6, max(redis_cpu, 0.0) / sent.spans * 1e6
 
     async def _cluster(self) -> dict[str, Any]:
-        """One agent and ``CLUSTER_AGENTS`` agents on one Redis Cluster, each fleet under a key
-        prefix of its own, measured one after the other in every round on the same traces."""
+        """One agent, one agent taking ``CLUSTER_AGENTS`` agents' requests, and ``CLUSTER_AGENTS``
+        agents on one Redis Cluster, each fleet under a key prefix of its own, measured one after
+        the other in every round on the same traces. The middle fleet parts the two costs of
+        spreading a trace over agents: its fragments (a trace arrives in several), which it pays
+        too, and running as several processes, which it does not."""
         options = self.options
         series = _Series()
         async with contextlib.AsyncExitStack() as stack:
             cluster = await RedisCluster(self.workdir / "cluster" / "redis").start()
             stack.push_async_callback(cluster.stop)
             fleets = {
-                agents: await stack.enter_async_context(self._fleet(
-                    f"cluster-{agents}", "cluster", example_policies(_SLOW_THRESHOLD_MS),
-                    options.decision_wait_s, options.after_root_s, agents=agents, cluster=cluster,
+                label: await stack.enter_async_context(self._fleet(
+                    f"cluster-{label}", "cluster", example_policies(_SLOW_THRESHOLD_MS),
+                    options.decision_wait_s, options.after_root_s, agents=agents, cluster=cluster, streams=streams,
                 ))
-                for agents in (1, CLUSTER_AGENTS)
+                for label, agents, streams in _CLUSTER_FLEETS
             }
-            idle = {agents: await self._idle_rates(fleet) for agents, fleet in fleets.items()}
+            for fleet in fleets.values():
+                await self._warm_up(fleet)
+            idle = {label: await self._idle_rates(fleet) for label, fleet in fleets.items()}
             for index in range(options.rounds):
-                cpu: dict[int, float] = {}
-                for agents, fleet in fleets.items():
-                    cpu[agents], redis_cpu = await self._e2e_cpu(
-                        fleet, self.payloads["interleaved", agents][index], idle[agents],
-                        f"cluster: {agents} agent{'s' if agents > 1 else ''}")
-                    label = "1_agent" if agents == 1 else f"{agents}_agents"
-                    series.add(f"collector_cpu_us_per_span_{label}", cpu[agents])
+                cpu: dict[str, float] = {}
+                for label, fleet in fleets.items():
+                    cpu[label], redis_cpu = await self._e2e_cpu(
+                        fleet, self.payloads["interleaved", fleet.streams][index], idle[label],
+                        f"cluster: {label.replace('_', ' ')}")
+                    series.add(f"collector_cpu_us_per_span_{label}", cpu[label])
                     series.add(f"redis_cpu_us_per_span_{label}", redis_cpu)
-                series.add("cpu_agents_to_1_agent", cpu[CLUSTER_AGENTS] / cpu[1] if cpu[1] else 0.0)
+                one = cpu["1_agent"]
+                series.add("cpu_agents_to_1_agent", cpu[f"{CLUSTER_AGENTS}_agents"] / one if one else 0.0)
+                series.add("cpu_1_agent_spread_to_1_agent", cpu["1_agent_spread"] / one if one else 0.0)
         return {"available": True, "rounds": dict(series), "median": series.medians()}
+
+    async def _warm_up(self, fleet: _Fleet) -> None:
+        """Send a tenth of a round of traces of their own (seed 3000) through the fleet and wait
+        until they are decided and exported, uncounted: each agent's first requests pay for
+        what a process does once (connections to Redis and the sink, its resource cache, code
+        run for the first time), which would weigh three times on three agents' first round."""
+        options = self.options
+        payloads = build_payloads(self.shape, max(2 * options.batch_spans, options.spans_per_round // 10),
+                                  options.batch_spans, seed=3000, layout="interleaved", targets=fleet.streams)
+        await self._send(fleet.endpoints, payloads)
+        await self._drain(fleet, _traces(payloads))
 
     async def _idle_rates(self, fleet: _Fleet) -> tuple[float, float]:
         """CPU seconds per second the agents (and Redis) spend with no traffic: ticks, polls."""
@@ -595,9 +622,9 @@ Progress = Callable[[float, int, str], None]  # steps done, spans sent, what run
 
 def bench_steps(options: BenchOptions) -> int:
     """The steps a run reports: each round of each buffer mode, held (if it holds) and end to
-    end, and each round of the cluster mode with each agent count."""
+    end, and each round of the cluster mode with each fleet."""
     per_round = sum(1 + _BUFFER_MODES[m].hold for m in options.modes if m in _BUFFER_MODES)
-    return options.rounds * (per_round + 2 * ("cluster" in options.modes))
+    return options.rounds * (per_round + len(_CLUSTER_FLEETS) * ("cluster" in options.modes))
 
 
 async def run_bench(options: BenchOptions, progress: Progress | None = None) -> dict[str, Any]:

@@ -27,7 +27,8 @@ _METRICS["redis"] = _METRICS["memory"] | {
     "redis_used_memory_per_buffered_span", "redis_used_memory_to_wire_bytes", "redis_cpu_us_per_span"}
 _METRICS["wal"] = _METRICS["memory"] | _TO_MEMORY | {"wal_disk_bytes_per_buffered_span", "wal_disk_to_wire_bytes"}
 _METRICS["cluster"] = {f"{metric}_{agents}" for metric in ("collector_cpu_us_per_span", "redis_cpu_us_per_span")
-                       for agents in ("1_agent", "3_agents")} | {"cpu_agents_to_1_agent"}
+                       for agents in ("1_agent", "1_agent_spread", "3_agents")} | {
+                           "cpu_agents_to_1_agent", "cpu_1_agent_spread_to_1_agent"}
 
 
 def test_bench_smoke_produces_a_well_formed_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -65,6 +66,8 @@ def test_bench_smoke_produces_a_well_formed_result(tmp_path: Path, capsys: pytes
     cluster = result["modes"]["cluster"]["median"]
     assert cluster["cpu_agents_to_1_agent"] == (
         cluster["collector_cpu_us_per_span_3_agents"] / cluster["collector_cpu_us_per_span_1_agent"])
+    assert cluster["cpu_1_agent_spread_to_1_agent"] == (
+        cluster["collector_cpu_us_per_span_1_agent_spread"] / cluster["collector_cpu_us_per_span_1_agent"])
     overload = result["modes"]["overload"]
     assert overload["available"], overload.get("reason")
     figures = overload["median"]
@@ -82,7 +85,7 @@ def test_bench_smoke_produces_a_well_formed_result(tmp_path: Path, capsys: pytes
     assert ("| metric | null server | tailsampler memory | tailsampler memory, contiguous spans | "
             "tailsampler memory + attribute policies | tailsampler memory + WAL | tailsampler redis | target |") in table
     assert "MALLOC_MMAP_THRESHOLD_=" in table and "MALLOC_TRIM_THRESHOLD_=" in table
-    assert "| per span | 1 agent | 3 agents | 3 ÷ 1 |" in table
+    assert "| per span | 1 agent | 1 agent, 3 agents' requests | 3 agents | 3 ÷ 1 |" in table
     assert "| at 3× the sustainable load | relief on | relief off |" in table
     assert table.count("\n| ") >= 38  # every row of the four tables
 
