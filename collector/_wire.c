@@ -866,8 +866,50 @@ static PyObject *digest_of(PyObject *digests, PyObject *head) {
     return digest;
 }
 
-/* Each fragment's record, then its stored body, for every fragment in turn (see wire_py.chain):
- * u32 n, the lengths of the n own pieces before a resource, the n digests, the own pieces. */
+/* The length of a fragment's record and stored body, or -1 with an error. */
+static Py_ssize_t chain_size(Fragment *f, PyObject *digests) {
+    Py_ssize_t count = PyList_GET_SIZE(f->pieces);
+    if (count % 2 == 0) {
+        PyErr_SetString(PyExc_ValueError, "a fragment's pieces must alternate its own bytes and resource fields");
+        return -1;
+    }
+    Py_ssize_t total = FACTS_SIZE + 4 + (count / 2) * (4 + DIGEST_SIZE);
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *piece = PyList_GET_ITEM(f->pieces, k);
+        if (!PyBytes_Check(piece)) {
+            PyErr_SetString(PyExc_TypeError, "a fragment's pieces must be bytes");
+            return -1;
+        }
+        if (k % 2 == 0) total += PyBytes_GET_SIZE(piece);
+        else if (!digest_of(digests, piece)) return -1;
+    }
+    return total;
+}
+
+/* Write a fragment's record and stored body (measured by chain_size) at `at`; returns its end:
+ * the record, u32 n, the lengths of the n own pieces before a resource, the n digests, the own
+ * pieces. */
+static uint8_t *chain_write(Fragment *f, PyObject *digests, uint8_t *at) {
+    Py_ssize_t count = PyList_GET_SIZE(f->pieces), heads = count / 2;
+    uint8_t *record = at, *lengths = at + FACTS_SIZE + 4, *refs = lengths + 4 * heads;
+    uint8_t *own = refs + DIGEST_SIZE * heads;
+    memcpy(record, PyBytes_AS_STRING(f->facts), FACTS_SIZE);
+    put_le(record + FACTS_SIZE, (uint64_t)heads, 4);
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *piece = PyList_GET_ITEM(f->pieces, k);
+        if (k % 2 == 0) {
+            memcpy(own, PyBytes_AS_STRING(piece), (size_t)PyBytes_GET_SIZE(piece));
+            own += PyBytes_GET_SIZE(piece);
+            if (k < count - 1) put_le(lengths + 4 * (k / 2), (uint64_t)PyBytes_GET_SIZE(piece), 4);
+        } else {
+            memcpy(refs + DIGEST_SIZE * (k / 2), PyBytes_AS_STRING(digest_of(digests, piece)), DIGEST_SIZE);
+        }
+    }
+    put_le(record + 8, (uint64_t)(own - record - FACTS_SIZE), 8);
+    return own;
+}
+
+/* Each fragment's record, then its stored body, for every fragment in turn (see wire_py.chain). */
 static PyObject *chain(PyObject *module, PyObject *args) {
     (void)module;
     PyObject *fragments, *digests;
@@ -875,46 +917,130 @@ static PyObject *chain(PyObject *module, PyObject *args) {
     if (check_fragments(fragments) < 0) return NULL;
     Py_ssize_t total = 0, n = PyList_GET_SIZE(fragments);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *pieces = ((Fragment *)PyList_GET_ITEM(fragments, i))->pieces;
-        Py_ssize_t count = PyList_GET_SIZE(pieces);
-        if (count % 2 == 0) {
-            PyErr_SetString(PyExc_ValueError, "a fragment's pieces must alternate its own bytes and resource fields");
-            return NULL;
-        }
-        total += FACTS_SIZE + 4 + (count / 2) * (4 + DIGEST_SIZE);
-        for (Py_ssize_t k = 0; k < count; k++) {
-            PyObject *piece = PyList_GET_ITEM(pieces, k);
-            if (!PyBytes_Check(piece)) {
-                PyErr_SetString(PyExc_TypeError, "a fragment's pieces must be bytes");
-                return NULL;
-            }
-            if (k % 2 == 0) total += PyBytes_GET_SIZE(piece);
-            else if (!digest_of(digests, piece)) return NULL;
-        }
+        Py_ssize_t size = chain_size((Fragment *)PyList_GET_ITEM(fragments, i), digests);
+        if (size < 0) return NULL;
+        total += size;
     }
     PyObject *out = PyBytes_FromStringAndSize(NULL, total);
     if (!out) return NULL;
     uint8_t *at = (uint8_t *)PyBytes_AS_STRING(out);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Fragment *f = (Fragment *)PyList_GET_ITEM(fragments, i);
-        Py_ssize_t count = PyList_GET_SIZE(f->pieces), heads = count / 2;
-        uint8_t *record = at, *lengths = at + FACTS_SIZE + 4, *refs = lengths + 4 * heads;
-        uint8_t *own = refs + DIGEST_SIZE * heads;
-        memcpy(record, PyBytes_AS_STRING(f->facts), FACTS_SIZE);
-        put_le(record + FACTS_SIZE, (uint64_t)heads, 4);
-        for (Py_ssize_t k = 0; k < count; k++) {
-            PyObject *piece = PyList_GET_ITEM(f->pieces, k);
-            if (k % 2 == 0) {
-                memcpy(own, PyBytes_AS_STRING(piece), (size_t)PyBytes_GET_SIZE(piece));
-                own += PyBytes_GET_SIZE(piece);
-                if (k < count - 1) put_le(lengths + 4 * (k / 2), (uint64_t)PyBytes_GET_SIZE(piece), 4);
-            } else {
-                memcpy(refs + DIGEST_SIZE * (k / 2), PyBytes_AS_STRING(digest_of(digests, piece)), DIGEST_SIZE);
+    for (Py_ssize_t i = 0; i < n; i++) at = chain_write((Fragment *)PyList_GET_ITEM(fragments, i), digests, at);
+    return out;
+}
+
+/* ---- shards: a request's appends, one per shard ------------------------------------------ */
+
+static uint32_t crc_table[256];
+
+static void crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+/* CRC-32 as zlib computes it, which picks a trace's shard in every agent (buffer.redis.shard_of). */
+static uint32_t crc32_of(const uint8_t *p, Py_ssize_t n) {
+    uint32_t c = 0xFFFFFFFFu;
+    for (Py_ssize_t i = 0; i < n; i++) c = crc_table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+typedef struct {
+    PyObject *ids, *heads, *seen, *chains;  /* NULL until the shard's first trace */
+} ShardAppend;
+
+static void shard_appends_free(ShardAppend *groups, Py_ssize_t shards) {
+    for (Py_ssize_t i = 0; i < shards; i++) {
+        Py_XDECREF(groups[i].ids);
+        Py_XDECREF(groups[i].heads);
+        Py_XDECREF(groups[i].seen);
+        Py_XDECREF(groups[i].chains);
+    }
+    PyMem_Free(groups);
+}
+
+/* Add one trace to its shard's append: its ID, its chain and the resources it refers to. */
+static int shard_append_add(ShardAppend *g, PyObject *trace_id, Fragment *f, PyObject *digests) {
+    Py_ssize_t size = chain_size(f, digests);
+    if (size < 0) return -1;
+    PyObject *chained = PyBytes_FromStringAndSize(NULL, size);
+    if (!chained) return -1;
+    chain_write(f, digests, (uint8_t *)PyBytes_AS_STRING(chained));
+    int failed = PyList_Append(g->chains, chained) < 0 || PyList_Append(g->ids, trace_id) < 0;
+    Py_DECREF(chained);
+    for (Py_ssize_t k = 1; !failed && k < PyList_GET_SIZE(f->pieces); k += 2) {
+        PyObject *head = PyList_GET_ITEM(f->pieces, k);
+        int known = PySet_Contains(g->seen, head);
+        failed = known < 0 || (!known && (PySet_Add(g->seen, head) < 0 || PyList_Append(g->heads, head) < 0));
+    }
+    return failed ? -1 : 0;
+}
+
+/* A request's fragments grouped into one append per shard (see wire_py.shard_appends). */
+static PyObject *shard_appends(PyObject *module, PyObject *args) {
+    (void)module;
+    PyObject *fragments, *digests, *trace_id, *value;
+    Py_ssize_t shards, pos = 0;
+    if (!PyArg_ParseTuple(args, "O!nO!:shard_appends", &PyDict_Type, &fragments, &shards, &PyDict_Type, &digests)) return NULL;
+    if (shards < 1) {
+        PyErr_SetString(PyExc_ValueError, "shards must be at least 1");
+        return NULL;
+    }
+    ShardAppend *groups = PyMem_Calloc((size_t)shards, sizeof(ShardAppend));
+    Py_ssize_t *order = PyMem_Calloc((size_t)(PyDict_GET_SIZE(fragments) + 1), sizeof(Py_ssize_t));
+    PyObject *out = NULL;
+    Py_ssize_t used = 0;
+    if (!groups || !order) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    while (PyDict_Next(fragments, &pos, &trace_id, &value)) {
+        if (!PyBytes_Check(trace_id) || PyBytes_GET_SIZE(trace_id) != 16) {
+            PyErr_SetString(PyExc_ValueError, "a trace ID must be 16 bytes");
+            goto done;
+        }
+        if (!PyObject_TypeCheck(value, &FragmentType)) {
+            PyErr_Format(PyExc_TypeError, "fragments must be Fragments, not %.100s", Py_TYPE(value)->tp_name);
+            goto done;
+        }
+        Py_ssize_t index = (Py_ssize_t)(crc32_of((const uint8_t *)PyBytes_AS_STRING(trace_id), 16) % (uint64_t)shards);
+        ShardAppend *g = &groups[index];
+        if (!g->ids) {
+            if (!(g->ids = PyList_New(0)) || !(g->heads = PyList_New(0)) || !(g->seen = PySet_New(NULL)) || !(g->chains = PyList_New(0)))
+                goto done;
+            order[used++] = index;
+        }
+        if (shard_append_add(g, trace_id, (Fragment *)value, digests) < 0) goto done;
+    }
+    if (!(out = PyList_New(used))) goto done;
+    for (Py_ssize_t i = 0; i < used; i++) {
+        ShardAppend *g = &groups[order[i]];
+        Py_ssize_t n = PyList_GET_SIZE(g->ids);
+        PyObject *hex = PyBytes_FromStringAndSize(NULL, 32 * n);
+        if (!hex) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        char *at = PyBytes_AS_STRING(hex);
+        for (Py_ssize_t t = 0; t < n; t++) {
+            const uint8_t *id = (const uint8_t *)PyBytes_AS_STRING(PyList_GET_ITEM(g->ids, t));
+            for (int b = 0; b < 16; b++) {
+                *at++ = "0123456789abcdef"[id[b] >> 4];
+                *at++ = "0123456789abcdef"[id[b] & 15];
             }
         }
-        put_le(record + 8, (uint64_t)(own - record - FACTS_SIZE), 8);
-        at = own;
+        PyObject *item = Py_BuildValue("(nONOO)", order[i], g->ids, hex, g->heads, g->chains);
+        if (!item) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, i, item);
     }
+done:
+    if (groups) shard_appends_free(groups, shards);
+    PyMem_Free(order);
     return out;
 }
 
@@ -1111,6 +1237,8 @@ static PyMethodDef methods[] = {
     {"merge_facts", merge_facts, METH_O, "merge_facts(records) -> one facts record for a concatenation of records"},
     {"fnv1a_64", (PyCFunction)(void (*)(void))fnv1a_64, METH_FASTCALL, "fnv1a_64(data, state=FNV offset basis) -> int"},
     {"chain", chain, METH_VARARGS, "chain(fragments, digests) -> each fragment's facts record and stored body, in turn"},
+    {"shard_appends", shard_appends, METH_VARARGS,
+     "shard_appends(fragments, shards, digests) -> [(shard, trace IDs, their hex forms joined, resources referred to, chains)]"},
     {"unchain", unchain, METH_VARARGS, "unchain(chain, resources) -> (the fragments' bytes joined, their merged facts record)"},
     {NULL},
 };
@@ -1126,6 +1254,7 @@ PyMODINIT_FUNC PyInit__wire(void) {
     WireError = PyObject_GetAttrString(errors, "WireError");
     Py_DECREF(errors);
     if (!WireError) return NULL;
+    crc_init();
     shared_heads = PyDict_New();
     if (!shared_heads) return NULL;
     PyObject *os = PyImport_ImportModule("os");

@@ -35,6 +35,8 @@ Fragment = _core.Fragment
 merge_facts = _core.merge_facts
 fnv1a_64 = _core.fnv1a_64
 chain = _core.chain
+shard_appends = _core.shard_appends
+shard_of = wire_py.shard_of
 unchain = _core.unchain
 REFUSED_MESSAGE = "{} span(s) rejected: trace_id must be 16 bytes and span_id 8 bytes, not all zero"
 
@@ -73,5 +75,5 @@ DEFAULT_SALT_STATE = fnv1a_64(DEFAULT_HASH_SALT.encode())
 
 __all__ = [
     "CORE", "DEFAULT_HASH_SALT", "DIGEST_SIZE", "DEFAULT_SALT_STATE", "FACTS_SIZE", "FNV_OFFSET", "Fragment", "WireError",
-    "WireSplit", "chain", "facts_of", "fnv1a_64", "merge_facts", "split", "unchain",
+    "WireSplit", "chain", "facts_of", "fnv1a_64", "merge_facts", "shard_appends", "shard_of", "split", "unchain",
 ]

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial, reduce
 import struct
+import zlib
 from itertools import compress, count, islice, repeat
 from operator import add, and_, itemgetter, mul, ne, not_, or_, sub
 
@@ -307,6 +308,36 @@ def chain(fragments: list[Fragment], digests: dict[bytes, bytes]) -> bytes:
         facts = fragment.facts
         out += (facts[:8], _BYTE_SIZE.pack(len(body)), facts[16:], body)
     return b"".join(out)
+
+
+ShardAppend = tuple[int, list[bytes], bytes, list[bytes], list[bytes]]
+
+
+def shard_of(trace_id: bytes, shards: int) -> int:
+    """A trace's shard in a shared buffer: CRC-32 of its ID, the same in every agent, process
+    and version (``shard_appends`` applies it to a request's traces)."""
+    return zlib.crc32(trace_id) % shards
+
+
+def shard_appends(fragments: dict[bytes, Fragment], shards: int, digests: dict[bytes, bytes]) -> list[ShardAppend]:
+    """A request's fragments grouped into one append per shard, so that a shared buffer spends
+    nothing per trace in the interpreter: for each shard its traces fall in (CRC-32 of the trace
+    ID, modulo ``shards``), in the order of its first trace, (the shard, its trace IDs, their hex
+    forms joined, the resources its fragments refer to, each once, in the order first referred
+    to, and each fragment's ``chain``)."""
+    if shards < 1:
+        raise ValueError("shards must be at least 1")
+    groups: dict[int, tuple[list[bytes], dict[bytes, None], list[bytes]]] = {}
+    for trace_id, fragment in fragments.items():
+        if not isinstance(trace_id, bytes) or len(trace_id) != 16:
+            raise ValueError("a trace ID must be 16 bytes")
+        if not isinstance(fragment, Fragment):
+            raise TypeError(f"fragments must be Fragments, not {type(fragment).__name__}")
+        ids, heads, chains = groups.setdefault(shard_of(trace_id, shards), ([], {}, []))
+        chains.append(chain([fragment], digests))
+        ids.append(trace_id)
+        heads.update(dict.fromkeys(fragment.pieces[1::2]))
+    return [(index, ids, b"".join(ids).hex().encode(), list(heads), chains) for index, (ids, heads, chains) in groups.items()]
 
 
 def unchain(value: bytes, resources: dict[bytes, bytes]) -> tuple[bytes, bytes]:

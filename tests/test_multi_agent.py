@@ -25,7 +25,7 @@ import pytest
 import redis
 from opentelemetry.trace import Status, StatusCode
 
-from tailsampler.collector.buffer.redis import shard_of
+from tailsampler.collector.wire import shard_of
 from tests.collectors import AgentProcess, collector_config
 from tests.otlp_sink import GrpcSink
 from tests.redis_servers import RedisCluster

@@ -24,7 +24,8 @@ from prometheus_client import CollectorRegistry
 
 from tailsampler.collector.buffer import BufferFull, BufferUnavailable, Occupancy, Settlement
 from tailsampler.collector.wire import Fragment
-from tailsampler.collector.buffer.redis import RedisTraceBuffer, shard_of
+from tailsampler.collector.buffer.redis import RedisTraceBuffer
+from tailsampler.collector.wire import shard_of
 from tailsampler.collector.buffer.redis_state import RedisState
 from tailsampler.collector.config import BufferConfig, BufferLimits, Config
 from tailsampler.common.settings import decode
@@ -176,7 +177,7 @@ def test_shards_default_to_one_on_a_server_and_sixteen_on_a_cluster(given: dict,
 def test_shards_are_the_same_in_every_process() -> None:
     ids = [new_trace_id() for _ in range(50)]
     code = (
-        "import json, sys; from tailsampler.collector.buffer.redis import shard_of; "
+        "import json, sys; from tailsampler.collector.wire import shard_of; "
         "print(json.dumps([shard_of(bytes.fromhex(h), 16) for h in json.load(sys.stdin)]))"
     )
     # another process, with another str hash seed than this one, must agree

@@ -25,7 +25,8 @@ from redis.cluster import key_slot
 from redis.exceptions import AskError, MovedError, TryAgainError
 
 from tailsampler.collector.buffer import BufferFull, BufferUnavailable, Claimed, Settlement
-from tailsampler.collector.buffer.redis import RedisTraceBuffer, shard_keys, shard_of
+from tailsampler.collector.buffer.redis import RedisTraceBuffer, shard_keys
+from tailsampler.collector.wire import shard_of
 from tailsampler.collector.buffer.redis_state import RedisState
 from tailsampler.collector.config import BufferLimits, Config
 from tailsampler.collector.wire import Fragment

@@ -112,3 +112,43 @@ def test_random_stored_bodies_are_refused_or_read_alike() -> None:
             except (ValueError, KeyError) as exc:
                 answers.append(type(exc))
         assert answers[0] == answers[1]
+
+
+@pytest.mark.parametrize("shards", [1, 3, 16])
+def test_a_requests_appends_by_shard_are_the_same_in_both(shards: int) -> None:
+    """One append per shard: its traces in the request's order, their hex IDs joined, the
+    resources its fragments refer to (each once) and each fragment's chain."""
+    for seed in range(4):
+        body = wire_bodies.real_request(200, seed)
+        answers = []
+        for core in (c_core(), wire_py):
+            fragments = core.split(body)[0]
+            digests, _ = _digests(fragments.values())
+            appends = core.shard_appends(fragments, shards, digests)
+            for index, ids, ids_hex, heads, chains in appends:
+                assert all(wire_py.shard_of(t, shards) == index for t in ids)
+                assert ids_hex == b"".join(ids).hex().encode()
+                group = [fragments[t] for t in ids]
+                assert chains == [core.chain([f], digests) for f in group]
+                assert heads == list(dict.fromkeys(h for f in group for h in f.pieces[1::2]))
+            assert sorted(t for _, ids, *_ in appends for t in ids) == sorted(fragments)
+            assert len({index for index, *_ in appends}) == len(appends)
+            answers.append(appends)
+        assert answers[0] == answers[1]
+
+
+def test_what_cannot_be_appended_by_shard_is_refused_alike() -> None:
+    for core in (c_core(), wire_py):
+        fragments = core.split(wire_bodies.real_request(20))[0]
+        digests, _ = _digests(fragments.values())
+        tid, fragment = next(iter(fragments.items()))
+        cases = [
+            (({tid[:15]: fragment}, 2, digests), ValueError, "a trace ID must be 16 bytes"),
+            (({tid: b"not a fragment"}, 2, digests), TypeError, "fragments must be Fragments"),
+            ((fragments, 0, digests), ValueError, "shards must be at least 1"),
+            ((fragments, 2, {}), KeyError, None),
+        ]
+        for args, error, message in cases:
+            with pytest.raises(error, match=message):
+                core.shard_appends(*args)
+        assert core.shard_appends({}, 4, {}) == []

@@ -64,7 +64,6 @@ import logging
 import math
 import random
 import time
-import zlib
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -124,11 +123,6 @@ class _Scripts:
 
 
 _SCRIPTS = _Scripts()
-
-
-def shard_of(trace_id: bytes, shards: int) -> int:
-    """CRC-32 of the trace ID: the same shard in every agent, process and version."""
-    return zlib.crc32(trace_id) % shards
 
 
 def connect(url: str, cluster: bool, timeout: float) -> Redis | RedisCluster:
@@ -335,19 +329,12 @@ class RedisTraceBuffer(TraceBuffer):
             return
         raise failures[0]
 
-    def _by_shard(self, trace_ids: Iterable[bytes]) -> dict[int, list[bytes]]:
-        shards = len(self._shards)
-        if shards == 1:
-            return {0: list(trace_ids)}
-        groups: dict[int, list[bytes]] = {}
-        for trace_id in trace_ids:
-            groups.setdefault(shard_of(trace_id, shards), []).append(trace_id)
-        return groups
-
     # -- the TraceBuffer interface ------------------------------------------------------------
 
     async def append(self, fragments: dict[bytes, Fragment], now: float, relief: Relief | None = None) -> AppendResult:
-        groups = self._by_shard(fragments)
+        digests = self._referred(fragments.values())
+        appends = wire.shard_appends(fragments, len(self._shards), digests)
+        groups = {index: trace_ids for index, trace_ids, _, _, _ in appends}
         result = AppendResult({})
         # relief's verdict for every trace, should the script find it new (it alone can tell)
         chosen: dict[bytes, Verdict] = {}
@@ -364,16 +351,13 @@ class RedisTraceBuffer(TraceBuffer):
             fence = self._fence()
             epoch = b"r:%d" % self._epoch(now)
             calls = []
-            for index, trace_ids in groups.items():
+            for index, trace_ids, ids_hex, heads, chains in appends:
                 shard = self._shards[index]
-                group = list(map(fragments.__getitem__, trace_ids))
-                digests = self._referred(group)
                 calls.append(_Call("append", shard, [
-                    fence, shard.prefix, now, *self._append_limits, b"".join(trace_ids).hex(),
+                    fence, shard.prefix, now, *self._append_limits, ids_hex,
                     b"".join([letters[chosen[t]] for t in trace_ids]) if letters else b"",
-                    *decisions, self._kept_ttl_ms, self._dropped_ttl_ms, shard.prefix + epoch, 2 * len(digests),
-                    *[part for head, digest in digests.items() for part in (digest, head)],
-                    *[wire.chain([fragment], digests) for fragment in group],
+                    *decisions, self._kept_ttl_ms, self._dropped_ttl_ms, shard.prefix + epoch, 2 * len(heads),
+                    *[part for head in heads for part in (digests[head], head)], *chains,
                 ]))
             replies = await self._run(calls, until, replicated=True)
             self._refuse_partly_taken(calls, replies, groups, fragments)
@@ -426,9 +410,9 @@ class RedisTraceBuffer(TraceBuffer):
         resources of traces gone for good leave with it."""
         return int(now * 1000) // self._hold_ms
 
-    def _referred(self, fragments: list[Fragment]) -> dict[bytes, bytes]:
+    def _referred(self, fragments: Iterable[Fragment]) -> dict[bytes, bytes]:
         """The digest of each resource the fragments were sent under, by its fields: the append
-        stores them in the shard's resource hash, the fragments only their digests. Held apart
+        stores them in the shards' resource hashes, the fragments only their digests. Held apart
         from the cache, which may start again while this request's resources are learned."""
         digests: dict[bytes, bytes] = {}
         for head in {head for fragment in fragments for head in fragment.pieces[1::2]}:
