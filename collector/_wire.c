@@ -948,11 +948,12 @@ static uint32_t crc32_of(const uint8_t *p, Py_ssize_t n) {
 }
 
 typedef struct {
-    PyObject *ids, *heads, *seen, *chains;  /* NULL until the shard's first trace */
+    Py_ssize_t index;  /* the shard */
+    PyObject *ids, *heads, *seen, *chains;
 } ShardAppend;
 
-static void shard_appends_free(ShardAppend *groups, Py_ssize_t shards) {
-    for (Py_ssize_t i = 0; i < shards; i++) {
+static void shard_appends_free(ShardAppend *groups, Py_ssize_t used) {
+    for (Py_ssize_t i = 0; i < used; i++) {
         Py_XDECREF(groups[i].ids);
         Py_XDECREF(groups[i].heads);
         Py_XDECREF(groups[i].seen);
@@ -978,6 +979,23 @@ static int shard_append_add(ShardAppend *g, PyObject *trace_id, Fragment *f, PyO
     return failed ? -1 : 0;
 }
 
+/* The append of shard `index`, made on its first trace: `slots` is an open-addressing table
+ * (`mask` + 1 entries, -1 when free) from shard to append, so that the work is bounded by the
+ * request's traces, not by the number of shards. NULL with an error. */
+static ShardAppend *shard_append_of(ShardAppend *groups, Py_ssize_t *used, Py_ssize_t *slots, size_t mask, Py_ssize_t index) {
+    size_t h = (size_t)index & mask;
+    while (slots[h] >= 0 && groups[slots[h]].index != index) h = (h + 1) & mask;
+    if (slots[h] >= 0) return &groups[slots[h]];
+    ShardAppend *g = &groups[*used];
+    g->index = index;
+    if (!(g->ids = PyList_New(0)) || !(g->heads = PyList_New(0)) || !(g->seen = PySet_New(NULL)) || !(g->chains = PyList_New(0))) {
+        ++*used;  /* freed with the others */
+        return NULL;
+    }
+    slots[h] = (*used)++;
+    return g;
+}
+
 /* A request's fragments grouped into one append per shard (see wire_py.shard_appends). */
 static PyObject *shard_appends(PyObject *module, PyObject *args) {
     (void)module;
@@ -988,14 +1006,17 @@ static PyObject *shard_appends(PyObject *module, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "shards must be at least 1");
         return NULL;
     }
-    ShardAppend *groups = PyMem_Calloc((size_t)shards, sizeof(ShardAppend));
-    Py_ssize_t *order = PyMem_Calloc((size_t)(PyDict_GET_SIZE(fragments) + 1), sizeof(Py_ssize_t));
+    size_t traces = (size_t)PyDict_GET_SIZE(fragments), mask = 7;
+    while (mask + 1 < 2 * traces) mask = mask * 2 + 1;
+    ShardAppend *groups = PyMem_Calloc(traces + 1, sizeof(ShardAppend));
+    Py_ssize_t *slots = PyMem_Malloc((mask + 1) * sizeof(Py_ssize_t));
     PyObject *out = NULL;
     Py_ssize_t used = 0;
-    if (!groups || !order) {
+    if (!groups || !slots) {
         PyErr_NoMemory();
         goto done;
     }
+    memset(slots, 0xff, (mask + 1) * sizeof(Py_ssize_t));
     while (PyDict_Next(fragments, &pos, &trace_id, &value)) {
         if (!PyBytes_Check(trace_id) || PyBytes_GET_SIZE(trace_id) != 16) {
             PyErr_SetString(PyExc_ValueError, "a trace ID must be 16 bytes");
@@ -1006,17 +1027,12 @@ static PyObject *shard_appends(PyObject *module, PyObject *args) {
             goto done;
         }
         Py_ssize_t index = (Py_ssize_t)(crc32_of((const uint8_t *)PyBytes_AS_STRING(trace_id), 16) % (uint64_t)shards);
-        ShardAppend *g = &groups[index];
-        if (!g->ids) {
-            if (!(g->ids = PyList_New(0)) || !(g->heads = PyList_New(0)) || !(g->seen = PySet_New(NULL)) || !(g->chains = PyList_New(0)))
-                goto done;
-            order[used++] = index;
-        }
-        if (shard_append_add(g, trace_id, (Fragment *)value, digests) < 0) goto done;
+        ShardAppend *g = shard_append_of(groups, &used, slots, mask, index);
+        if (!g || shard_append_add(g, trace_id, (Fragment *)value, digests) < 0) goto done;
     }
     if (!(out = PyList_New(used))) goto done;
     for (Py_ssize_t i = 0; i < used; i++) {
-        ShardAppend *g = &groups[order[i]];
+        ShardAppend *g = &groups[i];
         Py_ssize_t n = PyList_GET_SIZE(g->ids);
         PyObject *hex = PyBytes_FromStringAndSize(NULL, 32 * n);
         if (!hex) {
@@ -1031,7 +1047,7 @@ static PyObject *shard_appends(PyObject *module, PyObject *args) {
                 *at++ = "0123456789abcdef"[id[b] & 15];
             }
         }
-        PyObject *item = Py_BuildValue("(nONOO)", order[i], g->ids, hex, g->heads, g->chains);
+        PyObject *item = Py_BuildValue("(nONOO)", g->index, g->ids, hex, g->heads, g->chains);
         if (!item) {
             Py_CLEAR(out);
             goto done;
@@ -1039,8 +1055,8 @@ static PyObject *shard_appends(PyObject *module, PyObject *args) {
         PyList_SET_ITEM(out, i, item);
     }
 done:
-    if (groups) shard_appends_free(groups, shards);
-    PyMem_Free(order);
+    if (groups) shard_appends_free(groups, used);
+    PyMem_Free(slots);
     return out;
 }
 

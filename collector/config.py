@@ -33,6 +33,7 @@ from tailsampler.storage import ExporterSpec, exporter_names
 
 
 TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
+_MAX_SHARDS = 16384  # a Redis Cluster's hash slots: more shards than slots share slots for nothing
 
 
 class TlsServerConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -384,6 +385,8 @@ def _cross_checks(config: Config) -> list[Problem]:
         for key in ("shards", "lease", "timeout"):
             if getattr(config.buffer, key) <= 0:
                 problems.append(Problem(f"buffer.{key}", "must be greater than 0"))
+        if (config.buffer.shards or 0) > _MAX_SHARDS:
+            problems.append(Problem("buffer.shards", f"must be at most {_MAX_SHARDS}, a Redis Cluster's slots: each shard is one slot"))
         if config.buffer.wait_replicas < 0:
             problems.append(Problem("buffer.wait_replicas", "must be 0 (do not wait) or more"))
         scheme = config.buffer.url.partition("://")[0]

@@ -86,6 +86,14 @@ def test_serve_and_validate_print_the_same_messages(tmp_path: Path) -> None:
     assert len(validate.stderr.splitlines()) == 3 and all(line.startswith(f"{path}: ") for line in validate.stderr.splitlines())
 
 
+def test_shards_are_bounded_by_a_clusters_slots() -> None:
+    policies = "tail_sampling: {policies: [{name: a, type: always_sample}]}\n"
+    assert parse_config(policies + "buffer: {type: redis, cluster: true, shards: 16384}").buffer.shards == 16384
+    assert problems(policies + "buffer: {type: redis, cluster: true, shards: 16385}") == [
+        "x.yaml: buffer.shards: must be at most 16384, a Redis Cluster's slots: each shard is one slot",
+    ]
+
+
 def test_the_write_ahead_log_settings_are_checked_at_their_key_paths() -> None:
     policies = "tail_sampling: {policies: [{name: a, type: always_sample}]}\n"
     config = parse_config(policies + "buffer: {wal: {dir: /var/lib/wal, max_bytes: 512MiB, fsync_interval: 250ms}}")

@@ -114,7 +114,7 @@ def test_random_stored_bodies_are_refused_or_read_alike() -> None:
         assert answers[0] == answers[1]
 
 
-@pytest.mark.parametrize("shards", [1, 3, 16])
+@pytest.mark.parametrize("shards", [1, 3, 16, 1 << 40])
 def test_a_requests_appends_by_shard_are_the_same_in_both(shards: int) -> None:
     """One append per shard: its traces in the request's order, their hex IDs joined, the
     resources its fragments refer to (each once) and each fragment's chain."""
