@@ -930,21 +930,17 @@ static PyObject *chain(PyObject *module, PyObject *args) {
 
 /* ---- shards: a request's appends, one per shard ------------------------------------------ */
 
-static uint32_t crc_table[256];
+static PyObject *crc32;  /* zlib.crc32: the rule of wire_py.shard_of, called rather than written again */
 
-static void crc_init(void) {
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        crc_table[i] = c;
-    }
-}
-
-/* CRC-32 as zlib computes it, which picks a trace's shard in every agent (buffer.redis.shard_of). */
-static uint32_t crc32_of(const uint8_t *p, Py_ssize_t n) {
-    uint32_t c = 0xFFFFFFFFu;
-    for (Py_ssize_t i = 0; i < n; i++) c = crc_table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
-    return c ^ 0xFFFFFFFFu;
+/* The shard of a trace ID (wire_py.shard_of), or -1 with an error. */
+static Py_ssize_t shard_index(PyObject *trace_id, Py_ssize_t shards) {
+    if (shards == 1) return 0;
+    PyObject *crc = PyObject_CallOneArg(crc32, trace_id);
+    if (!crc) return -1;
+    unsigned long value = PyLong_AsUnsignedLong(crc);
+    Py_DECREF(crc);
+    if (value == (unsigned long)-1 && PyErr_Occurred()) return -1;
+    return (Py_ssize_t)(value % (unsigned long)shards);
 }
 
 typedef struct {
@@ -1026,8 +1022,8 @@ static PyObject *shard_appends(PyObject *module, PyObject *args) {
             PyErr_Format(PyExc_TypeError, "fragments must be Fragments, not %.100s", Py_TYPE(value)->tp_name);
             goto done;
         }
-        Py_ssize_t index = (Py_ssize_t)(crc32_of((const uint8_t *)PyBytes_AS_STRING(trace_id), 16) % (uint64_t)shards);
-        ShardAppend *g = shard_append_of(groups, &used, slots, mask, index);
+        Py_ssize_t index = shard_index(trace_id, shards);
+        ShardAppend *g = index < 0 ? NULL : shard_append_of(groups, &used, slots, mask, index);
         if (!g || shard_append_add(g, trace_id, (Fragment *)value, digests) < 0) goto done;
     }
     if (!(out = PyList_New(used))) goto done;
@@ -1270,7 +1266,10 @@ PyMODINIT_FUNC PyInit__wire(void) {
     WireError = PyObject_GetAttrString(errors, "WireError");
     Py_DECREF(errors);
     if (!WireError) return NULL;
-    crc_init();
+    PyObject *zlib = PyImport_ImportModule("zlib");
+    crc32 = zlib ? PyObject_GetAttrString(zlib, "crc32") : NULL;
+    Py_XDECREF(zlib);
+    if (!crc32) return NULL;
     shared_heads = PyDict_New();
     if (!shared_heads) return NULL;
     PyObject *os = PyImport_ImportModule("os");
